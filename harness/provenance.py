@@ -1,0 +1,50 @@
+"""What produced a number: code version, packages, hardware. Recorded with every run."""
+
+import platform
+import subprocess
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+
+from .paths import package_root
+
+PACKAGES = ("torch", "transformers", "peft", "lm_eval", "datasets", "mlflow", "accelerate", "tokenizers", "numpy")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=package_root(), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+@cache
+def code_version() -> dict[str, str]:
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        from .. import __version__
+
+        return {"git_commit": "unknown", "git_dirty": "unknown", "adamole_bench_version": __version__}
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+@cache
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name.replace("_", "-"))
+        except PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def hardware(device: torch.device) -> dict[str, str]:
+    info = {"python": platform.python_version(), "platform": platform.platform(), "torch_threads": str(torch.get_num_threads())}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    info["cpu"] = platform.processor() or platform.machine()
+    return info

@@ -1,0 +1,118 @@
+"""The training loop, readable top to bottom.
+
+Our own loop rather than HF Trainer: methods add an auxiliary loss through one hook
+(`method.aux_loss`), every step is visible here, and nothing depends on Trainer internals that
+change between transformers releases (the reason PEFT's method_comparison avoids it too).
+"""
+
+import math
+import random
+import resource
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .config import TrainConfig
+from .data import collate
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)  # task loss per optimizer step
+    aux_losses: list[float] = field(default_factory=list)  # unweighted auxiliary loss per step
+    tokens: int = 0  # non-pad tokens processed
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or on CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _endless(loader) -> Iterator[dict]:
+    while True:  # each pass over the DataLoader reshuffles from its seeded generator
+        yield from loader
+
+
+def train(
+    model: torch.nn.Module,
+    method,
+    examples: list[dict],
+    config: TrainConfig,
+    seed: int,
+    pad_id: int,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or not examples:
+        return TrainResult()  # e.g. the `base` method: nothing to train
+    device = params[0].device
+    set_seed(seed)
+
+    # Data: a seeded shuffle, dynamic padding.
+    loader = torch.utils.data.DataLoader(
+        examples,
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=partial(collate, pad_id=pad_id),
+    )
+    steps = config.max_steps or math.ceil(len(loader) * config.epochs / config.grad_accum)
+    batches = _endless(loader)
+
+    # Optimizer and schedule: AdamW as in the reference (betas 0.9/0.999, eps 1e-8).
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=steps)
+
+    result = TrainResult()
+    model.train()
+    started = time.perf_counter()
+    columns = (TextColumn("  train"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as progress:
+        bar = progress.add_task("train", total=steps, loss=float("nan"))
+        for step in range(1, steps + 1):
+            task_loss = aux_total = 0.0
+            for _ in range(config.grad_accum):
+                batch = {k: v.to(device) for k, v in next(batches).items()}
+                loss = model(**batch).loss
+                aux = method.aux_loss(model)
+                total = loss if aux is None else loss + method.aux_loss_coeff * aux
+                (total / config.grad_accum).backward()
+                task_loss += loss.item() / config.grad_accum
+                aux_total += 0.0 if aux is None else aux.item() / config.grad_accum
+                result.tokens += int(batch["attention_mask"].sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            result.losses.append(task_loss)
+            result.aux_losses.append(aux_total)
+            if on_step:
+                on_step(step, {"train/loss": task_loss, "train/aux_loss": aux_total, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)})
+            progress.update(bar, advance=1, loss=task_loss)
+    result.steps = steps
+    result.seconds = time.perf_counter() - started
+    model.eval()
+    return result

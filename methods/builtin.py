@@ -1,0 +1,3 @@
+"""Importing this module registers every built-in method."""
+
+from . import base_model, lora  # noqa: F401

@@ -1,0 +1,174 @@
+"""Method registry: a method is a config dataclass + a `Method` subclass, selected by name.
+
+The harness talks to methods only through this interface. Built-ins register with
+`@register`; a third-party package registers without touching the harness by declaring an
+entry point in the `adamole_bench.methods` group (`name = "pkg.module:MyMethod"`) or by
+calling `register` itself before running.
+"""
+
+import dataclasses
+import json
+import typing
+from contextlib import AbstractContextManager
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..harness.errors import UserError, unknown
+
+ADAPTER_CONFIG = "adamole_bench_adapter.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class StatisticsRecorder(AbstractContextManager):
+    """Collects method-specific statistics while evaluation runs inside the `with` block."""
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def figures(self) -> dict[str, Any]:
+        """Artifact path → matplotlib figure (e.g. an expert-usage heatmap)."""
+        return {}
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+class Method:
+    """How one fine-tuning method adapts a frozen base model."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    description: ClassVar[str] = ""
+    trains: ClassVar[bool] = True  # False for untrained baselines: the sweep skips training
+
+    def __init__(self, config):
+        self.config = config
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Inject adapters into the (frozen) base model; return the model to train and evaluate."""
+        raise NotImplementedError
+
+    def aux_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """Unweighted auxiliary loss of the last training forward (None: the method has none)."""
+        return None
+
+    @property
+    def aux_loss_coeff(self) -> float:
+        return float(getattr(self.config, "aux_loss_coeff", 0.0))
+
+    def statistics(self, model: nn.Module) -> StatisticsRecorder:
+        return StatisticsRecorder()
+
+    def tags(self) -> dict[str, str]:
+        """Facts worth filtering runs by (e.g. which routing variant); logged as MLflow tags."""
+        return {}
+
+    # Saving: trainable tensors as safetensors + a JSON config naming the method. Methods built
+    # on stock PEFT (LoRA) override these to keep PEFT's own format.
+    def save(self, model: nn.Module, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, str(path / ADAPTER_WEIGHTS))
+        meta = {"method": self.name, "config": dataclasses.asdict(self.config)}
+        (path / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    def load(self, model: nn.Module, path: str | Path) -> nn.Module:
+        from safetensors.torch import load_file
+
+        adapted = self.apply(model)
+        tensors = load_file(str(Path(path) / ADAPTER_WEIGHTS))
+        expected = {n for n, p in adapted.named_parameters() if p.requires_grad}
+        if set(tensors) != expected:
+            missing, extra = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
+            raise UserError(f"adapter at {path} does not match {self.name}: missing {missing}, unexpected {extra}")
+        adapted.load_state_dict(tensors, strict=False)
+        return adapted
+
+
+_METHODS: dict[str, type[Method]] = {}
+_entry_points_loaded = False
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a Method subclass selectable by its `name`."""
+    if not dataclasses.is_dataclass(cls.config_class):
+        raise TypeError(f"{cls.__name__}.config_class must be a dataclass")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def all_methods() -> dict[str, type[Method]]:
+    global _entry_points_loaded
+    from . import builtin  # noqa: F401  (registers the built-in methods)
+
+    if not _entry_points_loaded:
+        _entry_points_loaded = True
+        for entry in entry_points(group="adamole_bench.methods"):
+            register(entry.load())
+    return dict(_METHODS)
+
+
+def get_method_class(name: str) -> type[Method]:
+    methods = all_methods()
+    if name not in methods:
+        raise unknown("method", name, methods, "see `adamole-bench list methods`")
+    return methods[name]
+
+
+def coerce(value, annotation, key: str):
+    """YAML/CLI values to the dataclass field's type, with a clear error."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(annotation), [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"invalid value {value!r} for '{key}': expected one of {', '.join(map(str, args))}")
+        return value
+    if origin in (list, tuple):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return origin(coerce(item, args[0] if args else str, key) for item in items)
+    if origin is not None and args:  # Optional[X] / X | None
+        return coerce(value, args[0], key)
+    try:
+        if annotation is bool and isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        if annotation in (int, float, str, bool):
+            if annotation is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return annotation(value)
+    except (TypeError, ValueError):
+        raise UserError(f"invalid value {value!r} for '{key}': expected {annotation.__name__}") from None
+    return value
+
+
+def make_config(method: str, options: dict | None = None):
+    """Build and validate a method's config from user options (unknown keys get a suggestion)."""
+    cls = get_method_class(method).config_class
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in (options or {}).items():
+        if key not in fields:
+            raise unknown(f"option for method '{method}'", key, fields)
+        values[key] = coerce(value, hints[key], f"{method}.{key}")
+    config = cls(**values)
+    validate = getattr(config, "validate", None)
+    if validate:
+        try:
+            validate()
+        except ValueError as err:
+            raise UserError(f"invalid {method} option: {err}") from None
+    return config
+
+
+def build_method(name: str, options: dict | None = None) -> Method:
+    return get_method_class(name)(make_config(name, options))

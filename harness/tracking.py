@@ -41,12 +41,29 @@ def flatten(values: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def _check_reachable(uri: str) -> None:
+    """Fail in seconds, not after MLflow's minutes of HTTP retries, when a server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
+    except (urllib.error.URLError, OSError) as err:
+        raise UserError(
+            f"MLflow tracking server {uri} is unreachable ({getattr(err, 'reason', err)}); start it "
+            f"(`mlflow server`) or unset MLFLOW_TRACKING_URI to use the local store"
+        ) from None
+
+
 class Tracker:
     def __init__(self, experiment: str, uri: str | None = None):
         import mlflow
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or default_tracking_uri()
+        _check_reachable(self.uri)
         local = self.uri.startswith("sqlite:///")
         if local:
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

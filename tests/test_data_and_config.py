@@ -1,0 +1,80 @@
+"""Training tokens match lm-eval's scoring split; config layering, validation and hashing."""
+
+import pytest
+
+from adamole_bench.harness.config import config_hash, load_config, parse_override, trial_config
+from adamole_bench.harness.data import collate, encode_example
+from adamole_bench.harness.errors import UserError
+from adamole_bench.harness.models import byte_level_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return byte_level_tokenizer()
+
+
+def test_answer_tokens_are_what_lm_eval_scores(tokenizer):
+    prompt = "Word: kiwi\nChoices:\nA. Fruit\nB. Colour\nAnswer:"
+    example = encode_example(tokenizer, prompt, "A", max_length=256, loss_on="answer")
+    # lm-eval: continuation = encode(context + " A")[len(encode(context)):]
+    context = tokenizer.encode(prompt)
+    continuation = tokenizer.encode(prompt + " A")[len(context) :]
+    assert example["input_ids"] == context + continuation + [tokenizer.eos_token_id]
+    supervised = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100]
+    assert supervised == continuation + [tokenizer.eos_token_id]  # answer + EOS only, EOS not masked
+
+
+def test_full_sequence_loss_and_left_truncation_keep_the_answer(tokenizer):
+    prompt = "x" * 300 + "\nAnswer:"
+    full = encode_example(tokenizer, prompt, "B", max_length=256, loss_on="full")
+    assert full["labels"] == full["input_ids"] and len(full["input_ids"]) == 256
+    short = encode_example(tokenizer, prompt, "B", max_length=16, loss_on="answer")
+    assert len(short["input_ids"]) == 16
+    assert tokenizer.decode(short["input_ids"][-3:-1]) == " B"
+    assert sum(label != -100 for label in short["labels"]) == 3  # " ", "B", EOS
+
+
+def test_collate_pads_right_and_masks_pads(tokenizer):
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
+
+
+def test_yaml_then_flags_then_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("methods: [lora]\ntasks: [copa]\ntrain: {lr: 0.001, max_steps: 7}\nmethod_options: {lora: {rank: 4}}\n")
+    config = load_config(path, ["train.lr=2e-4", "lora.alpha=8"], tasks=["boolq"], train__max_steps=None)
+    assert config.tasks == ["boolq"]  # CLI flag beats the file
+    assert config.train.max_steps == 7  # flag not given: the file's value stays
+    assert config.train.lr == pytest.approx(2e-4)  # key=value beats everything
+    assert config.method_options["lora"] == {"rank": 4, "alpha": 8}
+
+
+def test_parse_override_routes_method_options():
+    assert parse_override("lora.rank=4") == {"method_options": {"lora": {"rank": 4}}}
+    assert parse_override("eval.limit=50") == {"eval": {"limit": 50}}
+    with pytest.raises(UserError, match="is not key=value"):
+        parse_override("train.lr")
+
+
+def test_config_errors_are_user_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2]\n")
+    with pytest.raises(UserError, match="'train' is a section"):
+        load_config(bad)
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(UserError, match="train.batch_size must be > 0"):
+        load_config(None, ["train.batch_size=0"])
+
+
+def test_hash_identifies_what_changes_results():
+    base = load_config(None, [])
+    same = trial_config(base, "lora", "copa")
+    assert config_hash(same) == config_hash(trial_config(load_config(None, []), "lora", "copa"))
+    for override in ("train.lr=1e-3", "lora.rank=16", "eval.protocol=letter", "train.loss_on=full"):
+        changed = trial_config(load_config(None, [override]), "lora", "copa")
+        if changed != same:
+            assert config_hash(changed) != config_hash(same), override
+    assert config_hash(trial_config(base, "lora", "boolq")) != config_hash(same)

@@ -1,0 +1,93 @@
+"""End to end, as a user runs it: CLI → train → lm-eval → MLflow → table, on the tiny model."""
+
+import json
+
+import mlflow
+import pytest
+
+TINY = ("--model", "tiny-llama")
+LEARN = ("--max-steps", "150", "train.lr=3e-3", "train.batch_size=16", "lora.rank=8")
+
+
+@pytest.fixture
+def finished_sweep(cli, runs_dir):
+    result = cli("run", *TINY, "--methods", "base,lora", "--tasks", "fruit_or_color", *LEARN)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_training_learns_a_learnable_task_and_everything_reads_back(finished_sweep, search_runs):
+    trials = search_runs("trial").set_index("tags.method")
+    assert set(trials.index) == {"base", "lora"}
+    assert (trials["status"] == "FINISHED").all()
+    # Learning: the untrained base model is at chance, LoRA training lifts it above 0.9.
+    assert trials.loc["base", "metrics.eval/acc"] < 0.7
+    assert trials.loc["lora", "metrics.eval/acc"] > 0.9
+    lora = trials.loc["lora"]
+    # Params (flattened, chunked), metrics, tags and provenance.
+    assert lora["params.method_config.rank"] == "8"
+    assert lora["params.train.lr"] == "0.003"
+    assert lora["metrics.params/trainable"] == 4 * 2 * (8 * 64 + 64 * 8)  # 4 targets × 2 layers
+    assert lora["metrics.train/tokens_per_second"] > 0
+    assert lora["metrics.eval/docs"] == 128
+    for tag in ("tags.config_hash", "tags.git_commit", "tags.data_fingerprint.eval", "tags.model_fingerprint", "tags.version.torch"):
+        assert lora[tag], tag
+    assert lora["tags.protocol"] == "letter"
+    client = mlflow.MlflowClient()
+    losses = [m.value for m in client.get_metric_history(lora["run_id"], "train/loss")]
+    assert len(losses) == 150 and losses[-1] < losses[0] / 5
+    # Artifacts: resolved config, lm-eval results, per-sample predictions, the adapter (PEFT format).
+    artifacts = {a.path for a in client.list_artifacts(lora["run_id"])}
+    assert {"config", "lm_eval", "adapter"} <= artifacts
+    results = json.loads(open(mlflow.artifacts.download_artifacts(run_id=lora["run_id"], artifact_path="lm_eval/results.json")).read())
+    assert results["results"]["fruit_or_color_letter"]["acc,none"] == pytest.approx(lora["metrics.eval/acc"])
+    adapter_files = {a.path for a in client.list_artifacts(lora["run_id"], "adapter")}
+    assert "adapter/adapter_model.safetensors" in adapter_files
+    # One parent run per invocation, every trial its child.
+    sweep = search_runs("sweep")
+    assert len(sweep) == 1 and (trials["tags.mlflow.parentRunId"] == sweep["run_id"][0]).all()
+
+
+def test_table_is_printed_in_terminal_and_markdown(finished_sweep):
+    assert "| method | fruit_or_color |" in finished_sweep.output
+    assert "| lora |" in finished_sweep.output
+
+
+def test_rerun_skips_finished_trials(finished_sweep, cli, search_runs):
+    again = cli("run", *TINY, "--methods", "base,lora", "--tasks", "fruit_or_color", *LEARN)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("already done, skipped") == 2
+    assert len(search_runs("trial")) == 2  # nothing re-run, table still printed from the records
+    assert "| lora |" in again.output
+
+
+def test_crash_marks_run_failed_and_sweep_continues(cli, runs_dir, search_runs, monkeypatch):
+    from adamole_bench.harness import sweep
+
+    real_train = sweep.train
+
+    def train_or_crash(model, method, *args, **kwargs):
+        if method.name == "lora":
+            raise RuntimeError("simulated crash")
+        return real_train(model, method, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "train", train_or_crash)
+    result = cli("run", *TINY, "--methods", "lora,base", "--tasks", "fruit_or_color", "--max-steps", "2")
+    assert result.exit_code == 1
+    assert "simulated crash" in result.output
+    status = search_runs("trial").set_index("tags.method")["status"]
+    assert status["lora"] == "FAILED" and status["base"] == "FINISHED"
+
+
+def test_same_seed_and_config_give_identical_metrics(cli, tmp_path, monkeypatch):
+    metrics = []
+    for attempt in ("a", "b"):
+        monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / attempt))
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        result = cli("run", *TINY, "--methods", "lora", "--tasks", "fruit_or_color", "--max-steps", "5", "--seeds", "3")
+        assert result.exit_code == 0, result.output
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / attempt / 'mlflow.db'}")
+        run = mlflow.search_runs(experiment_names=["adamole-bench"], filter_string="tags.kind = 'trial'").iloc[0]
+        history = [m.value for m in mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss")]
+        metrics.append((run["metrics.eval/acc"], history))
+    assert metrics[0] == metrics[1]

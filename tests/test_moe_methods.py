@@ -324,3 +324,32 @@ def test_third_party_method_registers_without_touching_the_harness(monkeypatch):
     torch.testing.assert_close(model(input_ids=ids).logits, 2.5 * reference)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["lm_head.gain"]
     assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
+
+
+def test_cli_sweep_logs_expert_statistics_to_mlflow(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from adamole_bench.cli import app
+
+    monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "tiny-llama", "--methods", "mole,adamole", "--tasks", "fruit_or_color", "--max-steps", "3", "--limit", "4", "train.batch_size=2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    trials = {r.data.tags["method"]: r for r in client.search_runs(experiments, "tags.kind = 'trial'")}
+    assert set(trials) == {"mole", "adamole"}
+    for method, run in trials.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["routing"] == ("top_k" if method == "mole" else "adaptive_threshold")
+        metrics = run.data.metrics
+        assert metrics["train/steps"] == 3 and metrics["experts/tokens"] > 0
+        assert {"experts/mean_active", "experts/dead", "experts/entropy", "experts/layer0/mean_active"} <= set(metrics)
+        assert ("experts/threshold_mean" in metrics) == (method == "adamole")
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "experts")}
+        assert {"experts/usage_heatmap.png", "experts/usage_table.json"} <= artifacts
+    assert trials["mole"].data.metrics["experts/mean_active"] == pytest.approx(2.0)

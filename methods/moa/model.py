@@ -149,7 +149,7 @@ class _MoaMethod(Method):
                 return GatedLora(linear.in_features, linear.out_features, config.rank, config.scaling, block.state, column)
 
         inject(model, list(config.lora_targets), make_lora)  # freezes everything but the LoRA experts
-        for name, layer in decoder_layers(model):
+        for _, layer in decoder_layers(model):
             layer.moa.requires_grad_(True)
             layer.moa.attach(layer)
         return model
@@ -181,5 +181,3 @@ class SparseMoa(_MoaMethod):
     config_class = SparseMoaConfig
     description = "Sparse MoA: LoRA q,k,v,o,down + parallel adapter, expert active iff its gate ≥ a per-token threshold"
 
-
-__all__ = ["MoaBlock", "SoftMoa", "SparseMoa", "decoder_layers", "expert_names"]

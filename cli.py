@@ -13,7 +13,11 @@ from rich.table import Table
 from .harness.errors import UserError
 from .harness.paths import offline_defaults
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split(":")[0].strip("`"))
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Mixture-of-LoRA-experts benchmark: train, evaluate with lm-eval, log to MLflow, compare.",
+)
 console = Console()
 
 

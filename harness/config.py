@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 
 from .errors import UserError, unknown
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, check_model_name
 
 SCHEMA_VERSION = 1  # bump when a change makes old results incomparable (part of every run's hash)
 
@@ -82,6 +82,7 @@ class ExperimentConfig:
                 get_method_class(name)
         for task in self.tasks:
             get_task(task)
+        check_model_name(self.model)
         if not self.methods or not self.tasks or not self.seeds:
             raise UserError("methods, tasks and seeds must each name at least one entry")
         self.train.validate()

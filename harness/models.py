@@ -165,6 +165,12 @@ def _load_pretrained(name: str, dtype: torch.dtype, trust_remote_code: bool) -> 
     return model, tokenizer, source, fingerprint
 
 
+def check_model_name(name: str) -> None:
+    """Reject a name that is neither embedded, an org/name id, nor an existing path (before any work)."""
+    if name not in EMBEDDED_MODELS and "/" not in name and not Path(name).expanduser().exists():
+        raise unknown("model", name, EMBEDDED_MODELS, "or pass a Hugging Face id (org/name) or a local path")
+
+
 def load_base_model(name: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> BaseModel:
     """Load a base model and tokenizer ready for adapters: frozen, pad token set, on `device`."""
     if dtype not in DTYPES:
@@ -172,10 +178,9 @@ def load_base_model(name: str, dtype: str = "float32", device: str = "cpu", trus
     torch_dtype = DTYPES[dtype]
     if name in EMBEDDED_MODELS:
         model, tokenizer, source, fingerprint = EMBEDDED_MODELS[name][1](torch_dtype)
-    elif "/" in name or Path(name).expanduser().exists():
-        model, tokenizer, source, fingerprint = _load_pretrained(name, torch_dtype, trust_remote_code)
     else:
-        raise unknown("model", name, EMBEDDED_MODELS, "or pass a Hugging Face id (org/name) or a local path")
+        check_model_name(name)
+        model, tokenizer, source, fingerprint = _load_pretrained(name, torch_dtype, trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.requires_grad_(False)

@@ -73,8 +73,8 @@ def run_sweep(
     tracker: Tracker | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> list[Outcome]:
+    trials = select_shard(plan(config), *shard)  # bad input fails before any run is created
     tracker = tracker or Tracker(config.experiment)
-    trials = select_shard(plan(config), *shard)
     state = _SweepState(config)
     outcomes: list[Outcome] = []
     sweep_tags = {"kind": "sweep", "model": config.model, **code_version()}

@@ -59,7 +59,6 @@ def _check_reachable(uri: str) -> None:
 
 class Tracker:
     def __init__(self, experiment: str, uri: str | None = None):
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or default_tracking_uri()
@@ -67,7 +66,7 @@ class Tracker:
         local = self.uri.startswith("sqlite:///")
         if local:
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(self.uri)
+        # No mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI to child processes.
         self.client = MlflowClient(self.uri)
         try:
             found = self.client.get_experiment_by_name(experiment)

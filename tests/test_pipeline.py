@@ -9,11 +9,39 @@ TINY = ("--model", "tiny-llama")
 LEARN = ("--max-steps", "150", "train.lr=3e-3", "train.batch_size=16", "lora.rank=8")
 
 
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    """One learnable sweep shared by the read-back tests of this module (it is the slow part)."""
+    with pytest.MonkeyPatch.context() as patch:
+        runs = tmp_path_factory.mktemp("shared") / "runs"
+        patch.setenv("ADAMOLE_BENCH_RUNS", str(runs))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        from typer.testing import CliRunner
+
+        from adamole_bench.cli import app
+
+        result = CliRunner().invoke(app, ["run", *TINY, "--methods", "base,lora", "--tasks", "fruit_or_color", *LEARN])
+        assert result.exit_code == 0, result.output
+        yield runs, result
+
+
 @pytest.fixture
-def finished_sweep(cli, runs_dir):
-    result = cli("run", *TINY, "--methods", "base,lora", "--tasks", "fruit_or_color", *LEARN)
-    assert result.exit_code == 0, result.output
+def finished_sweep(shared_store, monkeypatch):
+    runs, result = shared_store
+    monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(runs))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return result
+
+
+@pytest.fixture
+def search_runs(shared_store):
+    runs, _ = shared_store
+
+    def search(kind: str = "trial"):
+        mlflow.set_tracking_uri(f"sqlite:///{runs / 'mlflow.db'}")
+        return mlflow.search_runs(experiment_names=["adamole-bench"], filter_string=f"tags.kind = '{kind}'")
+
+    return search
 
 
 def test_training_learns_a_learnable_task_and_everything_reads_back(finished_sweep, search_runs):
@@ -61,7 +89,7 @@ def test_rerun_skips_finished_trials(finished_sweep, cli, search_runs):
     assert "| lora |" in again.output
 
 
-def test_crash_marks_run_failed_and_sweep_continues(cli, runs_dir, search_runs, monkeypatch):
+def test_crash_marks_run_failed_and_sweep_continues(cli, runs_dir, monkeypatch):
     from adamole_bench.harness import sweep
 
     real_train = sweep.train
@@ -75,7 +103,8 @@ def test_crash_marks_run_failed_and_sweep_continues(cli, runs_dir, search_runs, 
     result = cli("run", *TINY, "--methods", "lora,base", "--tasks", "fruit_or_color", "--max-steps", "2")
     assert result.exit_code == 1
     assert "simulated crash" in result.output
-    status = search_runs("trial").set_index("tags.method")["status"]
+    mlflow.set_tracking_uri(f"sqlite:///{runs_dir / 'mlflow.db'}")
+    status = mlflow.search_runs(experiment_names=["adamole-bench"], filter_string="tags.kind = 'trial'").set_index("tags.method")["status"]
     assert status["lora"] == "FAILED" and status["base"] == "FINISHED"
 
 

@@ -200,6 +200,8 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
     tracker.log_metrics(run_id, metrics)
     for artifact, figure in statistics.figures().items():
         tracker.log_figure(run_id, figure, artifact)
+    for artifact, table in statistics.tables().items():
+        tracker.log_dict(run_id, table, artifact)
     tracker.log_dict(run_id, evaluation.results_json, "lm_eval/results.json")
     tracker.log_dict(run_id, evaluation.samples, "lm_eval/samples.json")
     if config.save_adapters and method.trains:

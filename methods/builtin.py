@@ -1,3 +1,3 @@
 """Importing this module registers every built-in method."""
 
-from . import base_model, lora  # noqa: F401
+from . import adamole, base_model, lora, mole  # noqa: F401

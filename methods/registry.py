@@ -33,6 +33,10 @@ class StatisticsRecorder(AbstractContextManager):
         """Artifact path → matplotlib figure (e.g. an expert-usage heatmap)."""
         return {}
 
+    def tables(self) -> dict[str, Any]:
+        """Artifact path → JSON-serialisable detail too large for metrics (e.g. per-expert usage)."""
+        return {}
+
     def __exit__(self, *exc) -> None:
         return None
 
@@ -76,7 +80,7 @@ class Method:
         path.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(tensors, str(path / ADAPTER_WEIGHTS))
-        meta = {"method": self.name, "config": dataclasses.asdict(self.config)}
+        meta = {"method": self.name, "config": dataclasses.asdict(self.config), "tags": self.tags()}
         (path / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:

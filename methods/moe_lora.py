@@ -1,0 +1,162 @@
+"""The mixture-of-LoRA-experts adapter shared by MoLE and AdaMoLE; they differ only in the router.
+
+Per adapted linear: a router (gate on the un-dropped x, plus AdaMoLE's threshold network) turns
+each token into expert weights (routing.py), and `LoraExperts` mixes the N experts with them in
+two GEMMs. The load-balancing loss of the last *training* forward is kept on each adapter and
+summed by walking `model.modules()`, so it survives DDP/DataParallel wrapping and is never
+reported stale in evaluation (reference bugs §10.3 and §10.6).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import routing
+from .experts import DropoutMode, LoraExperts, inject
+from .lora.config import LLAMA_ATTENTION
+from .registry import Method, StatisticsRecorder
+
+
+@dataclass
+class MoeLoraConfig:
+    """Shared hyperparameters; defaults are the reference's CSQA recipe (train.py + csr config).
+
+    `rank` is the total rank, split evenly over the experts (32 / 8 = 4 each), while `alpha` stays
+    16, so each expert is scaled by alpha / (rank / num_experts) = 4.0, eight times LoRA-32's 0.5.
+    That is the reference's behaviour and the faithful default; set alpha to choose another scale.
+    """
+
+    num_experts: int = 8
+    rank: int = 32
+    alpha: float = 16.0
+    dropout: float = 0.05
+    dropout_mode: DropoutMode = "per_expert"
+    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_ATTENTION))
+    aux_loss_coeff: float = 1e-3
+
+    @property
+    def expert_rank(self) -> int:
+        return self.rank // self.num_experts
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.expert_rank
+
+    def validate(self) -> None:
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
+        if self.rank < self.num_experts or self.rank % self.num_experts:
+            raise ValueError(
+                f"rank is the total rank split over the experts: it must be a multiple of num_experts "
+                f"({self.num_experts}), got {self.rank}"
+            )
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout_mode not in ("per_expert", "shared"):
+            raise ValueError(f"dropout_mode must be per_expert or shared, got {self.dropout_mode!r}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module, e.g. q_proj,v_proj")
+        if self.aux_loss_coeff < 0:
+            raise ValueError(f"aux_loss_coeff must be >= 0, got {self.aux_loss_coeff}")
+
+
+class GateRouter(nn.Module):
+    """Gate W_g (no bias, PyTorch default init, as the reference) and a routing rule on its logits (MoLE)."""
+
+    def __init__(self, in_features: int, num_experts: int, rule: Callable[[torch.Tensor], routing.Routing]):
+        super().__init__()
+        self.gate = nn.Linear(in_features, num_experts, bias=False)
+        self.rule = rule
+
+    def forward(self, x: torch.Tensor) -> routing.Routing:
+        return self.rule(self.gate(x))
+
+
+class AdaptiveThresholdRouter(nn.Module):
+    """AdaMoLE's router: the gate plus a threshold network nn.Linear(in, 1) with bias (default init)."""
+
+    def __init__(self, in_features: int, num_experts: int, max_threshold: float):
+        super().__init__()
+        self.gate = nn.Linear(in_features, num_experts, bias=False)
+        self.threshold = nn.Linear(in_features, 1)
+        self.max_threshold = max_threshold
+
+    def forward(self, x: torch.Tensor) -> routing.Routing:
+        return routing.adaptive_threshold(self.gate(x), self.threshold(x), self.max_threshold)
+
+
+RoutingObserver = Callable[["MoeLoraAdapter", routing.Routing, torch.Size], None]
+
+
+class MoeLoraAdapter(nn.Module):
+    """Adapter branch of one linear layer: y_moe = Σ_i w_i(x) · s · B_i A_i dropout_i(x)."""
+
+    def __init__(self, experts: LoraExperts, router: nn.Module):
+        super().__init__()
+        self.experts = experts
+        self.router = router
+        self.aux_loss: torch.Tensor | None = None  # load-balancing loss of the last training forward
+        self.observer: RoutingObserver | None = None  # set by ExpertStatistics during evaluation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.experts.lora_A.dtype)
+        tokens = x.reshape(-1, x.shape[-1])  # routing is per token; pads are routed too (reference)
+        decision = self.router(tokens)
+        self.aux_loss = routing.load_balancing_loss(decision) if self.training else None
+        if self.observer is not None:
+            self.observer(self, decision, x.shape[:-1])
+        return self.experts(tokens, decision.weights).reshape(*x.shape[:-1], -1)
+
+
+def moe_adapters(model: nn.Module) -> list[tuple[str, MoeLoraAdapter]]:
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, MoeLoraAdapter)]
+
+
+class MoeLoraMethod(Method):
+    """Apply, aux loss, statistics and tags of a mixture of LoRA experts; subclasses pick the router."""
+
+    routing_variant: str
+
+    def make_router(self, in_features: int) -> nn.Module:
+        """A module mapping tokens (T, in) to a `routing.Routing`."""
+        raise NotImplementedError
+
+    def routing_tags(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        cfg = self.config
+
+        def make_adapter(name: str, linear: nn.Linear) -> MoeLoraAdapter:
+            experts = LoraExperts(
+                linear.in_features, linear.out_features, cfg.num_experts, cfg.expert_rank, cfg.scaling, cfg.dropout, cfg.dropout_mode
+            )
+            return MoeLoraAdapter(experts, self.make_router(linear.in_features))
+
+        inject(model, list(cfg.target_modules), make_adapter)
+        return model
+
+    def aux_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """Sum (not mean, as the reference) of the per-layer losses of adapters in training mode."""
+        losses = [m.aux_loss for m in model.modules() if isinstance(m, MoeLoraAdapter) and m.training and m.aux_loss is not None]
+        return torch.stack([loss.float() for loss in losses]).sum() if losses else None
+
+    def statistics(self, model: nn.Module) -> StatisticsRecorder:
+        from .expert_stats import ExpertStatistics
+
+        return ExpertStatistics(model)
+
+    def tags(self) -> dict[str, str]:
+        cfg = self.config
+        return {
+            "routing": self.routing_variant,
+            "num_experts": str(cfg.num_experts),
+            "expert_rank": str(cfg.expert_rank),
+            "expert_scaling": f"{cfg.scaling:g}",
+            "dropout_mode": cfg.dropout_mode,
+            **self.routing_tags(),
+        }

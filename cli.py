@@ -71,9 +71,11 @@ def run(
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
     from .harness.config import load_config
     from .harness.report import accuracy_table, outcome_rows, render_markdown, render_rich
+    from .harness.distributed import context
     from .harness.sweep import run_sweep
 
     offline_defaults()
+    console.quiet = not context().is_main  # under torchrun only rank 0 prints
     experiment = load_config(
         config,
         overrides or [],

@@ -15,11 +15,12 @@ COMMON = ["run", "--model", "tiny-llama", "--methods", "toy-moe", "--tasks", "fr
 
 
 def _run(tmp_path: Path, name: str, launcher: list[str], batch_size: int) -> dict:
-    runs = tmp_path / name
-    env = {**os.environ, "ADAMOLE_BENCH_RUNS": str(runs), "OMP_NUM_THREADS": "1"}
+    uri = f"sqlite:///{tmp_path / name / 'mlflow.db'}"
+    (tmp_path / name).mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([*launcher, str(SCRIPT), *COMMON, f"train.batch_size={batch_size}"], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    tracker = Tracker("adamole-bench", uri=f"sqlite:///{runs / 'mlflow.db'}")
+    tracker = Tracker("adamole-bench", uri=uri)
     trials = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'trial'")
     sweeps = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'sweep'")
     assert len(trials) == 1 and len(sweeps) == 1, "only rank 0 may create runs"

@@ -75,9 +75,11 @@ def run(
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
     from .harness.config import load_config
     from .harness.report import accuracy_table, outcome_rows, render_markdown, render_rich
+    from .harness.distributed import context
     from .harness.sweep import run_sweep
 
     offline_defaults()
+    console.quiet = not context().is_main  # under torchrun only rank 0 prints
     experiment = load_config(
         config,
         overrides or [],
@@ -100,6 +102,52 @@ def run(
     if failed:
         console.print(f"[red]{len(failed)} of {len(outcomes)} trials failed[/] (recorded as FAILED in MLflow; re-run to retry them)")
         raise typer.Exit(2 if all(o.user_error for o in failed) else 1)
+
+
+@app.command()
+@user_errors
+def bench(
+    methods: str = typer.Option("lora", help="Comma-separated methods; mixtures also get LoRA(N·r) and a loop-over-experts reference."),
+    model: str = typer.Option("tiny-llama", help="Embedded model name, Hugging Face id, or local path."),
+    batch_size: int = typer.Option(8, help="Training batch size."),
+    seq_len: int = typer.Option(64, help="Tokens per sequence (random tokens, all supervised)."),
+    steps: int = typer.Option(10, help="Timed steps per row (median reported), after 2 warmup steps."),
+    threads: int = typer.Option(None, help="torch.set_num_threads for the whole bench."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1 or auto."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    eval_task: str = typer.Option("copa", help="Task for the eval-throughput comparison ('none' skips it)."),
+    eval_limit: int = typer.Option(50, help="Eval docs for the throughput comparison."),
+    lm_eval_cli: bool = typer.Option(True, help="Also time lm-eval's own CLI on the same model and task."),
+    output: Path = typer.Option(None, help="Write the results as JSON here."),
+    experiment: str = typer.Option("adamole-bench", help="MLflow experiment for the kind=bench run."),
+    overrides: list[str] = typer.Argument(None, help="Method options as method.key=value, e.g. adamole.num_experts=4."),
+):
+    """Training step time, tokens/s and memory of every method side by side; eval throughput vs lm-eval's CLI."""
+    import json
+
+    from .harness.bench import BenchSettings, log_to_mlflow, render, run_bench
+    from .harness.config import parse_override
+
+    offline_defaults()
+    options: dict[str, dict] = {}
+    for text in overrides or []:
+        parsed = parse_override(text)
+        if "method_options" not in parsed:
+            raise UserError(f"bench takes method options only (method.key=value), not '{text}'")
+        for method, values in parsed["method_options"].items():
+            options.setdefault(method, {}).update(values)
+    settings = BenchSettings(
+        model=model, methods=_split(methods), method_options=options, batch_size=batch_size, seq_len=seq_len, steps=steps,
+        threads=threads, device=device, dtype=dtype, eval_task=None if eval_task == "none" else eval_task,
+        eval_limit=eval_limit, lm_eval_cli=lm_eval_cli,
+    )  # fmt: skip
+    results = run_bench(settings)
+    for table in render(results):
+        console.print(table)
+    if output:
+        output.write_text(json.dumps(results, indent=2))
+        console.print(f"results → {output}")
+    console.print(f"MLflow run {log_to_mlflow(results, experiment)} (kind=bench)")
 
 
 def _all_tasks() -> list[str]:

@@ -34,6 +34,7 @@ class TrainConfig:
     max_length: int = 256
     loss_on: Literal["answer", "full"] = "answer"  # the AdaMoLE reference trains on the full sequence
     max_train_examples: int | None = None
+    group_by_length: bool = False  # batch similar lengths together (less padding; changes batch composition)
 
     def validate(self) -> None:
         _positive(self, "batch_size", "grad_accum", "lr", "max_length")

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from ..methods.registry import build_method, get_method_class
 from ..tasks.sources import TaskData, load_task
+from . import distributed
 from .config import ExperimentConfig, config_hash, to_dict, trial_config
 from .data import training_examples
 from .errors import UserError
@@ -74,7 +75,7 @@ def run_sweep(
     shard: tuple[int, int] = (0, 1),
 ) -> list[Outcome]:
     trials = select_shard(plan(config), *shard)  # bad input fails before any run is created
-    tracker = tracker or Tracker(config.experiment)
+    tracker = distributed.rank_zero_tracker(tracker, config.experiment)
     state = _SweepState(config)
     outcomes: list[Outcome] = []
     sweep_tags = {"kind": "sweep", "model": config.model, **code_version()}
@@ -147,7 +148,7 @@ class _SweepState:
 def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracker: Tracker, run_id: str) -> dict:
     data = state.data(trial.task)
     base = state.base()
-    device = resolve_device(config.device)
+    device = distributed.context().device(resolve_device(config.device))
     tracker.set_tags(
         run_id,
         {
@@ -178,6 +179,8 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
     tracker.log_history(run_id, "train/loss", result.losses)
     if any(result.aux_losses):
         tracker.log_history(run_id, "train/aux_loss", result.aux_losses)
+    if not distributed.context().is_main:
+        return {}  # rank 0 evaluates and records; the other ranks only train
 
     started = time.perf_counter()
     with method.statistics(model) as statistics:

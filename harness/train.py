@@ -11,14 +11,15 @@ import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .config import TrainConfig
-from .data import collate
+from . import distributed
+from .data import LengthGroupedBatches
+from .errors import UserError
 
 
 @dataclass
@@ -68,16 +69,21 @@ def train(
     device = params[0].device
     set_seed(seed)
 
-    # Data: a seeded shuffle, dynamic padding.
-    loader = torch.utils.data.DataLoader(
-        examples,
-        batch_size=config.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        collate_fn=partial(collate, pad_id=pad_id),
-    )
+    # Data: a seeded shuffle (optionally grouped by length), dynamic padding; with several
+    # processes each reads the same global batch and keeps its slice (see distributed.py).
+    ctx = distributed.context()
+    global_batch = config.batch_size * ctx.world_size
+    generator = torch.Generator().manual_seed(seed)
+    if config.group_by_length:
+        order = {"batch_sampler": LengthGroupedBatches([len(e["input_ids"]) for e in examples], global_batch, generator, drop_last=ctx.enabled)}
+    else:
+        order = {"batch_size": global_batch, "shuffle": True, "generator": generator, "drop_last": ctx.enabled}
+    loader = torch.utils.data.DataLoader(examples, collate_fn=distributed.ShardedCollate(pad_id, ctx), **order)
+    if not len(loader):
+        raise UserError(f"{len(examples)} training examples do not fill one global batch of {global_batch}")
     steps = config.max_steps or math.ceil(len(loader) * config.epochs / config.grad_accum)
     batches = _endless(loader)
+    train_model = distributed.wrap(model, method, ctx)
 
     # Optimizer and schedule: AdamW as in the reference (betas 0.9/0.999, eps 1e-8).
     from transformers import get_scheduler
@@ -93,14 +99,18 @@ def train(
         bar = progress.add_task("train", total=steps, loss=float("nan"))
         for step in range(1, steps + 1):
             task_loss = aux_total = 0.0
-            for _ in range(config.grad_accum):
-                batch = {k: v.to(device) for k, v in next(batches).items()}
-                loss = model(**batch).loss
-                aux = method.aux_loss(model)
-                total = loss if aux is None else loss + method.aux_loss_coeff * aux
-                (total / config.grad_accum).backward()
-                task_loss += loss.item() / config.grad_accum
-                aux_total += 0.0 if aux is None else aux.item() / config.grad_accum
+            for micro in range(config.grad_accum):
+                batch, label_tokens = next(batches)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                # Multi-process: sum over this slice / (global tokens / world) → DDP's average is the global mean.
+                scale = {"num_items_in_batch": label_tokens / ctx.world_size} if ctx.enabled else {}
+                with distributed.gradient_sync(train_model, last_micro_step=micro == config.grad_accum - 1):
+                    loss = train_model(**batch, **scale).loss
+                    aux = method.aux_loss(model)
+                    total = loss if aux is None else loss + method.aux_loss_coeff * aux
+                    (total / config.grad_accum).backward()
+                task_loss += ctx.mean(loss) / config.grad_accum
+                aux_total += 0.0 if aux is None else ctx.mean(aux) / config.grad_accum
                 result.tokens += int(batch["attention_mask"].sum())
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
@@ -113,6 +123,7 @@ def train(
                 on_step(step, {"train/loss": task_loss, "train/aux_loss": aux_total, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)})
             progress.update(bar, advance=1, loss=task_loss)
     result.steps = steps
+    result.tokens = ctx.total(result.tokens)
     result.seconds = time.perf_counter() - started
     model.eval()
     return result

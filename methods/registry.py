@@ -48,6 +48,9 @@ class Method:
     config_class: ClassVar[type]
     description: ClassVar[str] = ""
     trains: ClassVar[bool] = True  # False for untrained baselines: the sweep skips training
+    # True if a training step may leave some trainable parameters without a gradient (e.g. experts
+    # skipped rather than weighted by 0): multi-process DDP must then search for them each step.
+    ddp_find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, config):
         self.config = config

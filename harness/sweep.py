@@ -180,7 +180,8 @@ def _train_adapter(trial: Trial, config: ExperimentConfig, state: _SweepState) -
     base = state.base()
     method = build_method(trial.method, config.method_options.get(trial.method))
     set_seed(trial.seed)  # adapter initialisation depends on the seed
-    model = method.apply(copy.deepcopy(base.model).to(resolve_device(config.device)))
+    device = distributed.context().device(resolve_device(config.device))  # cuda:<local rank> under DDP
+    model = method.apply(copy.deepcopy(base.model).to(device))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 

@@ -28,7 +28,8 @@ def code_version() -> dict[str, str]:
 
         return {"git_commit": "unknown", "git_dirty": "unknown", "adamole_bench_version": __version__}
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
-    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+    # mlflow.source.git.commit: the key the MLflow UI shows; the fluent API sets it, our client API must
+    return {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
 
 
 @cache

@@ -155,6 +155,8 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
             "data_notes": "; ".join(data.notes) or "official splits",
             **{f"data_fingerprint.{split}": fp for split, fp in data.fingerprints.items()},
             "model_fingerprint": base.fingerprint,
+            "model_source": base.source,
+            "dtype": config.dtype,
             "device": str(device),
             **hardware(device),
             **{f"version.{k}": v for k, v in package_versions().items()},
@@ -198,6 +200,7 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
     }
     metrics |= statistics.metrics()
     tracker.log_metrics(run_id, metrics)
+    tracker.set_tags(run_id, {f"eval_task_hash.{k}": v for k, v in evaluation.results_json.get("task_hashes", {}).items()})
     for artifact, figure in statistics.figures().items():
         tracker.log_figure(run_id, figure, artifact)
     tracker.log_dict(run_id, evaluation.results_json, "lm_eval/results.json")

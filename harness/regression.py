@@ -151,13 +151,19 @@ def compare(suite: Suite, rows: list[dict]) -> list[Delta]:
 def render_deltas(deltas: list[Delta]) -> Table:
     styles = {"ok": "green", "improved": "cyan", "new": "yellow", "regressed": "bold red", "missing": "bold red"}
     table = Table(title="check: rerun vs recorded (accuracy %)")
-    for column in ("model", "method", "task", "protocol", "config", "recorded", "now", "delta", "tolerance", "status"):
-        table.add_column(column, justify="right" if column in ("recorded", "now", "delta", "tolerance") else "left")
+    table.add_column("model / method / task / protocol", overflow="fold")
+    table.add_column("config", overflow="fold")
+    for column in ("recorded", "now", "delta", "tol."):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+
+    def number(value: float | None) -> str:
+        return "–" if value is None else f"{value * 100:.2f}"
+
     for d in deltas:
-        number = lambda value: "–" if value is None else f"{value * 100:.2f}"  # noqa: E731
         delta = "–" if d.recorded is None or d.current is None else f"{(d.current - d.recorded) * 100:+.2f}"
-        k = d.key
-        table.add_row(k["model"], k["method"], k["task"], k["protocol"], k["config_hash"], number(d.recorded), number(d.current), delta, number(d.tolerance), f"[{styles[d.status]}]{d.status}[/]")
+        name = " / ".join(d.key[k] for k in ("model", "method", "task", "protocol"))
+        table.add_row(name, d.key["config_hash"], number(d.recorded), number(d.current), delta, number(d.tolerance), f"[{styles[d.status]}]{d.status}[/]")
     return table
 
 

@@ -21,7 +21,7 @@ from .data import training_examples
 from .errors import UserError
 from .evaluate import evaluate
 from .models import BaseModel, load_base_model, resolve_device
-from .provenance import code_version, hardware, package_versions
+from .provenance import code_version, eval_protocol_tags, hardware, package_versions
 from .tracking import Tracker
 from .train import peak_memory_mb, set_seed, train
 
@@ -200,7 +200,7 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
     }
     metrics |= statistics.metrics()
     tracker.log_metrics(run_id, metrics)
-    tracker.set_tags(run_id, {f"eval_task_hash.{k}": v for k, v in evaluation.results_json.get("task_hashes", {}).items()})
+    tracker.set_tags(run_id, eval_protocol_tags(evaluation.results_json))
     for artifact, figure in statistics.figures().items():
         tracker.log_figure(run_id, figure, artifact)
     tracker.log_dict(run_id, evaluation.results_json, "lm_eval/results.json")

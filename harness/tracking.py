@@ -43,14 +43,14 @@ def flatten(values: dict, prefix: str = "") -> dict[str, str]:
 
 class Tracker:
     def __init__(self, experiment: str, uri: str | None = None):
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or default_tracking_uri()
         local = self.uri.startswith("sqlite:///")
         if local:
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(self.uri)
+        # No mlflow.set_tracking_uri: MLflow 3 also writes it to os.environ, so a second Tracker in the
+        # same process (e.g. `check` rerunning in a throwaway store) would silently reuse the first store.
         self.client = MlflowClient(self.uri)
         try:
             found = self.client.get_experiment_by_name(experiment)

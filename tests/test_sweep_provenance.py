@@ -41,8 +41,16 @@ def _failing_at(trial_name: str, error: BaseException):
     return run_trial
 
 
+def _search_runs(uri: str, **kwargs):
+    """mlflow.search_runs on one store; MLflow 3 mirrors the URI into os.environ, so undo that after."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        return mlflow.search_runs(**kwargs)
+
+
 def _statuses(experiment: str) -> dict[str, list[str]]:
-    runs = mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time ASC"])
+    runs = _search_runs(Tracker(experiment).uri, experiment_names=[experiment], order_by=["attributes.start_time ASC"])
     statuses: dict[str, list[str]] = {}
     for name, status in zip(runs["tags.mlflow.runName"], runs["status"]):
         statuses.setdefault(name if "/" in name else "sweep", []).append(status)
@@ -110,8 +118,8 @@ def test_shards_partition_the_plan_deterministically(store):
     assert {t.config_hash for t in trials if t.method == "lora"} != {t.config_hash for t in trials if t.method == "base"}
 
 
-def test_provenance_is_readable_with_search_runs(store):
-    runs = mlflow.search_runs(experiment_names=[store["config"].experiment], filter_string="tags.kind = 'trial' and attributes.status = 'FINISHED'")
+def test_provenance_is_readable_with_search_runs(store, tmp_path):
+    runs = _search_runs(store["tracker"].uri, experiment_names=[store["config"].experiment], filter_string="tags.kind = 'trial' and attributes.status = 'FINISHED'")
     assert len(runs) == 4
     run = runs.iloc[0]
     for tag in ("git_commit", "git_dirty", "mlflow.source.git.commit", "model", "model_source", "model_fingerprint", "dtype",
@@ -124,7 +132,7 @@ def test_provenance_is_readable_with_search_runs(store):
     assert run["tags.git_dirty"] in ("true", "false")
     assert run["tags.torch_threads"] == "1"
     assert run["params.model"] == "tiny-llama" and run["params.eval.limit"] == "16"
-    resolved = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="config/trial.json")).read_text())
+    resolved = json.loads(Path(store["tracker"].client.download_artifacts(run["run_id"], "config/trial.json", str(tmp_path))).read_text())
     assert resolved["config_hash"] == run["tags.config_hash"] and resolved["seed"] == int(run["tags.seed"])
 
 
@@ -134,7 +142,8 @@ def test_same_config_and_seed_give_identical_numbers(store, tmp_path, monkeypatc
     first = store["tracker"]
     config = load_config(store["config_file"], ["methods=[lora]", "seeds=[0]"])
     again = Tracker(config.experiment)
-    sweep.run_sweep(config, Console(quiet=True), again)
+    outcomes = sweep.run_sweep(config, Console(quiet=True), again)
+    assert [o.status for o in outcomes] == ["finished"] and again.uri != store["tracker"].uri
 
     def measured(tracker):
         run = tracker.client.search_runs([tracker.experiment_id], "tags.method = 'lora' and tags.seed = '0' and attributes.status = 'FINISHED'")[0]

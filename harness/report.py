@@ -148,7 +148,9 @@ def render_csv(table: AccuracyTable) -> str:
 
 
 def _latex_escape(text: str) -> str:
-    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%").replace("#", r"\#")
+    for plain, latex in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("±", r"$\pm$"), ("–", "--")):
+        text = text.replace(plain, latex)
+    return text
 
 
 def render_latex(table: AccuracyTable) -> str:
@@ -161,8 +163,8 @@ def render_latex(table: AccuracyTable) -> str:
         r"\midrule",
     ]
     for label, texts in table.rows():
-        cells = (rf"\textbf{{{t}}}" if best else t for t, best in texts)
-        lines.append(_latex_escape(label) + " & " + " & ".join(c.replace("±", r"$\pm$").replace("–", "--") for c in cells) + r" \\")
+        cells = (rf"\textbf{{{_latex_escape(t)}}}" if best else _latex_escape(t) for t, best in texts)
+        lines.append(_latex_escape(label) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_latex_escape(table.title)}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 

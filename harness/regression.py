@@ -117,7 +117,8 @@ def rerun(suite: Suite, console: Console) -> list[dict]:
 def existing_rows(suite: Suite) -> list[dict]:
     """The suite's trials as already recorded in the MLflow store (no rerun)."""
     config = suite.experiment()
-    return rows_from_mlflow(Tracker(config.experiment), model=config.model, methods=config.methods, tasks=config.tasks)
+    rows = rows_from_mlflow(Tracker(config.experiment), model=config.model, methods=config.methods, tasks=config.tasks)
+    return [row for row in rows if row["seed"] in config.seeds]
 
 
 def _group(rows: list[dict]) -> dict[tuple, dict[int, float]]:

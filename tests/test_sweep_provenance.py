@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from adamole_bench.harness import regression, sweep
 from adamole_bench.harness.config import load_config
-from adamole_bench.harness.report import rows_from_mlflow
 from adamole_bench.harness.tracking import Tracker
 
 SWEEP = {
@@ -157,8 +156,16 @@ def test_same_config_and_seed_give_identical_numbers(store, tmp_path, monkeypatc
 
 
 def test_report_reads_mlflow_and_writes_every_format(store, tmp_path):
-    from adamole_bench.cli import app
+    import matplotlib.pyplot as plt
 
+    from adamole_bench.cli import app
+    from adamole_bench.harness.plots import HEATMAP_ARTIFACT
+
+    tracker = store["tracker"]
+    lora_run = tracker.client.search_runs([tracker.experiment_id], "tags.method = 'lora' and tags.seed = '1' and attributes.status = 'FINISHED'")[0]
+    figure = plt.figure()  # stands in for the heatmap an expert method logs
+    tracker.log_figure(lora_run.info.run_id, figure, HEATMAP_ARTIFACT)
+    plt.close(figure)
     output = tmp_path / "report"
     env = {"ADAMOLE_BENCH_RUNS": str(store["root"])}
     result = CliRunner().invoke(app, ["report", "--experiment", "sweep-test", "--format", "markdown", "--output", str(output)], env=env)
@@ -167,11 +174,14 @@ def test_report_reads_mlflow_and_writes_every_format(store, tmp_path):
     assert {p.name for p in output.iterdir()} >= {"accuracy.md", "accuracy.csv", "accuracy.tex", "accuracy.html", "plots"}
     assert (output / "plots" / "accuracy_bars.png").stat().st_size > 1000
     assert (output / "plots" / "accuracy_vs_params_vs_speed.png").stat().st_size > 1000
-    tracker = store["tracker"]
+    assert [p.name for p in (output / "plots" / "expert_usage").iterdir()] == ["lora_fruit_or_color_seed1.png"]
     reports = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'report'")
     assert len(reports) == 1
     logged = {f.path for f in tracker.client.list_artifacts(reports[0].info.run_id, "report")}
     assert "report/accuracy.tex" in logged and "report/plots" in logged
+
+    compared = CliRunner().invoke(app, ["compare", "lora", "base", "--experiment", "sweep-test"], env=env)
+    assert compared.exit_code == 0 and "2 matched (task, seed) pairs" in compared.output and "too small" in compared.output
 
     missing = CliRunner().invoke(app, ["report", "--experiment", "sweep-test", "--methods", "nope"], env=env)
     assert missing.exit_code == 2 and "no finished trials" in missing.output

@@ -221,21 +221,89 @@ def setup():
     console.print(f"SmolLM2:    {smollm2_checkpoint()}")
 
 
+def _report_rows(experiment: str, model: str | None, methods: str | None, tasks: str | None):
+    from .harness.report import check_single_model, rows_from_mlflow
+    from .harness.tracking import Tracker
+
+    tracker = Tracker(experiment)
+    rows = rows_from_mlflow(tracker, model=model, methods=_split(methods), tasks=_split(tasks))
+    if not rows:
+        raise UserError(f"no finished trials in experiment '{experiment}' match the filters; run `adamole-bench run` first")
+    check_single_model(rows)
+    return tracker, rows
+
+
 @app.command()
 @user_errors
 def report(
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment to read."),
-    markdown: bool = typer.Option(False, "--markdown", help="Print Markdown instead of a terminal table."),
+    table_format: str = typer.Option("rich", "--format", help="rich, markdown, csv, latex or html."),
+    output: Path = typer.Option(None, help="Folder for every table format, plots and expert heatmaps (also logged to MLflow as a kind=report run)."),
+    model: str = typer.Option(None, help="Only runs of this base model (required when the store holds several)."),
+    methods: str = typer.Option(None, help="Comma-separated methods to include."),
+    tasks: str = typer.Option(None, help="Comma-separated tasks to include."),
+    published: Path = typer.Option(None, help="Published numbers to show as extra rows [default: results/published.yaml]."),
 ):
-    """Method × task table of every finished trial in the MLflow store."""
-    from .harness.report import accuracy_table, render_markdown, render_rich, rows_from_mlflow
-    from .harness.tracking import Tracker
+    """Method × task table (mean ± sd over seeds, average column, best in bold) of finished trials."""
+    from .harness.paths import package_root
+    from .harness.report import FORMATS, TEXT_RENDERERS, accuracy_table, load_published, render_rich
 
-    rows = rows_from_mlflow(Tracker(experiment))
+    if table_format not in FORMATS:
+        from .harness.errors import unknown
+
+        raise unknown("format", table_format, FORMATS)
+    tracker, rows = _report_rows(experiment, model, methods, tasks)
+    numbers = load_published(published or package_root() / "results" / "published.yaml", rows[0]["model"])
+    table = accuracy_table(rows, published={k: v for k, v in numbers.items() if k[1] in {r["task"] for r in rows}})
+    console.print(render_rich(table)) if table_format == "rich" else console.print(TEXT_RENDERERS[table_format](table), markup=False, end="")
+    if output:
+        from .harness.report_bundle import write_report
+
+        written = write_report(tracker, rows, table, output, {"model": model, "methods": methods, "tasks": tasks})
+        console.print(f"wrote {len(written)} files to {output} (and a kind=report run in MLflow)")
+
+
+@app.command()
+@user_errors
+def compare(
+    method_a: str = typer.Argument(..., help="First method, e.g. adamole."),
+    method_b: str = typer.Argument(..., help="Second method, e.g. lora."),
+    experiment: str = typer.Option("adamole-bench", help="MLflow experiment to read."),
+    model: str = typer.Option(None, help="Only runs of this base model."),
+    tasks: str = typer.Option(None, help="Comma-separated tasks to include."),
+):
+    """Paired comparison of two methods over matched (task, seed) runs, with significance tests."""
+    from .harness.compare import compare_methods, render_comparison
+
+    _, rows = _report_rows(experiment, model, f"{method_a},{method_b}", tasks)
+    console.print(render_comparison(compare_methods(rows, method_a, method_b)), markup=False, end="")
+
+
+@app.command()
+@user_errors
+def check(
+    suite: Path = typer.Option(None, help="Suite file with recorded results [default: results/ci-smoke.yaml]."),
+    record: bool = typer.Option(False, "--record", help="Write the current results as the new records (review the diff)."),
+    from_mlflow: bool = typer.Option(False, "--from-mlflow", help="Compare runs already in the MLflow store instead of rerunning."),
+):
+    """Rerun a recorded suite and compare accuracies; exit 1 on a drop beyond tolerance."""
+    from .harness import regression
+    from .harness.paths import package_root
+
+    offline_defaults()
+    loaded = regression.load_suite(suite or package_root() / "results" / "ci-smoke.yaml")
+    rows = regression.existing_rows(loaded) if from_mlflow else regression.rerun(loaded, console)
     if not rows:
-        raise UserError(f"no finished trials in experiment '{experiment}'; run `adamole-bench run` first")
-    table = accuracy_table(rows)
-    console.print(render_markdown(table), markup=False) if markdown else console.print(render_rich(table))
+        raise UserError("no finished suite trials to compare; run the suite's config first or drop --from-mlflow")
+    if record:
+        console.print(f"recorded {len(rows)} trials in {regression.record(loaded, rows)}")
+    deltas = regression.compare(loaded, rows)
+    console.print(regression.render_deltas(deltas))
+    failing = [d for d in deltas if d.fails]
+    if failing:
+        console.print(f"[red]{len(failing)} recorded result(s) regressed or could not be reproduced[/]")
+        raise typer.Exit(1)
+    console.print("[green]no regression beyond tolerance[/]")
 
 
 @app.command()

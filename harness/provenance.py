@@ -1,5 +1,7 @@
 """What produced a number: code version, packages, hardware. Recorded with every run."""
 
+import hashlib
+import json
 import platform
 import subprocess
 from functools import cache
@@ -28,7 +30,8 @@ def code_version() -> dict[str, str]:
 
         return {"git_commit": "unknown", "git_dirty": "unknown", "adamole_bench_version": __version__}
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
-    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+    # mlflow.source.git.commit: the key the MLflow UI shows; the fluent API sets it, our client API must
+    return {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
 
 
 @cache
@@ -48,3 +51,17 @@ def hardware(device: torch.device) -> dict[str, str]:
         info["gpu"] = torch.cuda.get_device_name(device)
     info["cpu"] = platform.processor() or platform.machine()
     return info
+
+
+def eval_protocol_tags(results_json: dict) -> dict[str, str]:
+    """lm-eval's resolved task config (prompt, choices, delimiters, metrics) as a hash per task.
+
+    Two runs with equal hashes were scored the same way; the machine-specific YAML path is left out.
+    """
+    tags = {}
+    for task, task_config in results_json.get("configs", {}).items():
+        portable = {**task_config, "metadata": {k: v for k, v in (task_config.get("metadata") or {}).items() if k != "config_source"}}
+        digest = hashlib.sha256(json.dumps(portable, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        tags[f"eval_task_hash.{task}"] = digest
+        tags[f"eval_task_version.{task}"] = str(results_json.get("versions", {}).get(task))
+    return tags

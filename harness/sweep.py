@@ -22,7 +22,7 @@ from .data import training_examples
 from .errors import UserError
 from .evaluate import evaluate
 from .models import BaseModel, load_base_model, resolve_device
-from .provenance import code_version, hardware, package_versions
+from .provenance import code_version, eval_protocol_tags, hardware, package_versions
 from .tracking import Tracker
 from .train import peak_memory_mb, set_seed, train
 
@@ -207,6 +207,8 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
             "data_notes": "; ".join(data.notes) or "official splits",
             **{f"data_fingerprint.{split}": fp for split, fp in data.fingerprints.items()},
             "model_fingerprint": base.fingerprint,
+            "model_source": base.source,
+            "dtype": config.dtype,
             "device": str(device),
             **hardware(device),
             **{f"version.{k}": v for k, v in package_versions().items()},
@@ -245,6 +247,7 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
     }
     metrics |= statistics.metrics()
     tracker.log_metrics(run_id, metrics)
+    tracker.set_tags(run_id, eval_protocol_tags(evaluation.results_json))
     for artifact, figure in statistics.figures().items():
         tracker.log_figure(run_id, figure, artifact)
     for artifact, table in statistics.tables().items():

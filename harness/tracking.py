@@ -66,7 +66,8 @@ class Tracker:
         local = self.uri.startswith("sqlite:///")
         if local:
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        # No mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI to child processes.
+        # No mlflow.set_tracking_uri: MLflow 3 also writes it to os.environ, so a second Tracker in the
+        # same process (e.g. `check` rerunning in a throwaway store) would silently reuse the first store, and child processes inherit it.
         self.client = MlflowClient(self.uri)
         try:
             found = self.client.get_experiment_by_name(experiment)

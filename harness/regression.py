@@ -1,0 +1,201 @@
+"""Recorded results and the `check` regression gate.
+
+A suite file (YAML, reviewed like code) names an experiment config to rerun and holds one
+record per (model, method, task, protocol, config hash): the per-seed accuracies, their mean and
+a tolerance. `check` reruns the config in a throwaway MLflow store (or reads existing runs),
+compares means, and fails on a drop beyond tolerance or on a record it can no longer reproduce
+(a changed config hash means the old number is not comparable: review and re-record).
+"""
+
+import os
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from .config import ExperimentConfig, load_config
+from .errors import UserError
+from .provenance import code_version, package_versions
+from .report import rows_from_mlflow
+from .tracking import Tracker
+
+DEFAULT_TOLERANCE = 0.03  # accuracy points as a fraction; CPU reruns are exact, this absorbs other hardware
+KEY_FIELDS = ("model", "method", "task", "protocol", "config_hash")
+HEADER = """\
+# Recorded results for `adamole-bench check` (docs/reproducibility.md, "Recorded results").
+# config: experiment YAML the suite reruns (path relative to this file); overrides: key=value on top.
+# torch_threads: CPU threads during the rerun (float reductions depend on it, so it is part of the protocol).
+# records: one per (model, method, task, protocol, config_hash); values are per-seed accuracies (fractions),
+#   mean is their mean, tolerance the largest allowed drop of the rerun's mean below it.
+# Written by `adamole-bench check --suite FILE --record`; review the diff before committing.
+"""
+
+
+@dataclass
+class Suite:
+    path: Path
+    config_path: Path
+    overrides: list[str] = field(default_factory=list)
+    torch_threads: int | None = 1
+    default_tolerance: float = DEFAULT_TOLERANCE
+    records: list[dict] = field(default_factory=list)
+
+    def experiment(self) -> ExperimentConfig:
+        return load_config(self.config_path, self.overrides)
+
+
+@dataclass
+class Delta:
+    key: dict
+    recorded: float | None
+    current: float | None
+    tolerance: float | None
+    status: str  # ok | regressed | improved | missing | new
+
+    @property
+    def fails(self) -> bool:
+        return self.status in ("regressed", "missing")
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"suite file {path} not found (e.g. results/ci-smoke.yaml)")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"suite file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if "config" not in document:
+        raise UserError(f"suite file {path} must name the experiment config to rerun (config: ../configs/smoke.yaml)")
+    records = document.get("records") or []
+    for number, record in enumerate(records, start=1):
+        missing = set(KEY_FIELDS + ("seeds", "values", "mean")) - set(record)
+        if missing:
+            raise UserError(f"{path} record {number} lacks {', '.join(sorted(missing))}")
+    return Suite(
+        path=path,
+        config_path=(path.parent / document["config"]).resolve(),
+        overrides=list(document.get("overrides") or []),
+        torch_threads=document.get("torch_threads", 1),
+        default_tolerance=float(document.get("default_tolerance", DEFAULT_TOLERANCE)),
+        records=records,
+    )
+
+
+@contextmanager
+def _threads(count: int | None):
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def rerun(suite: Suite, console: Console) -> list[dict]:
+    """Run the suite's sweep from scratch in a throwaway store, so nothing is skipped as done."""
+    from .sweep import run_sweep
+
+    config = suite.experiment()
+    with tempfile.TemporaryDirectory(prefix="adamole-check-") as store, _threads(suite.torch_threads):
+        tracker = Tracker(config.experiment, uri=f"sqlite:///{store}/mlflow.db")
+        outcomes = run_sweep(config, console, tracker)
+        failed = [o for o in outcomes if o.status == "failed"]
+        if failed:
+            raise UserError(f"{len(failed)} suite trials failed, first: {failed[0].trial.name}: {failed[0].error}")
+        return rows_from_mlflow(tracker, model=config.model)
+
+
+def existing_rows(suite: Suite) -> list[dict]:
+    """The suite's trials as already recorded in the MLflow store (no rerun)."""
+    config = suite.experiment()
+    rows = rows_from_mlflow(Tracker(config.experiment), model=config.model, methods=config.methods, tasks=config.tasks)
+    return [row for row in rows if row["seed"] in config.seeds]
+
+
+def _group(rows: list[dict]) -> dict[tuple, dict[int, float]]:
+    groups: dict[tuple, dict[int, float]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in KEY_FIELDS), {})[row["seed"]] = row["acc"]
+    return groups
+
+
+def compare(suite: Suite, rows: list[dict]) -> list[Delta]:
+    current = _group(rows)
+    deltas = []
+    for record in suite.records:
+        key = tuple(record[k] for k in KEY_FIELDS)
+        tolerance = float(record.get("tolerance", suite.default_tolerance))
+        values = current.get(key, {})
+        if not all(seed in values for seed in record["seeds"]):
+            deltas.append(Delta(dict(zip(KEY_FIELDS, key)), record["mean"], None, tolerance, "missing"))
+            continue
+        mean = round(statistics.fmean(values[seed] for seed in record["seeds"]), 6)  # as recorded
+        difference = mean - record["mean"]
+        status = "regressed" if difference < -tolerance else "improved" if difference > tolerance else "ok"
+        deltas.append(Delta(dict(zip(KEY_FIELDS, key)), record["mean"], mean, tolerance, status))
+    recorded_keys = {tuple(r[k] for k in KEY_FIELDS) for r in suite.records}
+    for key, values in current.items():
+        if key not in recorded_keys:
+            deltas.append(Delta(dict(zip(KEY_FIELDS, key)), None, statistics.fmean(values.values()), None, "new"))
+    return deltas
+
+
+def render_deltas(deltas: list[Delta]) -> Table:
+    styles = {"ok": "green", "improved": "cyan", "new": "yellow", "regressed": "bold red", "missing": "bold red"}
+    table = Table(title="check: rerun vs recorded (accuracy %)")
+    table.add_column("model / method / task / protocol", overflow="fold")
+    table.add_column("config", overflow="fold")
+    for column in ("recorded", "now", "delta", "tol."):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+
+    def number(value: float | None) -> str:
+        return "–" if value is None else f"{value * 100:.2f}"
+
+    for d in deltas:
+        delta = "–" if d.recorded is None or d.current is None else f"{(d.current - d.recorded) * 100:+.2f}"
+        name = " / ".join(d.key[k] for k in ("model", "method", "task", "protocol"))
+        table.add_row(name, d.key["config_hash"], number(d.recorded), number(d.current), delta, number(d.tolerance), f"[{styles[d.status]}]{d.status}[/]")
+    return table
+
+
+def record(suite: Suite, rows: list[dict]) -> Path:
+    """Write the current results as the suite's records, keeping each record's reviewed tolerance."""
+    tolerances = {tuple(r[k] for k in KEY_FIELDS): r.get("tolerance") for r in suite.records}
+    records = []
+    for key, values in sorted(_group(rows).items()):
+        seeds = sorted(values)
+        entry = dict(zip(KEY_FIELDS, key))
+        entry |= {
+            "seeds": seeds,
+            "values": [round(values[s], 6) for s in seeds],
+            "mean": round(statistics.fmean(values.values()), 6),
+            "tolerance": tolerances.get(key) or suite.default_tolerance,
+        }
+        records.append(entry)
+    document = {
+        "config": os.path.relpath(suite.config_path, suite.path.parent.resolve()),
+        "overrides": suite.overrides,
+        "torch_threads": suite.torch_threads,
+        "default_tolerance": suite.default_tolerance,
+        "recorded": {
+            "at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            **{k: v for k, v in code_version().items() if not k.startswith("mlflow.")},
+            "versions": {k: v for k, v in package_versions().items() if k in ("torch", "transformers", "peft", "lm_eval")},
+        },
+        "records": records,
+    }
+    suite.path.parent.mkdir(parents=True, exist_ok=True)
+    suite.path.write_text(HEADER + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, default_flow_style=None))
+    suite.records = records
+    return suite.path
+

@@ -1,0 +1,68 @@
+"""The regression gate catches broken method math: record a LoRA suite, zero LoRA's scaling
+(a plausible bug: the adapter trains but never reaches the output), rerun, expect exit 1."""
+
+import pytest
+import torch
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner
+
+from adamole_bench.harness import regression
+from adamole_bench.methods.lora import Lora
+
+LEARNS_FAST = {  # LoRA reaches ~70% on fruit_or_color in 60 steps; untrained it is ~48%
+    "model": "tiny-llama",
+    "methods": ["lora"],
+    "tasks": ["fruit_or_color"],
+    "seeds": [0],
+    "save_adapters": False,
+    "method_options": {"lora": {"dropout": 0.0}},
+    "train": {"max_steps": 60, "lr": 2e-2, "warmup_steps": 0},
+    "eval": {"limit": 64, "batch_size": 32},
+}
+
+
+def _zero_lora_scaling(original_apply):
+    def apply(self, model):
+        peft_model = original_apply(self, model)
+        for module in peft_model.modules():
+            if isinstance(getattr(module, "scaling", None), dict):
+                module.scaling = {name: 0.0 for name in module.scaling}
+        return peft_model
+
+    return apply
+
+
+def test_check_fails_when_lora_math_is_broken(tmp_path, monkeypatch):
+    from adamole_bench.cli import app
+
+    monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "lora.yaml").write_text(yaml.safe_dump(LEARNS_FAST))
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(yaml.safe_dump({"config": "lora.yaml", "torch_threads": 1, "default_tolerance": 0.05}))
+    suite = regression.load_suite(suite_file)
+    regression.record(suite, regression.rerun(suite, Console(quiet=True)))
+    recorded = yaml.safe_load(suite_file.read_text())["records"][0]
+    assert recorded["mean"] > 0.6, "the suite must learn, or breaking LoRA could not show"
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(Lora, "apply", _zero_lora_scaling(Lora.apply))
+    result = CliRunner().invoke(app, ["check", "--suite", str(suite_file)], env={"COLUMNS": "160"})
+    assert result.exit_code == 1, result.output
+    assert "regressed" in result.output
+    assert torch.get_num_threads() == threads  # the suite's torch_threads applied only during the rerun
+
+
+def test_suite_file_errors_are_one_line_user_errors(tmp_path):
+    from adamole_bench.cli import app
+
+    bad = tmp_path / "suite.yaml"
+    bad.write_text("records: []\n")
+    result = CliRunner().invoke(app, ["check", "--suite", str(bad)])
+    assert result.exit_code == 2 and "must name the experiment config" in result.output
+    missing = CliRunner().invoke(app, ["check", "--suite", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+    bad.write_text(yaml.safe_dump({"config": "x.yaml", "records": [{"method": "lora"}]}))
+    with pytest.raises(regression.UserError, match="record 1 lacks"):
+        regression.load_suite(bad)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from .harness.errors import UserError
 from .harness.paths import offline_defaults
@@ -186,7 +186,8 @@ def _list_tasks() -> Table:
     from .tasks.registry import all_tasks
     from .tasks.sources import summarize
 
-    table = Table("task", "train", "eval", "source", "template", "notes")
+    table = Table("train", "eval", "source", "template", "notes")
+    table.columns.insert(0, Column("task", no_wrap=True))  # names must stay copyable on narrow terminals
     for name, spec in all_tasks().items():
         try:
             summary = summarize(name)

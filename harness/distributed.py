@@ -43,7 +43,7 @@ class Context:
     def mean(self, value: torch.Tensor) -> float:
         """The mean of a scalar over all processes (for logging; gradients are averaged by DDP)."""
         if not self.enabled:
-            return float(value)
+            return float(value.detach())
         value = value.detach().clone().float()
         torch.distributed.all_reduce(value)
         return float(value) / self.world_size

@@ -139,20 +139,25 @@ def parse_override(text: str) -> dict:
     return nested
 
 
+def read_yaml_mapping(path: str | Path, kind: str, example: str = "") -> dict:
+    """A YAML file that must hold a mapping, with one-line errors for missing/invalid files."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{kind} {path} not found{f' (e.g. {example})' if example else ''}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{kind} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{kind} {path} must be a mapping of settings")
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), **cli: object) -> ExperimentConfig:
     """Defaults, then the YAML file, then CLI flags (`cli`, None = not given), then key=value overrides."""
     config = ExperimentConfig()
     if path:
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"config file {path} not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise UserError(f"config file {path} must be a mapping of settings")
-        _set_fields(config, values)
+        _set_fields(config, read_yaml_mapping(path, "config file"))
     flags = {k: v for k, v in cli.items() if v is not None}
     for dotted, value in flags.items():
         section, _, name = dotted.rpartition("__")

@@ -20,7 +20,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from .config import ExperimentConfig, load_config
+from .config import ExperimentConfig, load_config, read_yaml_mapping
 from .errors import UserError
 from .provenance import code_version, package_versions
 from .report import rows_from_mlflow
@@ -66,12 +66,7 @@ class Delta:
 
 def load_suite(path: str | Path) -> Suite:
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"suite file {path} not found (e.g. results/ci-smoke.yaml)")
-    try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"suite file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    document = read_yaml_mapping(path, "suite file", "results/ci-smoke.yaml")
     if "config" not in document:
         raise UserError(f"suite file {path} must name the experiment config to rerun (config: ../configs/smoke.yaml)")
     records = document.get("records") or []

@@ -3,6 +3,7 @@
 import functools
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from ..tasks.registry import TASK_DIR, lm_eval_task_name
 from ..tasks.sources import TaskData, pinned
 from .config import EvalConfig
+from .provenance import code_version
 
 
 @dataclass
@@ -18,6 +20,22 @@ class EvalResult:
     lm_eval_task: str
     results_json: dict  # lm-eval's output without per-sample records
     samples: list[dict] = field(default_factory=list)  # per doc: label, prediction, log-likelihoods
+
+
+@contextmanager
+def _our_git_hash():
+    """lm-eval runs `git describe` in the cwd: wrong repo (or a 'fatal:' line) for us. Record ours."""
+    import lm_eval.evaluator
+
+    original = getattr(lm_eval.evaluator, "get_git_commit_hash", None)
+    if original is None:  # another lm-eval version: leave it alone
+        yield
+        return
+    lm_eval.evaluator.get_git_commit_hash = lambda: code_version()["git_commit"]
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.get_git_commit_hash = original
 
 
 @functools.cache
@@ -55,7 +73,7 @@ def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConf
     device = next(model.parameters()).device
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=str(device))
     name = lm_eval_task_name(data.spec.name, config.protocol)
-    with pinned(data):
+    with pinned(data), _our_git_hash():
         output = lm_eval.simple_evaluate(
             model=lm,
             tasks=[name],

@@ -69,6 +69,7 @@ def test_training_learns_a_learnable_task_and_everything_reads_back(finished_swe
     assert {"config", "lm_eval", "adapter"} <= artifacts
     results = json.loads(open(mlflow.artifacts.download_artifacts(run_id=lora["run_id"], artifact_path="lm_eval/results.json")).read())
     assert results["results"]["fruit_or_color_letter"]["acc,none"] == pytest.approx(lora["metrics.eval/acc"])
+    assert results["git_hash"] == lora["tags.git_commit"]  # our code version, not the cwd's repo
     adapter_files = {a.path for a in client.list_artifacts(lora["run_id"], "adapter")}
     assert "adapter/adapter_model.safetensors" in adapter_files
     # One parent run per invocation, every trial its child.

@@ -27,13 +27,17 @@ from .report import rows_from_mlflow
 from .tracking import Tracker
 
 DEFAULT_TOLERANCE = 0.03  # accuracy points as a fraction; CPU reruns are exact, this absorbs other hardware
+# Relative change of the mean training loss that counts as drift. Accuracy saturates on easy suites
+# (a broken router can still reach 100%); the loss curve of a deterministic CPU rerun does not.
+DEFAULT_LOSS_TOLERANCE = 0.05
 KEY_FIELDS = ("model", "method", "task", "protocol", "config_hash")
 HEADER = """\
 # Recorded results for `adamole-bench check` (docs/reproducibility.md, "Recorded results").
 # config: experiment YAML the suite reruns (path relative to this file); overrides: key=value on top.
 # torch_threads: CPU threads during the rerun (float reductions depend on it, so it is part of the protocol).
 # records: one per (model, method, task, protocol, config_hash); values are per-seed accuracies (fractions),
-#   mean is their mean, tolerance the largest allowed drop of the rerun's mean below it.
+#   mean is their mean, tolerance the largest allowed drop of the rerun's mean below it; train_loss is the
+#   mean training loss per seed, and a relative change beyond loss_tolerance fails as "drifted".
 # Written by `adamole-bench check --suite FILE --record`; review the diff before committing.
 """
 
@@ -45,6 +49,7 @@ class Suite:
     overrides: list[str] = field(default_factory=list)
     torch_threads: int | None = 1
     default_tolerance: float = DEFAULT_TOLERANCE
+    loss_tolerance: float = DEFAULT_LOSS_TOLERANCE
     records: list[dict] = field(default_factory=list)
 
     def experiment(self) -> ExperimentConfig:
@@ -57,11 +62,12 @@ class Delta:
     recorded: float | None
     current: float | None
     tolerance: float | None
-    status: str  # ok | regressed | improved | missing | new
+    status: str  # ok | regressed | improved | drifted | missing | new
+    loss_change: float | None = None  # relative change of the mean training loss
 
     @property
     def fails(self) -> bool:
-        return self.status in ("regressed", "missing")
+        return self.status in ("regressed", "drifted", "missing")
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -80,6 +86,7 @@ def load_suite(path: str | Path) -> Suite:
         overrides=list(document.get("overrides") or []),
         torch_threads=document.get("torch_threads", 1),
         default_tolerance=float(document.get("default_tolerance", DEFAULT_TOLERANCE)),
+        loss_tolerance=float(document.get("loss_tolerance", DEFAULT_LOSS_TOLERANCE)),
         records=records,
     )
 
@@ -116,15 +123,22 @@ def existing_rows(suite: Suite) -> list[dict]:
     return [row for row in rows if row["seed"] in config.seeds]
 
 
-def _group(rows: list[dict]) -> dict[tuple, dict[int, float]]:
+def _group(rows: list[dict], metric: str = "acc") -> dict[tuple, dict[int, float]]:
     groups: dict[tuple, dict[int, float]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in KEY_FIELDS), {})[row["seed"]] = row["acc"]
+        groups.setdefault(tuple(row[k] for k in KEY_FIELDS), {})[row["seed"]] = row.get(metric)
     return groups
 
 
+def _mean_loss(values: dict[int, float | None], seeds: list[int]) -> float | None:
+    losses = [values.get(seed) for seed in seeds]
+    if any(loss is None or loss != loss for loss in losses):  # untrained (base) or not recorded
+        return None
+    return round(statistics.fmean(losses), 6)
+
+
 def compare(suite: Suite, rows: list[dict]) -> list[Delta]:
-    current = _group(rows)
+    current, current_loss = _group(rows), _group(rows, "train_loss")
     deltas = []
     for record in suite.records:
         key = tuple(record[k] for k in KEY_FIELDS)
@@ -136,7 +150,13 @@ def compare(suite: Suite, rows: list[dict]) -> list[Delta]:
         mean = round(statistics.fmean(values[seed] for seed in record["seeds"]), 6)  # as recorded
         difference = mean - record["mean"]
         status = "regressed" if difference < -tolerance else "improved" if difference > tolerance else "ok"
-        deltas.append(Delta(dict(zip(KEY_FIELDS, key)), record["mean"], mean, tolerance, status))
+        loss_change = None
+        loss_now = _mean_loss(current_loss.get(key, {}), record["seeds"])
+        if record.get("train_loss_mean") is not None and loss_now is not None:
+            loss_change = (loss_now - record["train_loss_mean"]) / max(abs(record["train_loss_mean"]), 1e-8)
+            if abs(loss_change) > suite.loss_tolerance and status != "regressed":
+                status = "drifted"
+        deltas.append(Delta(dict(zip(KEY_FIELDS, key)), record["mean"], mean, tolerance, status, loss_change))
     recorded_keys = {tuple(r[k] for k in KEY_FIELDS) for r in suite.records}
     for key, values in current.items():
         if key not in recorded_keys:
@@ -145,11 +165,11 @@ def compare(suite: Suite, rows: list[dict]) -> list[Delta]:
 
 
 def render_deltas(deltas: list[Delta]) -> Table:
-    styles = {"ok": "green", "improved": "cyan", "new": "yellow", "regressed": "bold red", "missing": "bold red"}
+    styles = {"ok": "green", "improved": "cyan", "new": "yellow", "regressed": "bold red", "drifted": "bold red", "missing": "bold red"}
     table = Table(title="check: rerun vs recorded (accuracy %)")
     table.add_column("model / method / task / protocol", overflow="fold")
     table.add_column("config", overflow="fold")
-    for column in ("recorded", "now", "delta", "tol."):
+    for column in ("recorded", "now", "delta", "tol.", "loss Δ"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
 
@@ -159,13 +179,15 @@ def render_deltas(deltas: list[Delta]) -> Table:
     for d in deltas:
         delta = "–" if d.recorded is None or d.current is None else f"{(d.current - d.recorded) * 100:+.2f}"
         name = " / ".join(d.key[k] for k in ("model", "method", "task", "protocol"))
-        table.add_row(name, d.key["config_hash"], number(d.recorded), number(d.current), delta, number(d.tolerance), f"[{styles[d.status]}]{d.status}[/]")
+        loss = "–" if d.loss_change is None else f"{d.loss_change * 100:+.1f}%"
+        table.add_row(name, d.key["config_hash"], number(d.recorded), number(d.current), delta, number(d.tolerance), loss, f"[{styles[d.status]}]{d.status}[/]")
     return table
 
 
 def record(suite: Suite, rows: list[dict]) -> Path:
     """Write the current results as the suite's records, keeping each record's reviewed tolerance."""
     tolerances = {tuple(r[k] for k in KEY_FIELDS): r.get("tolerance") for r in suite.records}
+    losses = _group(rows, "train_loss")
     records = []
     for key, values in sorted(_group(rows).items()):
         seeds = sorted(values)
@@ -176,12 +198,16 @@ def record(suite: Suite, rows: list[dict]) -> Path:
             "mean": round(statistics.fmean(values.values()), 6),
             "tolerance": tolerances.get(key) or suite.default_tolerance,
         }
+        loss_mean = _mean_loss(losses.get(key, {}), seeds)
+        if loss_mean is not None:
+            entry |= {"train_loss": [round(losses[key][s], 6) for s in seeds], "train_loss_mean": loss_mean}
         records.append(entry)
     document = {
         "config": os.path.relpath(suite.config_path, suite.path.parent.resolve()),
         "overrides": suite.overrides,
         "torch_threads": suite.torch_threads,
         "default_tolerance": suite.default_tolerance,
+        "loss_tolerance": suite.loss_tolerance,
         "recorded": {
             "at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             **{k: v for k, v in code_version().items() if not k.startswith("mlflow.")},

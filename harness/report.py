@@ -210,6 +210,7 @@ def rows_from_mlflow(tracker, model: str | None = None, methods: list[str] | Non
             "config_hash": tags.get("config_hash"),
             "acc": metrics["eval/acc"],
             "acc_stderr": metrics.get("eval/acc_stderr"),
+            "train_loss": metrics.get("train/mean_loss"),
             "trainable_params": metrics.get("params/trainable"),
             "tokens_per_second": metrics.get("train/tokens_per_second"),
             "run_id": run.info.run_id,

@@ -243,6 +243,7 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
         "train/seconds": result.seconds,
         "train/tokens_per_second": result.tokens_per_second,
         "train/final_loss": result.losses[-1] if result.losses else float("nan"),
+        "train/mean_loss": sum(result.losses) / len(result.losses) if result.losses else float("nan"),
         "memory/peak_mb": peak_memory_mb(device),
     }
     metrics |= statistics.metrics()

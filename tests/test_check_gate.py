@@ -1,6 +1,8 @@
 """The regression gate catches broken method math: record a LoRA suite, zero LoRA's scaling
 (a plausible bug: the adapter trains but never reaches the output), rerun, expect exit 1."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -66,3 +68,41 @@ def test_suite_file_errors_are_one_line_user_errors(tmp_path):
     bad.write_text(yaml.safe_dump({"config": "x.yaml", "records": [{"method": "lora"}]}))
     with pytest.raises(regression.UserError, match="record 1 lacks"):
         regression.load_suite(bad)
+
+
+def test_check_catches_a_broken_router_that_accuracy_alone_misses(tmp_path, monkeypatch):
+    """AdaMoLE with τ added instead of subtracted still learns the easy task; its loss curve drifts."""
+    from adamole_bench.cli import app
+    from adamole_bench.methods import routing
+
+    monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = {**LEARNS_FAST, "methods": ["adamole"], "method_options": {}, "train": {**LEARNS_FAST["train"], "max_steps": 40}}
+    (tmp_path / "adamole.yaml").write_text(yaml.safe_dump(config))
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(yaml.safe_dump({"config": "adamole.yaml", "torch_threads": 1}))
+    suite = regression.load_suite(suite_file)
+    regression.record(suite, regression.rerun(suite, Console(quiet=True)))
+    assert yaml.safe_load(suite_file.read_text())["records"][0]["train_loss_mean"] > 0
+
+    def broken(gate_logits, threshold_logits, max_threshold):
+        probs = gate_logits.softmax(dim=-1)
+        gaps = probs + torch.sigmoid(threshold_logits) * max_threshold  # the bug: + instead of −
+        selected = (gaps >= 0).to(probs.dtype)
+        return routing.Routing(routing.renormalise(gaps * selected), selected, gaps, None)
+
+    monkeypatch.setattr(routing, "adaptive_threshold", broken)
+    result = CliRunner().invoke(app, ["check", "--suite", str(suite_file)], env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output
+    assert "drifted" in result.output or "regressed" in result.output
+
+
+def test_loss_drift_rule():
+    suite = regression.Suite(path=Path("s.yaml"), config_path=Path("c.yaml"), loss_tolerance=0.05)
+    key = {"model": "m", "method": "lora", "task": "t", "protocol": "letter", "config_hash": "h"}
+    suite.records = [{**key, "seeds": [0], "values": [0.9], "mean": 0.9, "train_loss": [1.0], "train_loss_mean": 1.0}]
+    same_accuracy = [{**key, "seed": 0, "acc": 0.9}]
+    assert regression.compare(suite, [{**same_accuracy[0], "train_loss": 1.04}])[0].status == "ok"
+    drifted = regression.compare(suite, [{**same_accuracy[0], "train_loss": 1.2}])[0]
+    assert drifted.status == "drifted" and drifted.fails and abs(drifted.loss_change - 0.2) < 1e-9
+    assert regression.compare(suite, [{**same_accuracy[0], "train_loss": None}])[0].status == "ok"  # e.g. base

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,15 +84,19 @@ def loop_over_experts(experts: LoraExperts, x: torch.Tensor, weights: torch.Tens
 
 @contextmanager
 def loop_reference(model: nn.Module):
-    """Run every LoraExperts of `model` through `loop_over_experts` inside the block."""
-    experts = [m for m in model.modules() if isinstance(m, LoraExperts)]
-    for module in experts:
-        module.forward = types.MethodType(loop_over_experts, module)
+    """Run every LoraExperts of `model` through `loop_over_experts` inside the block.
+
+    Patched on the class, not the instances: methods reach the core through subclasses too (MoA's
+    GatedLora calls `super().forward(x, gate)`), and all of them must take the loop path.
+    """
+    if not any(isinstance(m, LoraExperts) for m in model.modules()):
+        raise ValueError(f"{type(model).__name__} has no LoraExperts to run as a loop")
+    vectorized = LoraExperts.forward
+    LoraExperts.forward = loop_over_experts
     try:
         yield
     finally:
-        for module in experts:
-            del module.forward
+        LoraExperts.forward = vectorized
 
 
 def expert_modules(model: nn.Module) -> list[LoraExperts]:

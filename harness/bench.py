@@ -38,7 +38,7 @@ from .train import set_seed
 
 TARGET_MOE_VS_LORA = 1.15  # a mixture step may cost at most this × LoRA(N·r)
 TARGET_LOOP_SPEEDUP = 5.0  # the vectorized core must be at least this × faster than the loop
-LOOP_EQUALITY_TOLERANCE = 1e-4  # max |logit difference| between loop and vectorized forward
+LOOP_EQUALITY_TOLERANCE = 1e-3  # max |logit difference|: fp32 summation-order noise on logits of size ~10-30
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ..harness.errors import UserError, unknown
+from ..harness.errors import unknown
 
 TASK_DIR = Path(__file__).resolve().parent
 LM_EVAL_DIR = TASK_DIR / "lm_eval"
@@ -81,17 +81,6 @@ def get_task(name: str) -> TaskSpec:
     if name not in tasks:
         raise unknown("task", name, tasks, "see `adamole-bench list tasks`")
     return tasks[name]
-
-
-def parse_task_list(text: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if names == ["all"]:
-        return list(all_tasks())
-    for name in names:
-        get_task(name)
-    if not names:
-        raise UserError("no task given; pass --tasks copa,boolq (see `adamole-bench list tasks`)")
-    return names
 
 
 def helper(name: str):

@@ -122,6 +122,7 @@ def bench(
     eval_task: str = typer.Option("copa", help="Task for the eval-throughput comparison ('none' skips it)."),
     eval_limit: int = typer.Option(50, help="Eval docs for the throughput comparison."),
     lm_eval_cli: bool = typer.Option(True, help="Also time lm-eval's own CLI on the same model and task."),
+    profile: bool = typer.Option(False, help="Profile one extra step per row: time share per op category, matmul GFLOP/s."),
     output: Path = typer.Option(None, help="Write the results as JSON here."),
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment for the kind=bench run."),
     overrides: list[str] = typer.Argument(None, help="Method options as method.key=value, e.g. adamole.num_experts=4."),
@@ -143,7 +144,7 @@ def bench(
     settings = BenchSettings(
         model=model, methods=_split(methods), method_options=options, batch_size=batch_size, seq_len=seq_len, steps=steps,
         threads=threads, device=device, dtype=dtype, eval_task=None if eval_task == "none" else eval_task,
-        eval_limit=eval_limit, lm_eval_cli=lm_eval_cli,
+        eval_limit=eval_limit, lm_eval_cli=lm_eval_cli, profile=profile,
     )  # fmt: skip
     results = run_bench(settings)
     for table in render(results):
@@ -155,9 +156,9 @@ def bench(
 
 
 def _all_tasks() -> list[str]:
-    from .tasks.registry import all_tasks
+    from .tasks.registry import paper_tasks
 
-    return list(all_tasks())
+    return paper_tasks()
 
 
 @app.command("list")

@@ -59,6 +59,7 @@ class BenchSettings:
     eval_limit: int = 50
     eval_batch_size: int = 16
     lm_eval_cli: bool = True  # also time `python -m lm_eval` on the same model and task
+    profile: bool = False  # one extra step per row under torch.profiler: where the time goes
 
 
 # --- the loop-over-experts reference ------------------------------------------------------------
@@ -241,11 +242,66 @@ def measure_training(settings: BenchSettings, base: BaseModel, device: torch.dev
             "baseline": row.baseline,
             "ratio_to_baseline": median / medians[row.baseline] if row.baseline else None,
         }
+        if settings.profile:
+            result["profile"] = profile_step(row, batch, device)
         if row.loop:
             result["max_abs_logit_difference"] = loop_max_abs_difference(row, batch)
             result["outputs_match"] = result["max_abs_logit_difference"] <= LOOP_EQUALITY_TOLERANCE
         results.append(result)
     return results
+
+
+# --- where a step's time goes ---------------------------------------------------------------------
+
+# aten operator name fragments → category; first match wins, unmatched ops count as "other".
+# "gather/sync" is the loop reference's signature: nonzero (a host sync on a GPU), row gathers, index_add.
+OP_CATEGORIES = [
+    ("gather/sync", ("nonzero", "scatter", "gather", "index_add", "index_select", "aten::index", "aten::where", "item", "_local_scalar_dense")),
+    ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention")),
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm")),
+    ("optimizer", ("_foreach", "adamw", "lerp", "addcdiv", "addcmul")),
+    ("softmax/loss", ("softmax", "cross_entropy", "nll_loss")),
+    ("copies", ("copy_", "clone", "contiguous", "cat", "stack", "to_copy", "empty", "zero_", "fill_")),
+    ("pointwise", ("mul", "add", "sub", "div", "silu", "sigmoid", "pow", "rsqrt", "mean", "neg", "exp", "dropout", "bernoulli", "sum")),
+]
+
+
+def op_category(name: str) -> str:
+    for category, fragments in OP_CATEGORIES:
+        if any(fragment in name for fragment in fragments):
+            return category
+    return "other"
+
+
+def profile_step(row: Row, batch: dict, device: torch.device) -> dict:
+    """One training step under torch.profiler: self time per op category, and matmul FLOPs.
+
+    Self time (not total) so nested ops are counted once: CPU time on a CPU, kernel time on CUDA.
+    FLOPs are the profiler's count for matmul-type ops, which is what bounds a compute-bound step.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    with profile(activities=activities, with_flops=True) as profiler:
+        row.step(batch)
+        _synchronize(device)
+    categories: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    flops = 0
+    for event in profiler.key_averages():
+        category = op_category(event.key)
+        categories[category] = categories.get(category, 0.0) + (event.self_device_time_total if on_cuda else event.self_cpu_time_total) / 1e6
+        calls[category] = calls.get(category, 0) + event.count
+        flops += event.flops or 0
+    total = sum(categories.values())
+    return {
+        "seconds": total,
+        "share": {name: seconds / total for name, seconds in sorted(categories.items(), key=lambda item: -item[1])},
+        "calls": calls,
+        "matmul_gflop": flops / 1e9,
+        "gflop_per_second": flops / 1e9 / total,
+    }
 
 
 # --- evaluation throughput ----------------------------------------------------------------------
@@ -363,6 +419,14 @@ def render(results: dict):
         for name, v in results["verdicts"].items():
             targets.add_row(name, f"{v['vs_lora']:.2f}× {mark[v['meets_lora_target']]}", f"{v['loop_speedup']:.1f}× {mark[v['meets_loop_target']]}", mark[v["loop_outputs_match"]])
         tables.append(targets)
+    profiled = [row for row in results["training"] if "profile" in row]
+    if profiled:
+        categories = [name for name, _ in OP_CATEGORIES] + ["other"]
+        table = Table("row", "matmul GFLOP/s", *categories, title="where a step's time goes (share of op self time, one profiled step)")
+        for row in profiled:
+            share = row["profile"]["share"]
+            table.add_row(row["label"], f"{row['profile']['gflop_per_second']:.1f}", *(f"{100 * share.get(name, 0.0):.0f}%" for name in categories))
+        tables.append(table)
     evaluation = results.get("evaluation")
     if evaluation:
         table = Table("path", "seconds", "requests/s", "acc", title=f"eval loglikelihood throughput: {evaluation['task']}, {evaluation['docs']} docs, {evaluation['requests']} requests")

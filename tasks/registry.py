@@ -38,6 +38,7 @@ class TaskSpec:
     prepare: str | None = None  # helper adding derived template fields (e.g. a marked word)
     keep: str | None = None  # helper deciding which docs belong to the task (e.g. text-only ScienceQA)
     sources: tuple[dict, ...] = field(default_factory=tuple)
+    synthetic: bool = False  # a harness sanity task, left out of `--tasks all` and of paper averages
     yaml_digest: str = ""  # identifies this version of the task file (cache key)
 
 
@@ -66,6 +67,7 @@ def _read_spec(path: Path) -> TaskSpec:
         prepare=raw.get("prepare"),
         keep=raw.get("keep"),
         sources=tuple(raw.get("sources", ())),
+        synthetic=bool(raw.get("synthetic", False)),
         yaml_digest=hashlib.sha256(text.encode()).hexdigest()[:12],
     )
 
@@ -74,6 +76,11 @@ def _read_spec(path: Path) -> TaskSpec:
 def all_tasks() -> dict[str, TaskSpec]:
     specs = (_read_spec(p) for p in sorted(TASK_DIR.glob("*.yaml")))
     return {spec.name: spec for spec in specs}
+
+
+def paper_tasks() -> list[str]:
+    """What `--tasks all` means: every registered task except the synthetic sanity checks."""
+    return [name for name, spec in all_tasks().items() if not spec.synthetic]
 
 
 def get_task(name: str) -> TaskSpec:

@@ -72,7 +72,7 @@ def test_loop_reference_covers_methods_that_reach_the_core_through_subclasses(me
 def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
     output = tmp_path / "bench.json"
-    args = ["bench", "--methods", "lora,toy-moe,base", "--steps", "2", "--eval-task", "fruit_or_color", "--eval-limit", "6", "--output", str(output)]
+    args = ["bench", "--methods", "lora,toy-moe,base", "--steps", "2", "--eval-task", "fruit_or_color", "--eval-limit", "6", "--output", str(output), "--profile"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
 
@@ -86,6 +86,13 @@ def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monke
     assert rows["lora r=16"]["trainable_parameters"] < rows["toy-moe"]["trainable_parameters"]  # + routers
     assert rows["toy-moe loop-ref"]["outputs_match"]
     assert set(results["verdicts"]) == {"toy-moe"}
+    for row in rows.values():  # --profile: one step's op time by category
+        profile = row["profile"]
+        assert sum(profile["share"].values()) == pytest.approx(1.0) and profile["share"]["matmul"] > 0
+        assert profile["matmul_gflop"] > 0
+    # the loop's per-expert nonzero/gather/index_add calls show up; the vectorized core has none of its own
+    loop_calls, vectorized_calls = rows["toy-moe loop-ref"]["profile"]["calls"], rows["toy-moe"]["profile"]["calls"]
+    assert loop_calls["gather/sync"] > vectorized_calls.get("gather/sync", 0) + 8
 
     evaluation = results["evaluation"]
     assert evaluation["docs"] == 6 and evaluation["requests"] == 12  # two choices per doc

@@ -27,6 +27,7 @@ from adamole_bench.tasks.registry import (
     get_task,
     lm_eval_task_name,
     lm_eval_yaml,
+    paper_tasks,
     training_pair,
 )
 from adamole_bench.tasks.sources import load_task
@@ -96,6 +97,8 @@ def test_every_paper_task_is_registered():
     paper = {"copa", "boolq", "cb", "rte", "wic", "multirc", "wsc", "commonsense_qa", "openbookqa", "arc_easy",
              "arc_challenge", "piqa", "social_iqa", "hellaswag", "winogrande", "scienceqa", "cosmos_qa", "sciq", "strategyqa"}
     assert paper <= set(all_tasks())
+    assert set(paper_tasks()) == paper  # `--tasks all`: the paper suite, not the synthetic sanity task
+    assert all_tasks()["fruit_or_color"].synthetic
 
 
 def test_every_task_loads_and_formats(task_data):

@@ -304,6 +304,26 @@ def profile_step(row: Row, batch: dict, device: torch.device) -> dict:
     }
 
 
+def matmul_peak(base: BaseModel, settings: BenchSettings, device: torch.device, repeats: int = 20) -> float:
+    """GFLOP/s of a plain GEMM with the model's MLP shape (tokens × hidden @ hidden × intermediate).
+
+    The ceiling a training step can approach: a step whose matmul GFLOP/s is near it is compute-bound,
+    and only fewer FLOPs (fewer tokens, a smaller model) would make it faster.
+    """
+    config = base.model.config
+    hidden, intermediate = config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size)
+    dtype = getattr(torch, settings.dtype)
+    x = torch.randn(settings.batch_size * settings.seq_len, hidden, device=device, dtype=dtype)
+    w = torch.randn(hidden, intermediate, device=device, dtype=dtype)
+    x @ w
+    _synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        x @ w
+    _synchronize(device)
+    return 2 * x.shape[0] * hidden * intermediate * repeats / (time.perf_counter() - started) / 1e9
+
+
 # --- evaluation throughput ----------------------------------------------------------------------
 
 
@@ -380,6 +400,8 @@ def run_bench(settings: BenchSettings) -> dict:
         "training": measure_training(settings, base, device),
     }
     results["verdicts"] = verdicts(results["training"])
+    if settings.profile:
+        results["matmul_peak_gflop_per_second"] = matmul_peak(base, settings, device)
     if settings.eval_task:
         results["evaluation"] = measure_evaluation(settings, base, device)
     return results
@@ -422,7 +444,7 @@ def render(results: dict):
     profiled = [row for row in results["training"] if "profile" in row]
     if profiled:
         categories = [name for name, _ in OP_CATEGORIES] + ["other"]
-        table = Table("row", "matmul GFLOP/s", *categories, title="where a step's time goes (share of op self time, one profiled step)")
+        table = Table("row", "matmul GFLOP/s", *categories, title=f"where a step's time goes (share of op self time, one profiled step); plain GEMM of this shape: {results['matmul_peak_gflop_per_second']:.1f} GFLOP/s")
         for row in profiled:
             share = row["profile"]["share"]
             table.add_row(row["label"], f"{row['profile']['gflop_per_second']:.1f}", *(f"{100 * share.get(name, 0.0):.0f}%" for name in categories))

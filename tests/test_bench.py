@@ -90,6 +90,7 @@ def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monke
         profile = row["profile"]
         assert sum(profile["share"].values()) == pytest.approx(1.0) and profile["share"]["matmul"] > 0
         assert profile["matmul_gflop"] > 0
+    assert results["matmul_peak_gflop_per_second"] > 0
     # the loop's per-expert nonzero/gather/index_add calls show up; the vectorized core has none of its own
     loop_calls, vectorized_calls = rows["toy-moe loop-ref"]["profile"]["calls"], rows["toy-moe"]["profile"]["calls"]
     assert loop_calls["gather/sync"] > vectorized_calls.get("gather/sync", 0) + 8

@@ -97,7 +97,11 @@ def run(
         eval__protocol=protocol,
         mix=mix,
     )
-    outcomes = run_sweep(experiment, console, shard=_shard(shard))
+    try:
+        outcomes = run_sweep(experiment, console, shard=_shard(shard))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume.", soft_wrap=True)
+        raise typer.Exit(130) from None
     table = accuracy_table(outcome_rows(outcomes))
     if table.cells:
         console.print(render_rich(table))

@@ -24,6 +24,18 @@ def test_bad_input_is_one_line_with_exit_code_2(cli, runs_dir, args, expected):
     assert "Traceback" not in result.output
 
 
+def test_ctrl_c_says_how_to_resume(cli, runs_dir, monkeypatch):
+    from adamole_bench.harness import sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    result = cli("run", "--model", "tiny-llama", "--tasks", "fruit_or_color")
+    assert result.exit_code == 130
+    assert "Run the same command again to resume" in result.output and "Traceback" not in result.output
+
+
 def test_unreachable_mlflow_server_fails_fast(cli, runs_dir, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
     result = cli("run", "--model", "tiny-llama", "--tasks", "fruit_or_color", "--max-steps", "1")

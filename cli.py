@@ -104,8 +104,8 @@ def run(
         raise typer.Exit(130) from None
     table = accuracy_table(outcome_rows(outcomes))
     if table.cells:
-        console.print(render_rich(table))
-        console.print(render_markdown(table), markup=False)
+        console.print(render_rich(table, width=console.width))
+        console.print(render_markdown(table), markup=False, soft_wrap=True)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         console.print(f"[red]{len(failed)} of {len(outcomes)} trials failed[/] (recorded as FAILED in MLflow; re-run to retry them)")
@@ -261,7 +261,7 @@ def report(
     tracker, rows = _report_rows(experiment, model, methods, tasks)
     numbers = load_published(published or package_root() / "results" / "published.yaml", rows[0]["model"])
     table = accuracy_table(rows, published={k: v for k, v in numbers.items() if k[1] in {r["task"] for r in rows}})
-    console.print(render_rich(table)) if table_format == "rich" else console.print(TEXT_RENDERERS[table_format](table), markup=False, end="")
+    console.print(render_rich(table, width=console.width)) if table_format == "rich" else console.print(TEXT_RENDERERS[table_format](table), markup=False, end="", soft_wrap=True)
     if output:
         from .harness.report_bundle import write_report
 

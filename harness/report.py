@@ -113,13 +113,22 @@ def accuracy_table(rows: list[dict], metric: str = "acc", published: dict | None
 # --- renderers ----------------------------------------------------------------------------------
 
 
-def render_rich(table: AccuracyTable) -> Table:
+def render_rich(table: AccuracyTable, width: int | None = None) -> Table:
+    """Methods × tasks; transposed (a row per task) when that would not fit in `width` characters."""
+    rows = table.rows()
+    header = ["method", *table.columns]
+    plain = [header] + [[label, *(t for t, _ in texts)] for label, texts in rows]
+    needed = sum(max(len(text) for text in column) + 3 for column in zip(*plain)) + 1  # padding and borders
+    cells = [[label, *(f"[bold green]{t}[/]" if best else t for t, best in texts)] for label, texts in rows]
+    if width is not None and needed > width:
+        header = ["task", *(label for label, _ in rows)]
+        cells = [[column, *(row[1 + i] for row in cells)] for i, column in enumerate(table.columns)]
     rich_table = Table(title=table.title)
-    rich_table.add_column("method", style="bold")
-    for column in table.columns:
-        rich_table.add_column(column, justify="right")
-    for label, texts in table.rows():
-        rich_table.add_row(label, *(f"[bold green]{t}[/]" if best else t for t, best in texts))
+    rich_table.add_column(header[0], style="bold")
+    for name in header[1:]:
+        rich_table.add_column(name, justify="right")
+    for row in cells:
+        rich_table.add_row(*row)
     return rich_table
 
 

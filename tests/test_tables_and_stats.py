@@ -21,6 +21,7 @@ from adamole_bench.harness.report import (
     render_html,
     render_latex,
     render_markdown,
+    render_rich,
 )
 
 ACC = {  # (method, task) → accuracy per seed 0, 1, 2
@@ -65,6 +66,23 @@ def test_every_format_marks_the_best_cell_and_shows_published_rows():
     assert csv_lines[0] == "method,column,mean,spread,seeds,best,source"
     assert any(line.startswith("lora,boolq,0.71") and ",3,True,measured" in line for line in csv_lines)
     assert csv_lines[-1] == "adamole,copa,0.731,,,False,published"
+
+
+def test_rich_table_turns_tasks_into_rows_when_too_wide():
+    from rich.console import Console
+
+    table = accuracy_table(_rows())
+
+    def header_and_labels(width):
+        rich_table = render_rich(table, width=width)
+        return [c.header for c in rich_table.columns], list(rich_table.columns[0].cells)
+
+    assert header_and_labels(200) == (["method", "copa", "boolq", "average"], ["lora", "adamole"])
+    header, labels = header_and_labels(45)
+    assert header == ["task", "lora", "adamole"] and labels == ["copa", "boolq", "average"]
+    console = Console(width=45, record=True)
+    console.print(render_rich(table, width=45))
+    assert "…" not in console.export_text()  # nothing truncated
 
 
 def test_paired_comparison_matches_scipy_and_reports_small_n():

@@ -2,8 +2,8 @@
 
 Rows, all measured in one process:
 - each requested method;
-- for each total expert rank N·r found in a mixture method, LoRA with rank N·r on the same
-  target modules (the dense baseline with the same adapter FLOPs);
+- for each total expert rank N·r found in a mixture method, LoRA with rank N·r and the same
+  dropout rate on the same target modules (the dense baseline with the same adapter FLOPs);
 - for each mixture method, its "loop reference": the same parameters run with a Python loop over
   experts as the reference implementations do (per expert a `torch.where`, i.e. a host sync, a
   row gather, two skinny GEMMs and an `index_add`), checked in the bench to give the same
@@ -171,10 +171,12 @@ def build_rows(settings: BenchSettings, base: BaseModel, device: torch.device) -
             continue
         rows.append(_make_row(name, method, base, device, settings))
     for row in [r for r in rows if expert_modules(r.model)]:
+        # The same work as the mixture's experts: same modules, same total rank, same dropout rate.
         total_rank = expert_modules(row.model)[0].lora_A.shape[0]
-        label = f"lora r={total_rank}"
+        dropout = getattr(row.method.config, "dropout", 0.0)
+        label = f"lora r={total_rank}" + (f" p={dropout:g}" if dropout else "")
         if label not in [r.label for r in rows]:
-            options = {"rank": total_rank, "dropout": 0.0}
+            options = {"rank": total_rank, "dropout": dropout}
             targets = getattr(row.method.config, "target_modules", None)
             if targets:
                 options["target_modules"] = list(targets)
@@ -244,6 +246,7 @@ def measure_training(settings: BenchSettings, base: BaseModel, device: torch.dev
         }
         if settings.profile:
             result["profile"] = profile_step(row, batch, device)
+            result["profile"]["gflop_per_second"] = result["profile"]["matmul_gflop"] / median  # profiling slows the step
         if row.loop:
             result["max_abs_logit_difference"] = loop_max_abs_difference(row, batch)
             result["outputs_match"] = result["max_abs_logit_difference"] <= LOOP_EQUALITY_TOLERANCE
@@ -286,21 +289,26 @@ def profile_step(row: Row, batch: dict, device: torch.device) -> dict:
     with profile(activities=activities, with_flops=True) as profiler:
         row.step(batch)
         _synchronize(device)
+
+    def self_seconds(event) -> float:
+        return (event.self_device_time_total if on_cuda else event.self_cpu_time_total) / 1e6
+
     categories: dict[str, float] = {}
     calls: dict[str, int] = {}
     flops = 0
     for event in profiler.key_averages():
         category = op_category(event.key)
-        categories[category] = categories.get(category, 0.0) + (event.self_device_time_total if on_cuda else event.self_cpu_time_total) / 1e6
+        categories[category] = categories.get(category, 0.0) + self_seconds(event)
         calls[category] = calls.get(category, 0) + event.count
         flops += event.flops or 0
     total = sum(categories.values())
+    slowest = sorted(profiler.key_averages(), key=self_seconds, reverse=True)[:8]
     return {
         "seconds": total,
+        "top_ops": {event.key: self_seconds(event) / total for event in slowest},
         "share": {name: seconds / total for name, seconds in sorted(categories.items(), key=lambda item: -item[1])},
         "calls": calls,
-        "matmul_gflop": flops / 1e9,
-        "gflop_per_second": flops / 1e9 / total,
+        "matmul_gflop": flops / 1e9,  # the caller divides by the unprofiled step time for a rate
     }
 
 

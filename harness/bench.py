@@ -65,8 +65,10 @@ class BenchSettings:
 # --- the loop-over-experts reference ------------------------------------------------------------
 
 
-def loop_over_experts(experts: LoraExperts, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """LoraExperts.forward computed as the reference does: one gather/GEMM/scatter pass per expert."""
+def loop_over_experts(experts: LoraExperts, x: torch.Tensor, weights: torch.Tensor, active=None, projected=None) -> torch.Tensor:
+    """LoraExperts.forward computed as the reference does: one gather/GEMM/scatter pass per expert,
+    each expert with its own dropout on the rows it selected (`active`/`projected` are not used:
+    the loop recomputes everything from x)."""
     x = x.to(experts.lora_A.dtype)
     rows_x = x.reshape(-1, x.shape[-1])
     rows_w = weights.reshape(-1, experts.num_experts).to(x.dtype)
@@ -77,7 +79,7 @@ def loop_over_experts(experts: LoraExperts, x: torch.Tensor, weights: torch.Tens
         selected = torch.where(rows_w[:, i] != 0)[0]  # nonzero: a device→host sync per expert
         if len(selected) == 0:
             continue
-        h = experts.dropout(rows_x[selected]) @ a[i].t()
+        h = torch.nn.functional.dropout(rows_x[selected], experts.dropout_p, experts.training) @ a[i].t()
         y = (h @ b[:, i].t()) * (experts.scaling * rows_w[selected, i, None])
         out = out.index_add(0, selected, y)
     return out.view(*x.shape[:-1], -1)

@@ -72,21 +72,33 @@ class GateRouter(nn.Module):
         self.gate = nn.Linear(in_features, num_experts, bias=False)
         self.rule = rule
 
+    def projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of the linear map from x to the logits `decide` reads."""
+        return self.gate.weight, None
+
+    def decide(self, logits: torch.Tensor) -> routing.Routing:
+        return self.rule(routing.full_precision(logits))
+
     def forward(self, x: torch.Tensor) -> routing.Routing:
-        return self.rule(self.gate(x))
+        return self.decide(nn.functional.linear(x, *self.projection()))
 
 
-class AdaptiveThresholdRouter(nn.Module):
+class AdaptiveThresholdRouter(GateRouter):
     """AdaMoLE's router: the gate plus a threshold network nn.Linear(in, 1) with bias (default init)."""
 
     def __init__(self, in_features: int, num_experts: int, max_threshold: float):
-        super().__init__()
-        self.gate = nn.Linear(in_features, num_experts, bias=False)
+        super().__init__(in_features, num_experts, rule=None)
         self.threshold = nn.Linear(in_features, 1)
         self.max_threshold = max_threshold
 
-    def forward(self, x: torch.Tensor) -> routing.Routing:
-        return routing.adaptive_threshold(self.gate(x), self.threshold(x), self.max_threshold)
+    def projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate and threshold logits in one map: [W_g; W_t], bias [0; b_t]."""
+        bias = torch.cat([self.threshold.bias.new_zeros(self.gate.out_features), self.threshold.bias])
+        return torch.cat([self.gate.weight, self.threshold.weight]), bias
+
+    def decide(self, logits: torch.Tensor) -> routing.Routing:
+        logits = routing.full_precision(logits)
+        return routing.adaptive_threshold(logits[:, :-1], logits[:, -1:], self.max_threshold)
 
 
 RoutingObserver = Callable[["MoeLoraAdapter", routing.Routing, torch.Size], None]
@@ -103,13 +115,15 @@ class MoeLoraAdapter(nn.Module):
         self.observer: RoutingObserver | None = None  # set by ExpertStatistics during evaluation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.experts.lora_A.dtype)
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(self.experts.lora_A.dtype)
         tokens = x.reshape(-1, x.shape[-1])  # routing is per token; pads are routed too (reference)
-        decision = self.router(tokens)
+        projected, logits = self.experts.project(tokens, *self.router.projection())  # one GEMM for A and the router
+        decision = self.router.decide(logits)  # on the un-dropped x, in fp32 (routing.py)
         self.aux_loss = routing.load_balancing_loss(decision) if self.training else None
         if self.observer is not None:
             self.observer(self, decision, x.shape[:-1])
-        return self.experts(tokens, decision.weights).reshape(*x.shape[:-1], -1)
+        return self.experts(tokens, decision.weights, decision.selected, projected).reshape(*x.shape[:-1], -1)
 
 
 def moe_adapters(model: nn.Module) -> list[tuple[str, MoeLoraAdapter]]:

@@ -19,6 +19,11 @@ class Routing:
     threshold: torch.Tensor | None = None  # (T, 1) AdaMoLE's per-token τ
 
 
+def full_precision(logits: torch.Tensor) -> torch.Tensor:
+    """Router logits for the routing rules: fp32 (or fp64) even when the gate GEMM ran under bf16/fp16 autocast."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 def renormalise(scores: torch.Tensor) -> torch.Tensor:
     """scores / row sum, with a zero sum divided by 1 instead, so tokens that select nothing get w = 0."""
     total = scores.sum(dim=-1, keepdim=True)

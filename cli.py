@@ -122,7 +122,7 @@ def bench(
     steps: int = typer.Option(10, help="Timed steps per row (median reported), after 2 warmup steps."),
     threads: int = typer.Option(None, help="torch.set_num_threads for the whole bench."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 or auto."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    precisions: str = typer.Option(None, help="Comma-separated precisions to compare, e.g. fp32,bf16 [default: fp32, plus bf16 where the hardware runs it fast]."),
     eval_task: str = typer.Option("copa", help="Task for the eval-throughput comparison ('none' skips it)."),
     eval_limit: int = typer.Option(50, help="Eval docs for the throughput comparison."),
     lm_eval_cli: bool = typer.Option(True, help="Also time lm-eval's own CLI on the same model and task."),
@@ -147,7 +147,7 @@ def bench(
             options.setdefault(method, {}).update(values)
     settings = BenchSettings(
         model=model, methods=_split(methods), method_options=options, batch_size=batch_size, seq_len=seq_len, steps=steps,
-        threads=threads, device=device, dtype=dtype, eval_task=None if eval_task == "none" else eval_task,
+        threads=threads, device=device, precisions=_split(precisions), eval_task=None if eval_task == "none" else eval_task,
         eval_limit=eval_limit, lm_eval_cli=lm_eval_cli, profile=profile,
     )  # fmt: skip
     results = run_bench(settings)

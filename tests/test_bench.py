@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 
 from adamole_bench.cli import app
-from adamole_bench.harness.bench import loop_over_experts, loop_reference
+from adamole_bench.harness.bench_training import loop_over_experts, loop_reference
 from adamole_bench.methods.experts import LoraExperts
 from adamole_bench.tests import toy_moe  # noqa: F401  (registers the test-only "toy-moe" mixture)
 
@@ -72,12 +72,12 @@ def test_loop_reference_covers_methods_that_reach_the_core_through_subclasses(me
 def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
     output = tmp_path / "bench.json"
-    args = ["bench", "--methods", "lora,toy-moe,base", "--steps", "2", "--eval-task", "fruit_or_color", "--eval-limit", "6", "--output", str(output), "--profile"]
+    args = ["bench", "--methods", "lora,toy-moe,base", "--steps", "2", "--precisions", "fp32", "--eval-task", "fruit_or_color", "--eval-limit", "6", "--output", str(output), "--profile"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
 
     results = json.loads(output.read_text())
-    rows = {row["label"]: row for row in results["training"]}
+    rows = {row["label"]: row for row in results["training"] if not row.get("layer")}
     assert set(rows) == {"lora", "toy-moe", "lora r=16", "toy-moe loop-ref"}  # base trains nothing: no row
     for row in rows.values():
         assert len(row["step_ms_all"]) == 2 and row["step_ms_median"] > 0 and row["tokens_per_second"] > 0
@@ -90,7 +90,7 @@ def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monke
         profile = row["profile"]
         assert sum(profile["share"].values()) == pytest.approx(1.0) and profile["share"]["matmul"] > 0
         assert profile["matmul_gflop"] > 0
-    assert results["matmul_peak_gflop_per_second"] > 0
+    assert results["matmul_peak_gflop_per_second"]["fp32"] > 0
     # the loop's per-expert nonzero/gather/index_add calls show up; the vectorized core has none of its own
     loop_calls, vectorized_calls = rows["toy-moe loop-ref"]["profile"]["calls"], rows["toy-moe"]["profile"]["calls"]
     assert loop_calls["gather/sync"] > vectorized_calls.get("gather/sync", 0) + 8
@@ -105,3 +105,28 @@ def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monke
     tracker = Tracker("adamole-bench")
     runs = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'bench'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_bench_compares_dropout_modes_precisions_layers_and_saved_bytes(tmp_path, monkeypatch):
+    """Both dropout modes of a mixture, fp32 against bf16, one layer alone, saved bytes vs LoRA(N·r)."""
+    monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
+    output = tmp_path / "bench.json"
+    args = ["bench", "--methods", "mole", "--steps", "2", "--precisions", "fp32,bf16", "--eval-task", "none", "--output", str(output), "mole.num_experts=4", "mole.rank=16"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads(output.read_text())
+    rows = {row["label"]: row for row in results["training"]}
+    for precision in ("fp32", "bf16"):
+        faithful, shared = rows[f"mole [{precision}]"], rows[f"mole dropout_mode=shared [{precision}]"]
+        assert faithful["dropout_mode"] == "per_expert" and shared["dropout_mode"] == "shared"
+        assert faithful["baseline"] == shared["baseline"] == f"lora r=16 p=0.05 [{precision}]"
+        assert faithful["saved_ratio_to_baseline"] > 0 and rows[f"mole [{precision}] loop-ref"]["outputs_match"]
+        assert f"mole dropout_mode=shared [{precision}] loop-ref" not in rows  # the loop is the per-expert reference
+        layer = rows[f"mole [{precision}] loop-ref (one layer)"]
+        assert layer["layer"] and layer["baseline"] == f"mole [{precision}] (one layer)" and layer["ratio_to_baseline"] > 0
+        verdict = results["verdicts"][f"mole [{precision}]"]
+        assert {"vs_lora", "saved_vs_lora", "layer_loop_speedup", "step_loop_speedup"} <= set(verdict)
+        assert results["verdicts"][f"mole dropout_mode=shared [{precision}]"]["vs_lora_limit"] == 1.1
+    assert set(results["bf16_speedups"]) == {"mole", "mole dropout_mode=shared", "lora r=16 p=0.05", "mole loop-ref"}
+    assert all(v["speedup"] > 0 for v in results["bf16_speedups"].values())

@@ -1,0 +1,313 @@
+"""The bench's training measurements: every row's step, its saved activations, a layer-level
+comparison and an optional profile, all in one process.
+
+Rows, per precision:
+- each requested method; a mixture with per-expert dropout also gets its `dropout_mode=shared` twin;
+- for each total expert rank N·r found in a mixture, LoRA with rank N·r and the same dropout rate on
+  the same target modules: the dense baseline with the same adapter FLOPs;
+- for each mixture, its "loop reference": the same parameters run with a Python loop over experts
+  as the reference implementations do (per expert a `torch.where`, i.e. a host sync, a row gather,
+  its own dropout on those rows, two skinny GEMMs and an `index_add`), checked to give the same
+  logits as the vectorized core.
+Steps are timed round-robin (one step of every row, then the next round), so load from other
+processes on a shared machine hits every row alike; medians are reported.
+"""
+
+import copy
+import statistics
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..methods.experts import LoraExperts
+from ..methods.registry import Method, build_method
+from .models import BaseModel
+from .precision import Precision
+from .bench_profile import profile_step, synchronize
+from .train import set_seed
+
+LOOP_EQUALITY_TOLERANCE = {"fp32": 1e-3, "bf16": 0.5, "fp16": 0.5}  # max |logit difference|: summation-order noise
+
+
+# --- the loop-over-experts reference ------------------------------------------------------------
+
+
+def loop_over_experts(experts: LoraExperts, x: torch.Tensor, weights: torch.Tensor, active=None, projected=None) -> torch.Tensor:
+    """LoraExperts.forward computed as the reference does: one gather/GEMM/scatter pass per expert,
+    each expert with its own dropout on the rows it selected (`active`/`projected` are not used:
+    the loop recomputes everything from x)."""
+    x = x.to(experts.lora_A.dtype)
+    rows_x = x.reshape(-1, x.shape[-1])
+    rows_w = weights.reshape(-1, experts.num_experts).to(x.dtype)
+    a = experts.lora_A.view(experts.num_experts, experts.rank, -1)
+    b = experts.lora_B.view(experts.lora_B.shape[0], experts.num_experts, experts.rank)
+    out = rows_x.new_zeros(rows_x.shape[0], b.shape[0])
+    for i in range(experts.num_experts):
+        selected = torch.where(rows_w[:, i] != 0)[0]  # nonzero: a device→host sync per expert
+        if len(selected) == 0:
+            continue
+        h = torch.nn.functional.dropout(rows_x[selected], experts.dropout_p, experts.training) @ a[i].t()
+        y = (h @ b[:, i].t()) * (experts.scaling * rows_w[selected, i, None])
+        out = out.index_add(0, selected, y.to(out.dtype))
+    return out.view(*x.shape[:-1], -1)
+
+
+@contextmanager
+def loop_reference(model: nn.Module):
+    """Run every LoraExperts of `model` through `loop_over_experts` inside the block.
+
+    Patched on the class, not the instances: methods reach the core through subclasses too (MoA's
+    GatedLora calls `super().forward(x, gate)`), and all of them must take the loop path.
+    """
+    if not any(isinstance(m, LoraExperts) for m in model.modules()):
+        raise ValueError(f"{type(model).__name__} has no LoraExperts to run as a loop")
+    vectorized = LoraExperts.forward
+    LoraExperts.forward = loop_over_experts
+    try:
+        yield
+    finally:
+        LoraExperts.forward = vectorized
+
+
+def expert_modules(model: nn.Module) -> list[LoraExperts]:
+    return [m for m in model.modules() if isinstance(m, LoraExperts)]
+
+
+# --- one benchmarked row ------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    label: str
+    method: Method
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    loop: bool = False
+    baseline: str | None = None  # the row this one's ratio is taken against (LoRA(N·r), or the mixture for a loop)
+    seconds: list[float] = field(default_factory=list)
+    saved_activations_mb: float = 0.0
+    peak_cuda_mb: float | None = None
+
+    def step(self, batch: dict) -> None:
+        with loop_reference(self.model) if self.loop else nullcontext(), self.precision.autocast():
+            loss = self.model(**batch).loss
+            aux = self.method.aux_loss(self.model)
+            total = loss if aux is None else loss + self.method.aux_loss_coeff * aux
+        total.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+@contextmanager
+def count_saved_activations(into: list[int]):
+    """Sum the bytes of distinct tensors autograd saves for backward: the activation memory of a step."""
+    seen: set[int] = set()
+
+    def pack(tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            into.append(storage.nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield
+
+
+def precision_label(label: str, precision: Precision, several: bool) -> str:
+    return f"{label} [{precision.name}]" if several else label
+
+
+def _make_row(label: str, method: Method, base: BaseModel, device: torch.device, precision: Precision, lr: float, seed: int, **extra) -> Row:
+    set_seed(seed)
+    model = precision.prepare(copy.deepcopy(base.model)).to(device)
+    model = method.apply(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return Row(label, method, model, torch.optim.AdamW(params, lr=lr), precision, **extra)
+
+
+def _variants(name: str, options: dict) -> list[tuple[str, dict]]:
+    """A mixture with per-expert dropout is also measured with `dropout_mode=shared` (same parameters otherwise)."""
+    method = build_method(name, options)
+    config = method.config
+    if getattr(config, "dropout_mode", None) is None or not getattr(config, "dropout", 0.0):
+        return [(name, options)]
+    other = "shared" if config.dropout_mode == "per_expert" else "per_expert"
+    return [(name, options), (f"{name} dropout_mode={other}", {**options, "dropout_mode": other})]
+
+
+def build_rows(settings, base: BaseModel, device: torch.device, precisions: list[Precision]) -> list[Row]:
+    rows: list[Row] = []
+    several = len(precisions) > 1
+    for precision in precisions:
+        lr, seed = settings.lr, settings.seed
+        mine: list[Row] = []
+        for name in settings.methods:
+            if not build_method(name, settings.method_options.get(name)).trains:
+                continue
+            for label, options in _variants(name, settings.method_options.get(name) or {}):
+                method = build_method(name, options)
+                mine.append(_make_row(precision_label(label, precision, several), method, base, device, precision, lr, seed))
+        extra: list[Row] = []
+        for row in [r for r in mine if expert_modules(r.model)]:
+            # The same work as the mixture's experts: same modules, same total rank, same dropout rate.
+            total_rank = expert_modules(row.model)[0].lora_A.shape[0]
+            dropout = getattr(row.method.config, "dropout", 0.0)
+            label = precision_label(f"lora r={total_rank}" + (f" p={dropout:g}" if dropout else ""), precision, several)
+            if label not in [r.label for r in mine + extra]:
+                options = {"rank": total_rank, "dropout": dropout}
+                targets = getattr(row.method.config, "target_modules", None)
+                if targets:
+                    options["target_modules"] = list(targets)
+                extra.append(_make_row(label, build_method("lora", options), base, device, precision, lr, seed))
+            row.baseline = label
+            if getattr(row.method.config, "dropout_mode", "per_expert") == "per_expert":
+                # The loop reference shares the mixture row's model and optimizer: same parameters.
+                extra.append(Row(f"{row.label} loop-ref", row.method, row.model, row.optimizer, precision, loop=True, baseline=row.label))
+        rows += mine + extra
+    return rows
+
+
+def random_batch(base: BaseModel, settings, device: torch.device) -> dict:
+    generator = torch.Generator().manual_seed(settings.seed)
+    ids = torch.randint(3, base.model.config.vocab_size, (settings.batch_size, settings.seq_len), generator=generator)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": ids.to(device)}
+
+
+def loop_max_abs_difference(row: Row, batch: dict) -> float:
+    """Max |logit difference| between the vectorized forward and the loop reference (eval mode)."""
+    row.model.eval()
+    with torch.no_grad(), row.precision.autocast():
+        vectorized = row.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        with loop_reference(row.model):
+            looped = row.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    row.model.train()
+    return float((vectorized - looped).abs().max())
+
+
+def measure_training(settings, base: BaseModel, device: torch.device, precisions: list[Precision]) -> list[dict]:
+    rows = build_rows(settings, base, device, precisions)
+    batch = random_batch(base, settings, device)
+    for row in rows:  # warmup; then one step with the memory probes on
+        for _ in range(settings.warmup):
+            row.step(batch)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sizes: list[int] = []
+        with count_saved_activations(sizes):
+            row.step(batch)
+        row.saved_activations_mb = sum(sizes) / 2**20
+        if device.type == "cuda":
+            row.peak_cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    for _ in range(settings.steps):  # round-robin: every row sees the same machine conditions
+        for row in rows:
+            synchronize(device)
+            started = time.perf_counter()
+            row.step(batch)
+            synchronize(device)
+            row.seconds.append(time.perf_counter() - started)
+
+    tokens = settings.batch_size * settings.seq_len
+    by_label = {row.label: row for row in rows}
+    medians = {row.label: statistics.median(row.seconds) for row in rows}
+    results = []
+    for row in rows:
+        median = medians[row.label]
+        result = {
+            "label": row.label,
+            "method": row.method.name,
+            "precision": row.precision.name,
+            "dropout_mode": getattr(row.method.config, "dropout_mode", None),
+            "loop_reference": row.loop,
+            "step_ms_median": 1000 * median,
+            "step_ms_all": [1000 * s for s in row.seconds],
+            "tokens_per_second": tokens / median,
+            "saved_activations_mb": row.saved_activations_mb,
+            "peak_cuda_mb": row.peak_cuda_mb,
+            "trainable_parameters": sum(p.numel() for p in row.model.parameters() if p.requires_grad),
+            "baseline": row.baseline,
+            "ratio_to_baseline": median / medians[row.baseline] if row.baseline else None,
+            "saved_ratio_to_baseline": row.saved_activations_mb / by_label[row.baseline].saved_activations_mb if row.baseline else None,
+        }
+        if settings.profile:
+            result["profile"] = profile_step(row, batch, device)
+            result["profile"]["gflop_per_second"] = result["profile"]["matmul_gflop"] / median  # profiling slows the step
+        if row.loop:
+            result["max_abs_logit_difference"] = loop_max_abs_difference(row, batch)
+            result["outputs_match"] = result["max_abs_logit_difference"] <= LOOP_EQUALITY_TOLERANCE[row.precision.name]
+        results.append(result)
+    results += measure_layers(rows, settings, device)
+    return results
+
+
+# --- one adapted layer alone --------------------------------------------------------------------
+
+
+def first_adapted_layer(model: nn.Module) -> nn.Module:
+    """The first module with trainable parameters whose name ends in q_proj (or the first adapted one)."""
+    candidates = [(name, m) for name, m in model.named_modules() if any(p.requires_grad for p in m.parameters(recurse=True)) and name.endswith("proj")]
+    named_q = [m for name, m in candidates if name.endswith("q_proj")]
+    return (named_q or [m for _, m in candidates])[0]
+
+
+def measure_layers(rows: list[Row], settings, device: torch.device) -> list[dict]:
+    """Forward + backward of one adapted linear (its frozen base included) on the step's token count.
+
+    This isolates the adapter from the frozen model around it, whose cost is the same for every
+    row and dilutes every ratio at the step level; the loop-reference target is read here. Methods
+    whose layers only run inside their decoder block (MoA reads gates the block computes) are skipped.
+    """
+    tokens = settings.batch_size * settings.seq_len
+    generator = torch.Generator().manual_seed(settings.seed)
+    layers = {row.label: first_adapted_layer(row.model) for row in rows}
+    inputs = {label: torch.randn(tokens, _in_features(layer), generator=generator).to(device) for label, layer in layers.items()}
+
+    def run(row: Row) -> None:
+        x = inputs[row.label].requires_grad_(True)
+        with loop_reference(row.model) if row.loop else nullcontext(), row.precision.autocast():
+            out = layers[row.label](x)
+        out.float().square().mean().backward()
+        x.grad = None
+        row.optimizer.zero_grad(set_to_none=True)
+
+    standalone = []
+    for row in rows:
+        try:
+            run(row)
+        except RuntimeError:  # e.g. a MoA expert outside its block
+            continue
+        standalone.append(row)
+    standalone = [row for row in standalone if not row.baseline or row.baseline in {r.label for r in standalone}]
+    times: dict[str, list[float]] = {row.label: [] for row in standalone}
+    for _ in range(max(5, settings.steps)):
+        for row in standalone:
+            synchronize(device)
+            started = time.perf_counter()
+            run(row)
+            synchronize(device)
+            times[row.label].append(time.perf_counter() - started)
+    medians = {label: statistics.median(values) for label, values in times.items()}
+    return [
+        {
+            "label": f"{row.label} (one layer)",
+            "layer": True,
+            "method": row.method.name,
+            "precision": row.precision.name,
+            "dropout_mode": getattr(row.method.config, "dropout_mode", None),
+            "loop_reference": row.loop,
+            "step_ms_median": 1000 * medians[row.label],
+            "baseline": f"{row.baseline} (one layer)" if row.baseline else None,
+            "ratio_to_baseline": medians[row.label] / medians[row.baseline] if row.baseline else None,
+        }
+        for row in standalone
+    ]
+
+
+def _in_features(layer: nn.Module) -> int:
+    base = getattr(layer, "base_layer", layer)
+    return base.in_features

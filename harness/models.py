@@ -192,12 +192,21 @@ def _load_pretrained(name: str, dtype: torch.dtype, trust_remote_code: bool, rev
                 f"with hub access, pass a local path, or use an embedded model ({', '.join(EMBEDDED_MODELS)})"
             ) from err
         raise UserError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from err
-    revision = getattr(model.config, "_commit_hash", None)
     if source == "local":
         fingerprint = _files_fingerprint(local) or _state_fingerprint(model)
     else:
-        fingerprint = f"hub:{revision}" if revision else f"hub:{name}"
+        commit = _hub_commit(name, revision)
+        fingerprint = f"hub:{commit}" if commit else f"hub:{name}"
     return model, tokenizer, source, fingerprint
+
+
+def _hub_commit(name: str, revision: str | None) -> str | None:
+    """The commit a hub model was loaded at, read from the HF cache it was loaded from (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(name, "config.json", revision=revision)
+    parts = Path(path).parts if isinstance(path, str) else ()
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
 
 
 def check_model_name(name: str) -> None:
@@ -226,5 +235,5 @@ def load_base_model(
     model.requires_grad_(False)
     model.to(resolve_device(device))
     model.eval()
-    revision = getattr(model.config, "_commit_hash", None) if source == "hub" else None
+    revision = _hub_commit(name, revision) if source == "hub" else None
     return BaseModel(model=model, tokenizer=tokenizer, name=name, source=source, fingerprint=fingerprint, revision=revision)

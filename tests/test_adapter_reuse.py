@@ -7,6 +7,7 @@ changes the float operations, so it is compared within fp32 tolerance).
 
 import copy
 import json
+import os
 import subprocess
 import sys
 
@@ -127,15 +128,15 @@ def test_import_registers_with_peft_lazily_in_either_order(tmp_path):
         f"out = model(input_ids=torch.load({str(tmp_path / 'ids.pt')!r})).logits.detach()",
         f"print('diff', (out - torch.load({str(tmp_path / 'expected.pt')!r})).abs().max().item())",
     ]
-    orders = {
-        "after": ["import sys", "import adamole_bench", "assert 'peft' not in sys.modules and 'torch' not in sys.modules", "import peft"],
-        "before": ["import peft", "import adamole_bench"],
-    }
-    for order, imports in orders.items():
-        script = "\n".join(imports + check)
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-        assert result.returncode == 0, (order, result.stderr[-2000:])
-        assert "diff 0.0" in result.stdout, (order, result.stdout)
+    after = ["import sys", "import adamole_bench", "assert 'peft' not in sys.modules and 'torch' not in sys.modules", "import peft"]
+    result = subprocess.run([sys.executable, "-c", "\n".join(after + check)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "diff 0.0" in result.stdout, result.stdout
+    before = ["import peft", "import adamole_bench", "from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING as tuners"]
+    before += ["print(sorted(t.__name__ for k, t in tuners.items() if k in ('MOLE', 'ADAMOLE', 'SOFT_MOA', 'SPARSE_MOA')))"]
+    result = subprocess.run([sys.executable, "-c", "\n".join(before)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "['MoaTuner', 'MoaTuner', 'MoeLoraTuner', 'MoeLoraTuner']" in result.stdout, result.stdout
 
 
 def test_mixtures_in_bfloat16_round_trip_exactly(tmp_path):
@@ -224,6 +225,49 @@ def test_local_and_mismatched_bases_need_an_explicit_choice(tmp_path):
     with pytest.raises(UserError, match="check_base=False"):
         adamole_bench.load_adapter(tmp_path / "mole", dtype="bfloat16")  # other weights: other fingerprint
     assert adamole_bench.load_adapter(tmp_path / "mole", dtype="bfloat16", check_base=False).base.source == "code"
+
+
+def test_hub_models_are_recorded_and_reloaded_at_their_commit(tmp_path):
+    """A hub model from a local HF cache (offline): the adapter records id + commit, and loads onto that
+    commit even after the repo's main moved to other weights."""
+    from adamole_bench.harness.models import tiny_llama
+
+    repo = tmp_path / "hub" / "models--testorg--tiny"
+    old, new = "a" * 40, "b" * 40
+    for commit, seed in ((old, 0), (new, 1)):
+        tiny_llama(seed=seed).save_pretrained(repo / "snapshots" / commit)
+        load_base_model("tiny-llama").tokenizer.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(old)
+    script = f"""
+import json, pathlib, torch, adamole_bench
+from adamole_bench.harness.errors import UserError
+from adamole_bench.harness.models import load_base_model
+from adamole_bench.methods.registry import build_method
+base = load_base_model("testorg/tiny")
+method = build_method("mole")
+model = method.apply(base.model).eval()
+torch.nn.init.normal_(model.model.layers[0].self_attn.q_proj.adapter.experts.lora_B)
+method.save(model, {str(tmp_path / "adapter")!r}, base.reference())
+ids = torch.randint(3, 259, (2, 7))
+expected = model(input_ids=ids).logits
+pathlib.Path({str(repo / "refs" / "main")!r}).write_text({new!r})
+loaded = adamole_bench.load_adapter({str(tmp_path / "adapter")!r})
+print("record", json.dumps(loaded.metadata["base_model"]))
+print("diff", (loaded.model(input_ids=ids).logits - expected).abs().max().item())
+try:
+    adamole_bench.load_adapter({str(tmp_path / "adapter")!r}, base_model="testorg/tiny")
+except UserError as err:
+    print("refused", err)
+"""
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout.split("record ", 1)[1].splitlines()[0])
+    assert record["id"] == "testorg/tiny" and record["source"] == "hub"
+    assert record["revision"] == old and record["fingerprint"] == f"hub:{old}"
+    assert "diff 0.0" in result.stdout
+    assert f"hub:{new}" in result.stdout.split("refused ", 1)[1]  # main now holds other weights
 
 
 def test_embedded_smollm2_is_recorded_by_its_hub_id_and_our_fingerprint(tmp_path):

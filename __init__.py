@@ -1,3 +1,23 @@
-"""adamole-bench: one training loop, one evaluation (lm-eval), every run in MLflow."""
+"""adamole-bench: one training loop, one evaluation (lm-eval), every run in MLflow.
+
+Saved adapters outside the harness: `adamole_bench.load_adapter(folder or "runs:/<run_id>/adapter")`,
+or `PeftModel.from_pretrained(base, folder)` for every built-in method once this package is imported.
+"""
 
 __version__ = "0.1.0"
+
+from .methods.peft_hook import register_with_peft  # noqa: E402
+
+register_with_peft()
+
+
+def __getattr__(name: str):
+    """`load_adapter` and `save_adapter` without importing torch for every CLI command."""
+    if name in ("load_adapter", "save_adapter", "LoadedAdapter"):
+        from .harness import adapters
+
+        return getattr(adapters, name)
+    raise AttributeError(f"module 'adamole_bench' has no attribute {name!r}")
+
+
+__all__ = ["LoadedAdapter", "load_adapter", "save_adapter", "__version__"]

@@ -314,6 +314,21 @@ def check(
 
 @app.command()
 @user_errors
+def export(
+    run_id: str = typer.Argument(..., help="A finished trial's MLflow run id (`adamole-bench ui` shows them)."),
+    folder: Path = typer.Argument(..., help="New or empty folder to write the adapter and its model card to."),
+    merged: bool = typer.Option(False, "--merged", help="LoRA only: also write the full merged model to FOLDER/merged."),
+):
+    """Write a trial's adapter, a model card (config, scores, provenance) and optionally the merged LoRA model."""
+    from .harness.export import export_run
+
+    offline_defaults()
+    files = export_run(run_id, folder, merged=merged)
+    console.print(f"wrote {len(files)} files to {folder}; load with adamole_bench.load_adapter(\"{folder}\")", soft_wrap=True)
+
+
+@app.command()
+@user_errors
 def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1.")):
     """Start the MLflow UI for the local store (or MLFLOW_TRACKING_URI) on 127.0.0.1."""
     from .harness.tracking import default_tracking_uri

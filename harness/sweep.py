@@ -257,6 +257,6 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
     tracker.log_dict(run_id, evaluation.samples, "lm_eval/samples.json")
     if config.save_adapters and method.trains:
         with tempfile.TemporaryDirectory() as folder:
-            method.save(model, Path(folder) / "adapter")
+            method.save(model, Path(folder) / "adapter", base.reference())
             tracker.log_artifacts(run_id, Path(folder) / "adapter", "adapter")
     return metrics

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .expert_dropout import dropout_correction
+from .registry import refuse_hf_save_pretrained
 
 DropoutMode = Literal["per_expert", "shared"]
 
@@ -112,7 +113,8 @@ class AdaptedLinear(nn.Module):
 def inject(model: nn.Module, target_modules: list[str], make_adapter: Callable[[str, nn.Linear], nn.Module]) -> list[str]:
     """Wrap every nn.Linear whose name ends in a target (as PEFT matches) with AdaptedLinear.
 
-    The base model is frozen; only the adapters' parameters train. Returns the wrapped names.
+    The base model is frozen; only the adapters' parameters train, and its HF `save_pretrained`
+    now refuses (it would drop the adapters). Returns the wrapped names.
     """
     model.requires_grad_(False)
     targets = [
@@ -127,4 +129,5 @@ def inject(model: nn.Module, target_modules: list[str], make_adapter: Callable[[
         parent = model.get_submodule(parent_name) if parent_name else model
         adapter = make_adapter(name, linear).to(linear.weight.device)
         setattr(parent, child, AdaptedLinear(linear, adapter))
+    refuse_hf_save_pretrained(model)
     return [name for name, _ in targets]

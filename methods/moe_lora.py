@@ -142,16 +142,16 @@ class MoeLoraMethod(Method):
     def routing_tags(self) -> dict[str, str]:
         raise NotImplementedError
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def make_adapter(self, linear: nn.Linear) -> MoeLoraAdapter:
+        """The adapter branch of one linear (also what the PEFT integration builds per layer)."""
         cfg = self.config
+        experts = LoraExperts(
+            linear.in_features, linear.out_features, cfg.num_experts, cfg.expert_rank, cfg.scaling, cfg.dropout, cfg.dropout_mode
+        )
+        return MoeLoraAdapter(experts, self.make_router(linear.in_features))
 
-        def make_adapter(name: str, linear: nn.Linear) -> MoeLoraAdapter:
-            experts = LoraExperts(
-                linear.in_features, linear.out_features, cfg.num_experts, cfg.expert_rank, cfg.scaling, cfg.dropout, cfg.dropout_mode
-            )
-            return MoeLoraAdapter(experts, self.make_router(linear.in_features))
-
-        inject(model, list(cfg.target_modules), make_adapter)
+    def apply(self, model: nn.Module) -> nn.Module:
+        inject(model, list(self.config.target_modules), lambda _name, linear: self.make_adapter(linear))
         return model
 
     def aux_loss(self, model: nn.Module) -> torch.Tensor | None:

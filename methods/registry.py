@@ -21,6 +21,7 @@ from ..harness.errors import UserError, unknown
 
 ADAPTER_CONFIG = "adamole_bench_adapter.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
 
 
 class StatisticsRecorder(AbstractContextManager):
@@ -74,29 +75,72 @@ class Method:
         """Facts worth filtering runs by (e.g. which routing variant); logged as MLflow tags."""
         return {}
 
-    # Saving: trainable tensors as safetensors + a JSON config naming the method. Methods built
-    # on stock PEFT (LoRA) override these to keep PEFT's own format.
-    def save(self, model: nn.Module, path: str | Path) -> None:
-        from safetensors.torch import save_file
+    # Saving. Every adapter folder holds ADAPTER_CONFIG (method, options, tags and the base model as a
+    # portable record) beside its weights. Methods PEFT can carry (`peft_type` set: LoRA and every
+    # built-in mixture) store the weights in PEFT's layout, so `PeftModel.from_pretrained` loads them;
+    # others store their trainable tensors under the harness's own names.
+    peft_type: ClassVar[str | None] = None
 
+    def save(self, model: nn.Module, path: str | Path, base_model: dict) -> None:
+        """Write the adapter of `model` to `path`; `base_model` is `BaseModel.reference()` (never a path)."""
+        if not base_model or not base_model.get("id") or not base_model.get("fingerprint"):
+            raise ValueError(f"save needs the base model's reference (id and fingerprint), got {base_model!r}")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(tensors, str(path / ADAPTER_WEIGHTS))
-        meta = {"method": self.name, "config": dataclasses.asdict(self.config), "tags": self.tags()}
+        self.save_weights(model, path, base_model)
+        meta = {
+            "method": self.name,
+            "config": dataclasses.asdict(self.config),
+            "tags": self.tags(),
+            "base_model": base_model,
+            "format": "peft" if self.peft_type else "adamole-bench",
+        }
         (path / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
+    def save_weights(self, model: nn.Module, path: Path, base_model: dict) -> None:
+        if self.peft_type:
+            from .peft_integration import save_peft_adapter
+
+            return save_peft_adapter(self, model, path, base_model)
+        from safetensors.torch import save_file
+
+        tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, str(path / ADAPTER_WEIGHTS))
+
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
+        """`model` with the adapter saved at `path` (a PeftModel for the PEFT layout)."""
         from safetensors.torch import load_file
 
-        adapted = self.apply(model)
-        tensors = load_file(str(Path(path) / ADAPTER_WEIGHTS))
+        path = Path(path)
+        if (path / PEFT_CONFIG).exists():
+            from .peft_integration import load_peft_adapter
+
+            return load_peft_adapter(model, path)
+        adapted = self.apply(model)  # the harness layout: also adapters saved before the PEFT layout
+        tensors = load_file(str(path / ADAPTER_WEIGHTS))
         expected = {n for n, p in adapted.named_parameters() if p.requires_grad}
         if set(tensors) != expected:
             missing, extra = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
             raise UserError(f"adapter at {path} does not match {self.name}: missing {missing}, unexpected {extra}")
         adapted.load_state_dict(tensors, strict=False)
         return adapted
+
+
+def refuse_hf_save_pretrained(model: nn.Module) -> None:
+    """Make `model.save_pretrained` fail loudly on a model adapted by the harness's own injection.
+
+    HF would write the wrapped layers under names `from_pretrained` does not know, silently
+    re-initialise q/k/v/o on load and drop the adapters; our save/load keep them.
+    """
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained = _refused_save_pretrained
+
+
+def _refused_save_pretrained(*_args, **_kwargs):
+    raise UserError(
+        "save_pretrained cannot store adamole-bench adapters (from_pretrained would drop them); use "
+        "adamole_bench.save_adapter(model, DIR, method, base) and adamole_bench.load_adapter(DIR)"
+    )
 
 
 _METHODS: dict[str, type[Method]] = {}

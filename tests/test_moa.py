@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from adamole_bench.harness.models import BaseModel, _state_fingerprint
 from adamole_bench.methods.moa.model import MoaBlock, decoder_layers
 from adamole_bench.methods.registry import build_method
 
@@ -238,10 +239,12 @@ def test_trainable_parameters_match_spec_for_llama_31_8b():
 
 @pytest.mark.parametrize("name", ["soft-moa", "sparse-moa"])
 def test_save_load_round_trip_gives_identical_logits(name, tmp_path):
+    """Through PEFT (the saved layout), with grouped-query attention in the prompt expert."""
     method, model = adapted(name)
     ids = torch.randint(0, 50, (2, 9))
-    method.save(model, tmp_path)
-    reloaded = build_method(name).load(small_llama(), tmp_path)
+    base = small_llama()
+    method.save(model, tmp_path, BaseModel(base, None, "small-llama", "code", _state_fingerprint(base)).reference())
+    reloaded = build_method(name).load(base, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
 

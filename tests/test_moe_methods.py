@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from adamole_bench.harness.errors import UserError
-from adamole_bench.harness.models import tiny_llama
+from adamole_bench.harness.models import load_base_model, tiny_llama
 from adamole_bench.methods import registry
 from adamole_bench.methods.experts import LoraExperts
 from adamole_bench.methods.moe_lora import MoeLoraAdapter, moe_adapters
@@ -218,7 +218,7 @@ def test_save_and_load_reproduce_logits(tmp_path, method):
     with torch.no_grad():
         for _, adapter in moe_adapters(model):
             adapter.experts.lora_B.normal_(0.0, 0.1)
-    trained.save(model, tmp_path)
+    trained.save(model, tmp_path, load_base_model("tiny-llama").reference())
     meta = json.loads((tmp_path / ADAPTER_CONFIG).read_text())
     assert meta["method"] == method and meta["tags"] == trained.tags()
 

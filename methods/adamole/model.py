@@ -7,6 +7,7 @@ from .config import AdaMoleConfig
 class AdaMole(MoeLoraMethod):
     name = "adamole"
     config_class = AdaMoleConfig
+    peft_type = "ADAMOLE"
     description = "AdaMoLE: 8 LoRA experts (r=4, scale 4.0) per layer, learned per-token threshold (max 1/8), aux loss 1e-3"
     routing_variant = "adaptive_threshold"
 

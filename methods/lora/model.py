@@ -1,5 +1,3 @@
-from pathlib import Path
-
 from torch import nn
 
 from ..registry import Method, register
@@ -11,6 +9,7 @@ class Lora(Method):
     name = "lora"
     config_class = LoraConfig
     description = "LoRA (stock PEFT); reference defaults r=32, alpha=16, dropout 0.05 on q,k,v,o"
+    peft_type = "LORA"
 
     def apply(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig as PeftLoraConfig
@@ -25,11 +24,3 @@ class Lora(Method):
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, peft_config)
-
-    def save(self, model: nn.Module, path: str | Path) -> None:
-        model.save_pretrained(str(path))  # PEFT's format: adapter_model.safetensors + adapter_config.json
-
-    def load(self, model: nn.Module, path: str | Path) -> nn.Module:
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(model, str(path))

@@ -93,15 +93,19 @@ class MoaBlock(nn.Module):
             self.recorder.observe(self.layer_index, weights.detach(), mixing.detach(), None if threshold is None else threshold.detach())
         return mixing
 
-    def attach(self, layer: nn.Module) -> None:
-        """Register the hooks on `layer` (after LoRA injection, so q_proj/o_proj are the wrapped modules)."""
-        layer.register_forward_pre_hook(self._start, with_kwargs=True)
-        layer.register_forward_hook(self._finish)
-        layer.mlp.register_forward_hook(self._add_parallel_adapter, with_kwargs=True)
+    def attach(self, layer: nn.Module) -> list:
+        """Register the hooks on `layer` (after LoRA injection, so q_proj/o_proj are the wrapped modules);
+        returns their handles (the PEFT integration removes them to disable or unload the adapter)."""
+        handles = [
+            layer.register_forward_pre_hook(self._start, with_kwargs=True),
+            layer.register_forward_hook(self._finish),
+            layer.mlp.register_forward_hook(self._add_parallel_adapter, with_kwargs=True),
+        ]
         if self.prompt is not None:
             attention = layer.self_attn
-            attention.q_proj.register_forward_hook(self._keep_query)
-            attention.o_proj.register_forward_pre_hook(partial(self._add_prompt, attention), with_kwargs=True)
+            handles.append(attention.q_proj.register_forward_hook(self._keep_query))
+            handles.append(attention.o_proj.register_forward_pre_hook(partial(self._add_prompt, attention), with_kwargs=True))
+        return handles
 
     def _start(self, layer, args, kwargs) -> None:
         self.state.gates = self.gates(_first_argument(args, kwargs, "hidden_states"))
@@ -133,22 +137,27 @@ class MoaBlock(nn.Module):
 class _MoaMethod(Method):
     variant = ""
 
-    def apply(self, model: nn.Module) -> nn.Module:
-        config = self.config
-        model.requires_grad_(False)
+    def make_blocks(self, model: nn.Module) -> dict[str, MoaBlock]:
+        """One MoaBlock per decoder layer, keyed by the layer's name + "." (created before any LoRA expert)."""
         blocks = {}
         for index, (name, layer) in enumerate(decoder_layers(model)):
             with torch.device(next(layer.parameters()).device):
-                layer.moa = MoaBlock(layer, config, index)
-            blocks[name + "."] = layer.moa
+                blocks[name + "."] = MoaBlock(layer, self.config, index)
+        return blocks
 
-        def make_lora(name: str, linear: nn.Linear) -> GatedLora:
-            block = next(b for prefix, b in blocks.items() if name.startswith(prefix))
-            column = block.column(lora_expert_name(name.rpartition(".")[2]))
-            with torch.device(linear.weight.device):
-                return GatedLora(linear.in_features, linear.out_features, config.rank, config.scaling, block.state, column)
+    def make_lora(self, blocks: dict[str, MoaBlock], name: str, linear: nn.Linear) -> GatedLora:
+        """The LoRA expert of linear `name`, gated by the router column of its layer's block."""
+        block = next(b for prefix, b in blocks.items() if name.startswith(prefix))
+        column = block.column(lora_expert_name(name.rpartition(".")[2]))
+        with torch.device(linear.weight.device):
+            return GatedLora(linear.in_features, linear.out_features, self.config.rank, self.config.scaling, block.state, column)
 
-        inject(model, list(config.lora_targets), make_lora)  # freezes everything but the LoRA experts
+    def apply(self, model: nn.Module) -> nn.Module:
+        model.requires_grad_(False)
+        blocks = self.make_blocks(model)
+        for name, layer in decoder_layers(model):
+            layer.moa = blocks[name + "."]
+        inject(model, list(self.config.lora_targets), partial(self.make_lora, blocks))  # freezes all but the LoRA experts
         for _, layer in decoder_layers(model):
             layer.moa.requires_grad_(True)
             layer.moa.attach(layer)
@@ -171,6 +180,7 @@ class SoftMoa(_MoaMethod):
     name = "soft-moa"
     variant = "soft"
     config_class = SoftMoaConfig
+    peft_type = "SOFT_MOA"
     description = "Soft MoA: LoRA q,k,v,o,down + parallel adapter + prompt, sigmoid-gated per token by a per-block router"
 
 
@@ -179,5 +189,6 @@ class SparseMoa(_MoaMethod):
     name = "sparse-moa"
     variant = "sparse"
     config_class = SparseMoaConfig
+    peft_type = "SPARSE_MOA"
     description = "Sparse MoA: LoRA q,k,v,o,down + parallel adapter, expert active iff its gate ≥ a per-token threshold"
 

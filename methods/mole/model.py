@@ -10,6 +10,7 @@ from .config import MoleConfig
 class Mole(MoeLoraMethod):
     name = "mole"
     config_class = MoleConfig
+    peft_type = "MOLE"
     description = "MoLE: 8 LoRA experts (r=4, scale 4.0) per layer, top-2 softmax routing, aux loss 1e-3"
 
     @property

@@ -1,0 +1,56 @@
+"""Register our PEFT methods as soon as `peft` is imported, without importing it ourselves.
+
+`import adamole_bench` must stay instant (every CLI command pays for it; `import peft` takes ~5 s),
+yet `PeftModel.from_pretrained` must know the mixtures whenever the user imports PEFT, before or
+after us. So: register now if PEFT is loaded, else wrap PEFT's loader to register right after it runs.
+"""
+
+import importlib.abc
+import importlib.util
+import sys
+
+
+def _register() -> None:
+    """Importing peft_integration registers; if it is importing right now (it imports PEFT), it will.
+
+    By its installed name, not `__package__`: test runners may execute the package root a second
+    time under another name, and PEFT must get one set of classes."""
+    importlib.import_module("adamole_bench.methods.peft_integration")
+
+
+class _RegisterAfter(importlib.abc.Loader):
+    """Delegates to PEFT's own loader; registers once `peft/__init__.py` has finished."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        module.__loader__ = module.__spec__.loader = self.loader  # leave no trace behind
+        _register()
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+class _PeftFinder(importlib.abc.MetaPathFinder):
+    waits_for_peft = True  # how a second copy of this module recognises an installed finder
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "peft":
+            return None
+        sys.meta_path.remove(self)  # one shot; also keeps the lookup below from finding us again
+        spec = importlib.util.find_spec("peft")
+        if spec is not None and spec.loader is not None:
+            spec.loader = _RegisterAfter(spec.loader)
+        return spec
+
+
+def register_with_peft() -> None:
+    if "peft" in sys.modules:
+        _register()
+    elif not any(getattr(finder, "waits_for_peft", False) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _PeftFinder())

@@ -170,7 +170,7 @@ def test_report_reads_mlflow_and_writes_every_format(store, tmp_path):
     env = {"ADAMOLE_BENCH_RUNS": str(store["root"])}
     result = CliRunner().invoke(app, ["report", "--experiment", "sweep-test", "--format", "markdown", "--output", str(output)], env=env)
     assert result.exit_code == 0, result.output
-    assert "| lora |" in result.output and "| base |" in result.output
+    assert "| lora |" in result.output and "| base (zero-shot) |" in result.output
     assert {p.name for p in output.iterdir()} >= {"accuracy.md", "accuracy.csv", "accuracy.tex", "accuracy.html", "plots"}
     assert (output / "plots" / "accuracy_bars.png").stat().st_size > 1000
     assert (output / "plots" / "accuracy_vs_params_vs_speed.png").stat().st_size > 1000

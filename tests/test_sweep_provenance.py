@@ -139,7 +139,7 @@ def test_same_config_and_seed_give_identical_numbers(store, tmp_path, monkeypatc
     """Bitwise on CPU: accuracy, the whole loss curve and every lm-eval log-likelihood."""
     monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path))
     first = store["tracker"]
-    config = load_config(store["config_file"], ["methods=[lora]", "seeds=[0]"])
+    config = load_config(store["config_file"], ["methods=[lora]", "seeds=[0]", "reference=false"])
     again = Tracker(config.experiment)
     outcomes = sweep.run_sweep(config, Console(quiet=True), again)
     assert [o.status for o in outcomes] == ["finished"] and again.uri != store["tracker"].uri

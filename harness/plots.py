@@ -85,12 +85,17 @@ def efficiency_points(table: AccuracyTable) -> dict[str, tuple[float, float, obj
 
 
 def efficiency(table: AccuracyTable, path: Path) -> Path | None:
-    """Accuracy (with 95% CI) against trainable parameters and training tokens/s, Pareto fronts dashed."""
+    """Accuracy (with 95% CI) against trainable parameters and training tokens/s, Pareto fronts dashed,
+    the zero-shot base dotted."""
     points = efficiency_points(table)
     if not points:
         return None
+    column = AVERAGE if AVERAGE in table.columns else table.columns[0]
+    references = [(v.label, table.cells[(v.label, column)]) for v in table.variants if v.reference and (v.label, column) in table.cells]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.0), sharey=True)
     for axes, index, label, cost_is_high in ((left, 0, "trainable parameters", False), (right, 1, "train tokens / s", True)):
+        for name, cell in references:  # what a method has to beat, drawn across the whole axis
+            axes.axhline(cell.mean * 100, color="0.4", linestyle=":", linewidth=1.2, label=name)
         xs = _dodge([v[index] for v in points.values()], relative=index == 0)
         for x, (name, values) in zip(xs, points.items()):
             cell = values[2]
@@ -103,11 +108,12 @@ def efficiency(table: AccuracyTable, path: Path) -> Path | None:
         if max(xs) > 10 * min(xs):  # sizes spanning decades (LoRA vs full mixtures); linear otherwise
             axes.set_xscale("log")
             axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+        else:
+            axes.xaxis.set_major_locator(ticker.MaxNLocator(5))  # engineering labels are wide: few of them
         axes.xaxis.set_major_formatter(ticker.EngFormatter())
-    column = "mean over tasks" if AVERAGE in table.columns else table.columns[0]
-    left.set_ylabel(f"{table.metric} (%), {column}")
+    left.set_ylabel(f"{table.metric} (%), {'mean over tasks' if column == AVERAGE else column}")
     right.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    figure.suptitle(f"accuracy vs size vs speed (95% CI; dashed: Pareto front)\n{subtitle(table)}", fontsize="medium")
+    figure.suptitle(f"accuracy vs size vs speed (95% CI; dashed: Pareto front; dotted: zero-shot base)\n{subtitle(table)}", fontsize="medium")
     return _save(figure, path)
 
 

@@ -76,7 +76,6 @@ def run(
 ):
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
     from .harness.config import load_config
-    from .harness.report import accuracy_table, outcome_rows, render_markdown, render_rich
     from .harness.distributed import context
     from .harness.sweep import run_sweep
 
@@ -102,10 +101,15 @@ def run(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume.", soft_wrap=True)
         raise typer.Exit(130) from None
-    table = accuracy_table(outcome_rows(outcomes))
-    if table.cells:
-        console.print(render_rich(table, width=console.width))
-        console.print(render_markdown(table), markup=False, soft_wrap=True)
+    if context().is_main:
+        from .harness.render import render_markdown, render_rich
+        from .harness.report_bundle import sweep_table
+        from .harness.tracking import Tracker
+
+        table = sweep_table(Tracker(experiment.experiment), experiment, outcomes)
+        if table is not None:
+            console.print(render_rich(table, width=console.width))
+            console.print(render_markdown(table), markup=False, soft_wrap=True)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         console.print(f"[red]{len(failed)} of {len(outcomes)} trials failed[/] (recorded as FAILED in MLflow; re-run to retry them)")
@@ -188,10 +192,18 @@ def _list_methods() -> Table:
 
 
 def _list_tasks() -> Table:
+    from .harness.config import EvalConfig
+    from .harness.stats import wilson_interval
     from .tasks.registry import all_tasks
     from .tasks.sources import summarize
 
-    table = Table("train", "eval", "source", "template", "notes")
+    def half_width(docs: int) -> float:  # 95% CI half-width in points of a score near 50% on `docs` docs
+        low, high = wilson_interval(0.5, docs)
+        return (high - low) / 2 * 100
+
+    limit = EvalConfig().limit
+    caption = f"eval: docs scored with eval.limit=null; the default eval.limit={limit} gives a 95% CI of ±{half_width(limit):.1f} points"
+    table = Table("train", "eval", "source", "template", "notes", caption=caption, caption_justify="left")
     table.columns.insert(0, Column("task", no_wrap=True))  # names must stay copyable on narrow terminals
     for name, spec in all_tasks().items():
         try:
@@ -199,8 +211,10 @@ def _list_tasks() -> Table:
         except UserError as err:
             table.add_row(name, "–", "–", "[red]unavailable[/]", spec.template_origin, str(err))
             continue
-        sizes = summary["sizes"]
-        table.add_row(name, str(sizes["train"]), str(sizes["eval"]), summary["source"], spec.template_origin, "; ".join(summary["notes"]))
+        sizes, notes = summary["sizes"], list(summary["notes"])
+        if sizes["eval"] and half_width(sizes["eval"]) > 5:
+            notes.insert(0, f"n={sizes['eval']} eval docs: a score's 95% CI is ±{half_width(sizes['eval']):.0f} points, differences smaller than that are rarely significant")
+        table.add_row(name, str(sizes["train"]), str(sizes["eval"]), summary["source"], spec.template_origin, "; ".join(notes))
     return table
 
 
@@ -227,45 +241,52 @@ def setup():
     console.print(f"SmolLM2:    {smollm2_checkpoint()}")
 
 
-def _report_rows(experiment: str, model: str | None, methods: str | None, tasks: str | None):
-    from .harness.report import check_single_model, rows_from_mlflow
+def _report_table(experiment: str, model, methods, tasks, config_hash, where, reference: bool = True, published: Path | None = None):
+    from .harness.report_bundle import report_table
     from .harness.tracking import Tracker
 
     tracker = Tracker(experiment)
-    rows = rows_from_mlflow(tracker, model=model, methods=_split(methods), tasks=_split(tasks))
-    if not rows:
-        raise UserError(f"no finished trials in experiment '{experiment}' match the filters; run `adamole-bench run` first")
-    check_single_model(rows)
-    return tracker, rows
+    table = report_table(tracker, model, _split(methods), _split(tasks), _split(config_hash), where, reference, published)
+    return tracker, table
+
+
+CONFIG_HASH_HELP = "Only these configs: comma-separated config hashes or prefixes (a trial's config_hash tag, or a row's variant id from the CSV/JSON)."
+WHERE_HELP = "Only runs whose resolved setting matches, e.g. --where train.lr=3e-3 --where lora.rank=8 (repeatable)."
 
 
 @app.command()
 @user_errors
 def report(
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment to read."),
-    table_format: str = typer.Option("rich", "--format", help="rich, markdown, csv, latex or html."),
-    output: Path = typer.Option(None, help="Folder for every table format, plots and expert heatmaps (also logged to MLflow as a kind=report run)."),
+    table_format: str = typer.Option("rich", "--format", help="rich, markdown, csv, latex, html or json."),
+    output: Path = typer.Option(None, help="Folder for every table format, plots, expert heatmaps and source_runs.json (also logged to MLflow as a kind=report run)."),
     model: str = typer.Option(None, help="Only runs of this base model (required when the store holds several)."),
     methods: str = typer.Option(None, help="Comma-separated methods to include."),
     tasks: str = typer.Option(None, help="Comma-separated tasks to include."),
+    config_hash: str = typer.Option(None, "--config-hash", help=CONFIG_HASH_HELP),
+    where: list[str] = typer.Option(None, "--where", help=WHERE_HELP),
+    reference: bool = typer.Option(True, "--reference/--no-reference", help="Show the zero-shot base row of the same eval protocol."),
     published: Path = typer.Option(None, help="Published numbers to show as extra rows [default: results/published.yaml]."),
 ):
-    """Method × task table (mean ± sd over seeds, average column, best in bold) of finished trials."""
+    """Method × task table of finished trials: 95% CI, n, paired tests vs base and best, collapsed predictors, verdict."""
     from .harness.paths import package_root
-    from .harness.report import FORMATS, TEXT_RENDERERS, accuracy_table, load_published, render_rich
+    from .harness.render import FORMATS, TEXT_RENDERERS, render_rich, render_verdict
 
     if table_format not in FORMATS:
         from .harness.errors import unknown
 
         raise unknown("format", table_format, FORMATS)
-    tracker, rows = _report_rows(experiment, model, methods, tasks)
-    numbers = load_published(published or package_root() / "results" / "published.yaml", rows[0]["model"])
-    table = accuracy_table(rows, published={k: v for k, v in numbers.items() if k[1] in {r["task"] for r in rows}})
-    console.print(render_rich(table, width=console.width)) if table_format == "rich" else console.print(TEXT_RENDERERS[table_format](table), markup=False, end="", soft_wrap=True)
+    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, published or package_root() / "results" / "published.yaml")
+    if table_format == "rich":
+        console.print(render_rich(table, width=console.width))
+        console.print(render_verdict(table), markup=False, end="")
+    else:
+        console.print(TEXT_RENDERERS[table_format](table), markup=False, end="", soft_wrap=True)
     if output:
         from .harness.report_bundle import write_report
 
-        written = write_report(tracker, rows, table, output, {"model": model, "methods": methods, "tasks": tasks})
+        filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or [])}
+        written = write_report(tracker, table, output, filters)
         console.print(f"wrote {len(written)} files to {output} (and a kind=report run in MLflow)")
 
 
@@ -273,16 +294,19 @@ def report(
 @user_errors
 def compare(
     method_a: str = typer.Argument(..., help="First method, e.g. adamole."),
-    method_b: str = typer.Argument(..., help="Second method, e.g. lora."),
+    method_b: str = typer.Argument(..., help="Second method, e.g. lora (or the same method: its configs are compared)."),
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment to read."),
     model: str = typer.Option(None, help="Only runs of this base model."),
     tasks: str = typer.Option(None, help="Comma-separated tasks to include."),
+    config_hash: str = typer.Option(None, "--config-hash", help=CONFIG_HASH_HELP),
+    where: list[str] = typer.Option(None, "--where", help=WHERE_HELP),
 ):
-    """Paired comparison of two methods over matched (task, seed) runs, with significance tests."""
+    """Paired comparison of two methods (each of their configs): per-doc tests per task, run-level tests over seeds."""
     from .harness.compare import compare_methods, render_comparison
 
-    _, rows = _report_rows(experiment, model, f"{method_a},{method_b}", tasks)
-    console.print(render_comparison(compare_methods(rows, method_a, method_b)), markup=False, end="")
+    _, table = _report_table(experiment, model, f"{method_a},{method_b}", tasks, config_hash, where, reference=False)
+    for comparison in compare_methods(table, method_a, method_b):
+        console.print(render_comparison(comparison), markup=False, end="", soft_wrap=True)
 
 
 @app.command()

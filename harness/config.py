@@ -70,6 +70,7 @@ class ExperimentConfig:
     mix: bool = False  # train one adapter per (method, seed) on the union of all tasks, evaluate on each
     experiment: str = "adamole-bench"  # MLflow experiment name
     save_adapters: bool = True  # log each trained adapter as an MLflow artifact
+    reference: bool = True  # also evaluate the zero-shot `base` model per task (once, reused) when methods lack it
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

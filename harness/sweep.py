@@ -23,6 +23,7 @@ from .errors import UserError
 from .evaluate import evaluate
 from .models import BaseModel, load_base_model, resolve_device
 from .provenance import code_version, eval_protocol_tags, hardware, package_versions
+from .results import REFERENCE_METHOD
 from .tracking import Tracker
 from .train import peak_memory_mb, set_seed, train
 
@@ -67,7 +68,16 @@ def plan(config: ExperimentConfig) -> list[Trial]:
                 trials.append(Trial(method, task, seed, resolved, config_hash(resolved), train_tasks))
     if config.mix:
         trials.sort(key=lambda t: (config.methods.index(t.method), config.seeds.index(t.seed)))  # stable: task order kept
+    if config.reference and REFERENCE_METHOD not in config.methods:
+        trials = [_reference_trial(config, task) for task in config.tasks] + trials
     return trials
+
+
+def _reference_trial(config: ExperimentConfig, task: str) -> Trial:
+    """The zero-shot base model on a task, the reference row of every table. It does not train, so
+    one seed (always 0, whatever --seeds says) is enough and a later sweep finds it done."""
+    resolved = trial_config(config, REFERENCE_METHOD, task) | {"train": None}
+    return Trial(REFERENCE_METHOD, task, 0, resolved, config_hash(resolved), (task,))
 
 
 def select_shard(trials: list[Trial], index: int, count: int) -> list[Trial]:
@@ -113,9 +123,10 @@ def run_sweep(
                 console.print(f"[dim]{traceback.format_exc(limit=-3)}[/]")
         counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped", "failed")}
         tracker.log_metrics(sweep_id, {f"trials/{k}": v for k, v in counts.items()})
-        from .report import outcome_rows, render_markdown
+        if distributed.context().is_main:
+            from .report_bundle import log_sweep_summary  # matplotlib and friends, only once trials are done
 
-        tracker.log_text(sweep_id, render_markdown(outcome_rows(outcomes)), "tables/summary.md")
+            log_sweep_summary(tracker, sweep_id, config, outcomes, console)
     return outcomes
 
 

@@ -139,7 +139,7 @@ def test_same_config_and_seed_give_identical_numbers(store, tmp_path, monkeypatc
     """Bitwise on CPU: accuracy, the whole loss curve and every lm-eval log-likelihood."""
     monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path))
     first = store["tracker"]
-    config = load_config(store["config_file"], ["methods=[lora]", "seeds=[0]"])
+    config = load_config(store["config_file"], ["methods=[lora]", "seeds=[0]", "reference=false"])
     again = Tracker(config.experiment)
     outcomes = sweep.run_sweep(config, Console(quiet=True), again)
     assert [o.status for o in outcomes] == ["finished"] and again.uri != store["tracker"].uri
@@ -170,7 +170,7 @@ def test_report_reads_mlflow_and_writes_every_format(store, tmp_path):
     env = {"ADAMOLE_BENCH_RUNS": str(store["root"])}
     result = CliRunner().invoke(app, ["report", "--experiment", "sweep-test", "--format", "markdown", "--output", str(output)], env=env)
     assert result.exit_code == 0, result.output
-    assert "| lora |" in result.output and "| base |" in result.output
+    assert "| lora |" in result.output and "| base (zero-shot) |" in result.output
     assert {p.name for p in output.iterdir()} >= {"accuracy.md", "accuracy.csv", "accuracy.tex", "accuracy.html", "plots"}
     assert (output / "plots" / "accuracy_bars.png").stat().st_size > 1000
     assert (output / "plots" / "accuracy_vs_params_vs_speed.png").stat().st_size > 1000

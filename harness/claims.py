@@ -11,15 +11,20 @@ deletes the claim at once (hidden in the UI, name still reserved) and creates th
 `claim_attempt=n`. Why no trial runs twice:
 
 1. At most one process ever holds attempt n (the unique name).
-2. A process tries attempt n+1 only after seeing no FINISHED run, no live RUNNING run, and attempt n
-   either ended (its run is FAILED) or is stale (its process died before or while running it, see
-   harness/liveness.py). A FAILED run never becomes RUNNING again, so attempts n and n+1 never run
-   together, except if a process stalls past the stale timeout on another machine and wakes up: its
-   run stays FAILED (it is never turned FINISHED) and is never counted.
-3. Each process tries each trial at most once per sweep; losing the race means "someone else has it".
+2. A process tries attempt n+1 only if one look at the store (runs first, then claims) showed no
+   FINISHED run, no live RUNNING run, and attempt n as the newest claim, ended (its run FAILED) or
+   stale (its process died before or while running it, see harness/liveness.py). A process that saw
+   no claim at all tries attempt 0. So if another process holds attempt m: m <= n means m ended
+   before n was claimed (by induction), and m > n means claim n+1 existed by then (claim m was made
+   after seeing claim m-1), so our creation of n+1 fails. A FAILED run never turns
+   RUNNING again; the one gap is a process stalled past the stale timeout on another machine that
+   wakes up: its run stays FAILED (it is never turned FINISHED) and is never counted.
+3. A sweep tries each trial once, and once more only after waiting for a holder that died; losing
+   the race means "someone else has it": the sweep waits for that run and reports it.
 
-`mlflow gc` may purge the deleted claim experiments; the runs' `claim_attempt` tags then keep the
-numbering going. The file store (maintenance mode in MLflow 3) does not enforce unique names
+tests/test_concurrency.py races processes through a barrier on every trial, on sqlite and on a real
+`mlflow server`. `mlflow gc` may purge the deleted claim experiments; the runs' `claim_attempt` tags
+then keep the numbering going. The file store (maintenance mode in MLflow 3) does not enforce unique names
 atomically and is not supported for concurrent sweeps.
 """
 
@@ -79,16 +84,23 @@ def reconcile(tracker) -> list[tuple[str, str]]:
     return marked
 
 
-def _pending(tracker, config_hash: str, seed: int, runs: list) -> bool:
-    """Whether another live process holds this trial: a fresh RUNNING run, or a fresh claim with no run yet."""
+def _observe(tracker, config_hash: str, seed: int) -> tuple[bool, bool, int]:
+    """(finished, held by another live process, the attempt to claim next), all from one look at the store.
+
+    The next attempt must come from the same look as the liveness decision: a process that saw no claim
+    must try attempt 0 (and lose to whoever took it), never a number read after someone else's claim.
+    """
+    runs = trial_runs(tracker, config_hash, seed)
+    if any(run.info.status == "FINISHED" for run in runs):
+        return True, False, -1
     if any(run.info.status == "RUNNING" and reconcile_run(tracker, run) is None for run in runs):
-        return True
-    claims = _claims(tracker, config_hash, seed)
-    if not claims:
-        return False
-    latest = max(claims)
-    with_runs = {run.data.tags.get("claim_attempt") for run in runs}
-    return str(latest) not in with_runs and staleness(claims[latest].tags, claims[latest].creation_time) is None
+        return False, True, -1
+    claims = _claims(tracker, config_hash, seed)  # read after the runs: a claim whose run is newer looks run-less (held)
+    attempts = [int(a) for a in (run.data.tags.get("claim_attempt") for run in runs) if a and a.isdigit()]
+    latest = max(claims, default=-1)
+    if latest >= 0 and latest not in attempts and staleness(claims[latest].tags, claims[latest].creation_time) is None:
+        return False, True, -1  # claimed a moment ago, its run not created yet
+    return False, False, max([latest, *attempts]) + 1
 
 
 def claim_trial(tracker, config_hash: str, seed: int, name: str, tags: dict[str, str], parent_id: str | None = None) -> str | None:
@@ -96,11 +108,9 @@ def claim_trial(tracker, config_hash: str, seed: int, name: str, tags: dict[str,
     finished or another live process holds it. The caller runs it inside `tracker.running(run_id)`."""
     from mlflow.exceptions import MlflowException
 
-    runs = trial_runs(tracker, config_hash, seed)
-    if any(run.info.status == "FINISHED" for run in runs) or _pending(tracker, config_hash, seed, runs):
+    finished, held, attempt = _observe(tracker, config_hash, seed)
+    if finished or held:
         return None
-    attempts = [int(a) for a in (run.data.tags.get("claim_attempt") for run in runs) if a and a.isdigit()]
-    attempt = max([*_claims(tracker, config_hash, seed), *attempts], default=-1) + 1
     claim = claim_name(tracker.experiment_id, config_hash, seed, attempt)
     try:
         claim_id = tracker.client.create_experiment(claim, tags={**process_tags(), "heartbeat": str(time.time())})
@@ -116,14 +126,11 @@ def claim_trial(tracker, config_hash: str, seed: int, name: str, tags: dict[str,
 def wait_for_trial(tracker, config_hash: str, seed: int, poll_seconds: float = POLL_SECONDS) -> tuple[str, dict]:
     """Wait while another process runs the trial: ("finished", metrics) or ("failed", {"error", "failure"})."""
     while True:
-        done = tracker.completed_trial(config_hash, seed)
-        if done:
-            return "finished", done
-        if not _pending(tracker, config_hash, seed, trial_runs(tracker, config_hash, seed)):
-            done = tracker.completed_trial(config_hash, seed)  # it may have finished since the first look
-            if done:
-                return "finished", done
-            runs = trial_runs(tracker, config_hash, seed)  # again: _pending may have just marked one stale
+        finished, held, _ = _observe(tracker, config_hash, seed)
+        if finished:
+            return "finished", tracker.completed_trial(config_hash, seed)
+        if not held:
+            runs = trial_runs(tracker, config_hash, seed)  # again: _observe may have just marked one stale
             tags = runs[0].data.tags if runs else {}
             return "failed", {"error": tags.get("error", "the other process left no run"), "failure": tags.get("failure", "crashed")}
         time.sleep(poll_seconds)

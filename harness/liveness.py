@@ -146,24 +146,25 @@ class Heartbeat:
     def add(self, run_id: str) -> None:
         with self._lock:
             self._runs.append(run_id)
-            if self._thread is None or not self._thread.is_alive():
-                self._wake.clear()
-                self._thread = threading.Thread(target=self._loop, name="adamole-heartbeat", daemon=True)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, args=(heartbeat_seconds(),), name="adamole-heartbeat", daemon=True)
                 self._thread.start()
 
     def remove(self, run_id: str) -> None:
         with self._lock:
             self._runs.remove(run_id)
             if not self._runs:
-                self._wake.set()
+                self._wake.set()  # let the thread end now rather than after its next interval
 
-    def _loop(self) -> None:
-        interval = heartbeat_seconds()
-        while not self._wake.wait(interval):
+    def _loop(self, interval: float) -> None:
+        while True:
+            self._wake.wait(interval)
             with self._lock:
+                self._wake.clear()
+                if not self._runs:
+                    self._thread = None  # the next add() starts a new thread
+                    return
                 runs = list(self._runs)
-            if not runs:
-                return
             try:
                 self._beat(runs, time.time())
             except Exception:  # noqa: BLE001 - a missed beat is harmless, a dead thread is not

@@ -88,9 +88,9 @@ def run_sweep(
     shard: tuple[int, int] = (0, 1),
 ) -> list[Outcome]:
     trials = select_shard(plan(config), *shard)  # bad input fails before any run is created
-    tracker = distributed.rank_zero_tracker(tracker, config.experiment)
     state = _SweepState(config)
-    state.read_local_data()
+    state.read_local_data()  # a broken --data-dir file too, before the store is even opened
+    tracker = distributed.rank_zero_tracker(tracker, config.experiment)
     if distributed.context().is_main:
         for name, why in tracker.reconciled:
             console.print(f"[yellow]marked FAILED[/] {name} (left RUNNING: {why})", soft_wrap=True)

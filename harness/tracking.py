@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import claims
 from .errors import Diverged, UserError, storage_problem
-from .liveness import Heartbeat, Terminated, process_tags
+from .liveness import Heartbeat, Terminated, heartbeat_seconds, process_tags, stale_after_seconds
 from .paths import runs_dir
 
 MAX_PARAMS_PER_BATCH = 100
@@ -132,6 +132,7 @@ class Tracker:
     def __init__(self, experiment: str, uri: str | None = None):
         """Open (or create) the store and experiment, then mark its stale RUNNING runs FAILED (harness/claims.py)."""
         self.uri = uri or default_tracking_uri()
+        heartbeat_seconds(), stale_after_seconds()  # a bad ADAMOLE_BENCH_*_SECONDS fails here, not in a thread
         _check_reachable(self.uri)
         db = _check_local_store(self.uri)
         # No mlflow.set_tracking_uri: MLflow 3 also writes it to os.environ, so a second Tracker in the

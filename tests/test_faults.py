@@ -16,7 +16,7 @@ from adamole_bench.harness.errors import Diverged
 from adamole_bench.tests.fault_tools import TINY, cli_env, finish, run_cli, start, store_runs, trial_runs, wait_until
 
 LORA = "lora/fruit_or_color/seed0"
-SWEEP = ["run", *TINY, "--methods", "base,lora", "--max-steps", "80"]
+SWEEP = ["run", *TINY, "--methods", "base,lora", "--max-steps", "40"]
 
 
 def _running(uri: str, name: str, process: subprocess.Popen):
@@ -135,6 +135,7 @@ def _fill(folder) -> None:
             pass
 
 
+@pytest.mark.slow
 def test_disk_filling_up_mid_sweep_fails_that_trial_and_keeps_the_table(small_disk, tmp_path):
     runs = small_disk / "runs"
     uri, env = f"sqlite:///{runs / 'mlflow.db'}", cli_env(runs)

@@ -103,6 +103,7 @@ def run_sweep(
     except Exception as err:  # noqa: BLE001 - e.g. a server whose database is read-only
         raise UserError(f"MLflow store {tracker.uri} does not accept new runs ({storage_problem(err) or _first_line(err)})") from None
     with tracker.running(sweep_id, strict=False):  # a full disk must not cost the table of what finished
+        tracker.log_dict(sweep_id, to_dict(config), "config/experiment.json")
         for number, trial in enumerate(trials, start=1):
             console.print(f"[{number}/{len(trials)}] {trial.name}", end=" ")
             outcome = _attempt(trial, config, state, tracker, sweep_id, console)

@@ -93,6 +93,13 @@ def test_bad_data_dir_file_fails_before_any_run(cli, runs_dir, tmp_path, eval_li
     assert _no_runs(runs_dir)  # read before the sweep run is created
 
 
+def test_data_dir_folder_without_an_eval_split_is_not_ignored(cli, runs_dir, tmp_path):
+    folder = tmp_path / "data" / "fruit_or_color"
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text('{"word": "apple", "label": 0}\n')
+    _fails_in_one_line(cli(*RUN, "--data-dir", tmp_path / "data"), f"{folder} has no eval split")
+
+
 def test_tracking_uri_with_an_unknown_scheme(cli, runs_dir, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://bar")
     _fails_in_one_line(cli(*RUN), "unknown tracking URI scheme 'foo'", "fix MLFLOW_TRACKING_URI")

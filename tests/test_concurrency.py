@@ -4,7 +4,6 @@
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest

@@ -257,6 +257,8 @@ def _report_rows(experiment: str, model: str | None, methods: str | None, tasks:
     from .harness.tracking import Tracker
 
     tracker = Tracker(experiment)
+    for name, why in tracker.reconciled:
+        console.print(f"[yellow]marked FAILED[/] {escape(name)} (left RUNNING: {escape(why)}); it is not counted", soft_wrap=True)
     rows = rows_from_mlflow(tracker, model=model, methods=_split(methods, "--methods", "lora,adamole"), tasks=_split(tasks, "--tasks", "copa,boolq"))
     if not rows:
         raise UserError(f"no finished trials in experiment '{experiment}' match the filters; run `adamole-bench run` first")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..methods.registry import build_method, get_method_class
 from ..tasks.sources import TaskData, load_task
@@ -93,7 +94,7 @@ def run_sweep(
     tracker = distributed.rank_zero_tracker(tracker, config.experiment)
     if distributed.context().is_main:
         for name, why in tracker.reconciled:
-            console.print(f"[yellow]marked FAILED[/] {name} (left RUNNING: {why})", soft_wrap=True)
+            console.print(f"[yellow]marked FAILED[/] {escape(name)} (left RUNNING: {escape(why)})", soft_wrap=True)
     outcomes: list[Outcome] = []
     elsewhere: list[Trial] = []
     sweep_tags = {"kind": "sweep", "model": config.model, **code_version()}
@@ -131,19 +132,19 @@ def _attempt(trial: Trial, config: ExperimentConfig, state: "_SweepState", track
         with tracker.running(run_id):
             metrics = run_trial(trial, config, state, tracker, run_id)
     except UserError as err:
-        console.print(f"  [red]failed:[/] {err}", soft_wrap=True)
+        console.print(f"  [red]failed:[/] {escape(str(err))}", soft_wrap=True)
         return Outcome(trial, "failed", error=str(err), failure="user")
     except Diverged as err:
-        console.print(f"  [red]diverged:[/] {err}", soft_wrap=True)
+        console.print(f"  [red]diverged:[/] {escape(str(err))}", soft_wrap=True)
         return Outcome(trial, "failed", error=str(err), failure="diverged")
     except Exception as err:  # a crash in one trial must not lose the others
         problem = storage_problem(err)
         if problem:
             message = f"{problem}: free space and run the same command again (finished trials are kept)"
-            console.print(f"  [red]failed:[/] {message}", soft_wrap=True)
+            console.print(f"  [red]failed:[/] {escape(message)}", soft_wrap=True)
             return Outcome(trial, "failed", error=message, failure="disk")
-        console.print(f"  [red]crashed:[/] {type(err).__name__}: {err}")
-        console.print(f"[dim]{traceback.format_exc(limit=-3)}[/]")
+        console.print(f"  [red]crashed:[/] {type(err).__name__}: {escape(str(err))}")
+        console.print(f"[dim]{escape(traceback.format_exc(limit=-3))}[/]")
         return Outcome(trial, "failed", error=f"{type(err).__name__}: {err}", failure="crashed")
     console.print(f"  [green]done[/] acc {metrics.get('eval/acc', float('nan')):.4f}")
     return Outcome(trial, "finished", metrics)
@@ -157,7 +158,7 @@ def _await(trial: Trial, config: ExperimentConfig, state: "_SweepState", tracker
     console.print(f"waiting for {trial.name} (running in another process)")
     status, info = tracker.wait_for_trial(trial.config_hash, trial.seed)
     if status == "failed" and info["failure"] in DIED:
-        console.print(f"  the other process stopped ({info['error']}); retrying here", soft_wrap=True)
+        console.print(f"  the other process stopped ({escape(info['error'])}); retrying here", soft_wrap=True)
         outcome = _attempt(trial, config, state, tracker, sweep_id, console)
         if outcome is not None:
             return outcome
@@ -165,7 +166,7 @@ def _await(trial: Trial, config: ExperimentConfig, state: "_SweepState", tracker
     if status == "finished":
         console.print(f"  [green]done elsewhere[/] acc {info.get('eval/acc', float('nan')):.4f}")
         return Outcome(trial, "skipped", info)
-    console.print(f"  [red]failed elsewhere:[/] {info['error']}", soft_wrap=True)
+    console.print(f"  [red]failed elsewhere:[/] {escape(info['error'])}", soft_wrap=True)
     return Outcome(trial, "failed", error=info["error"], failure=info["failure"] if info["failure"] in FAILURES else "crashed")
 
 
@@ -177,7 +178,7 @@ def _record_summary(tracker: Tracker, sweep_id: str, outcomes: list[Outcome], co
         tracker.log_metrics(sweep_id, {f"trials/{k}": v for k, v in counts.items()})
         tracker.log_text(sweep_id, render_markdown(outcome_rows(outcomes)), "tables/summary.md")
     except Exception as err:  # noqa: BLE001 - the results are already in their trial runs
-        console.print(f"[yellow]could not record the sweep summary:[/] {storage_problem(err) or _first_line(err)}", soft_wrap=True)
+        console.print(f"[yellow]could not record the sweep summary:[/] {escape(storage_problem(err) or _first_line(err))}", soft_wrap=True)
 
 
 def _first_line(err: BaseException) -> str:

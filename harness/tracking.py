@@ -178,9 +178,9 @@ class Tracker:
         try:
             return self.client.create_experiment(experiment, artifact_location=artifacts)
         except MlflowException as err:
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":  # another process created it a moment ago: use theirs
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            return self.client.get_experiment_by_name(experiment).experiment_id
+            return self.client.get_experiment_by_name(experiment).experiment_id  # another process created it a moment ago
 
     # --- runs -----------------------------------------------------------------------------------
 

@@ -1,16 +1,15 @@
 """`adamole-bench` command line: parses flags into harness calls; no logic of its own."""
 
 import functools
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
-from .harness.errors import UserError
+from .harness.errors import EXIT_CRASHED, EXIT_DIVERGED, EXIT_TERMINATED, EXIT_USER, UserError
 from .harness.paths import offline_defaults
 
 app = typer.Typer(
@@ -29,21 +28,44 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as err:
-            console.print(f"[red]error:[/] {err}", soft_wrap=True)
-            raise typer.Exit(2) from None
+            console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+            raise typer.Exit(EXIT_USER) from None
 
     return wrapper
 
 
-def _split(text: str | None) -> list[str] | None:
-    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+def _split(text: str | None, flag: str, example: str) -> list[str] | None:
+    """A comma-separated flag; given but empty (`--methods "$UNSET"`) is an error, never the default."""
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise UserError(f"{flag} is empty (an unset shell variable?); name at least one, e.g. {flag} {example}, or leave the flag out")
+    return parts
 
 
 def _seeds(text: str | None) -> list[int] | None:
+    parts = _split(text, "--seeds", "0,1,2")
     try:
-        return [int(s) for s in _split(text)] if text else None
+        return [int(s) for s in parts] if parts else None
     except ValueError:
         raise UserError(f"--seeds takes comma-separated integers, e.g. 0,1,2 (got '{text}')") from None
+
+
+def _interrupted(interrupt: KeyboardInterrupt) -> typer.Exit:
+    from .harness.liveness import exit_code
+
+    how = "terminated (SIGTERM)" if exit_code(interrupt) == EXIT_TERMINATED else "interrupted"
+    console.print(f"[yellow]{how}:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume.", soft_wrap=True)
+    return typer.Exit(exit_code(interrupt))
+
+
+def _exit_code(failed: list) -> int:
+    """A crash outranks a divergence, which outranks bad input or a full disk (README "Exit codes")."""
+    kinds = {o.failure for o in failed}
+    if kinds - {"user", "disk", "diverged"}:
+        return EXIT_CRASHED
+    return EXIT_DIVERGED if "diverged" in kinds else EXIT_USER
 
 
 def _shard(text: str | None) -> tuple[int, int]:
@@ -77,6 +99,7 @@ def run(
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
     from .harness.config import load_config
     from .harness.distributed import context
+    from .harness.liveness import sigterm_as_interrupt
     from .harness.sweep import run_sweep
 
     offline_defaults()
@@ -84,8 +107,8 @@ def run(
     experiment = load_config(
         config,
         overrides or [],
-        methods=_split(methods),
-        tasks=_split(tasks) if tasks != "all" else _all_tasks(),
+        methods=_split(methods, "--methods", "lora,adamole"),
+        tasks=_split(tasks, "--tasks", "copa,boolq") if tasks != "all" else _all_tasks(),
         seeds=_seeds(seeds),
         model=model,
         data_dir=data_dir,
@@ -97,10 +120,10 @@ def run(
         mix=mix,
     )
     try:
-        outcomes = run_sweep(experiment, console, shard=_shard(shard))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume.", soft_wrap=True)
-        raise typer.Exit(130) from None
+        with sigterm_as_interrupt():
+            outcomes = run_sweep(experiment, console, shard=_shard(shard))
+    except KeyboardInterrupt as interrupt:
+        raise _interrupted(interrupt) from None
     if context().is_main:
         from .harness.render import render_markdown, render_rich
         from .harness.report_bundle import sweep_table
@@ -112,8 +135,10 @@ def run(
             console.print(render_markdown(table), markup=False, soft_wrap=True)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
-        console.print(f"[red]{len(failed)} of {len(outcomes)} trials failed[/] (recorded as FAILED in MLflow; re-run to retry them)")
-        raise typer.Exit(2 if all(o.user_error for o in failed) else 1)
+        diverged = sum(o.failure == "diverged" for o in failed)
+        detail = f", {diverged} diverged" if diverged else ""
+        console.print(f"[red]{len(failed)} of {len(outcomes)} trials failed{detail}[/] (recorded as FAILED in MLflow; re-run to retry them)")
+        raise typer.Exit(_exit_code(failed))
 
 
 @app.command()
@@ -150,7 +175,7 @@ def bench(
         for method, values in parsed["method_options"].items():
             options.setdefault(method, {}).update(values)
     settings = BenchSettings(
-        model=model, methods=_split(methods), method_options=options, batch_size=batch_size, seq_len=seq_len, steps=steps,
+        model=model, methods=_split(methods, "--methods", "lora,adamole"), method_options=options, batch_size=batch_size, seq_len=seq_len, steps=steps,
         threads=threads, device=device, dtype=dtype, eval_task=None if eval_task == "none" else eval_task,
         eval_limit=eval_limit, lm_eval_cli=lm_eval_cli, profile=profile,
     )  # fmt: skip
@@ -246,7 +271,10 @@ def _report_table(experiment: str, model, methods, tasks, config_hash, where, re
     from .harness.tracking import Tracker
 
     tracker = Tracker(experiment)
-    table = report_table(tracker, model, _split(methods), _split(tasks), _split(config_hash), where, reference, published)
+    for name, why in tracker.reconciled:
+        console.print(f"[yellow]marked FAILED[/] {escape(name)} (left RUNNING: {escape(why)}); it is not counted", soft_wrap=True)
+    methods, tasks = _split(methods, "--methods", "lora,adamole"), _split(tasks, "--tasks", "copa,boolq")
+    table = report_table(tracker, model, methods, tasks, _split(config_hash, "--config-hash", "3f2a9c1b"), where, reference, published)
     return tracker, table
 
 
@@ -318,11 +346,16 @@ def check(
 ):
     """Rerun a recorded suite and compare accuracies; exit 1 on a drop beyond tolerance."""
     from .harness import regression
+    from .harness.liveness import sigterm_as_interrupt
     from .harness.paths import package_root
 
     offline_defaults()
     loaded = regression.load_suite(suite or package_root() / "results" / "ci-smoke.yaml")
-    rows = regression.existing_rows(loaded) if from_mlflow else regression.rerun(loaded, console)
+    try:
+        with sigterm_as_interrupt():
+            rows = regression.existing_rows(loaded) if from_mlflow else regression.rerun(loaded, console)
+    except KeyboardInterrupt as interrupt:
+        raise _interrupted(interrupt) from None
     if not rows:
         raise UserError("no finished suite trials to compare; run the suite's config first or drop --from-mlflow")
     if record:
@@ -354,13 +387,19 @@ def export(
 @app.command()
 @user_errors
 def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1.")):
-    """Start the MLflow UI for the local store (or MLFLOW_TRACKING_URI) on 127.0.0.1."""
+    """Start the MLflow UI for the local store (or MLFLOW_TRACKING_URI) on 127.0.0.1; Ctrl-C or SIGTERM stops all of it."""
+    from .harness.liveness import exit_code, run_supervised
     from .harness.tracking import default_tracking_uri
 
     uri = default_tracking_uri()
     console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+    try:
+        code = run_supervised(cmd)
+    except KeyboardInterrupt as interrupt:
+        console.print("MLflow UI stopped")
+        raise typer.Exit(exit_code(interrupt)) from None
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 
 from .errors import UserError, unknown
-from .models import DEFAULT_MODEL, check_model_name
+from .models import DEFAULT_MODEL, check_model_name, resolve_device
 
 SCHEMA_VERSION = 1  # bump when a change makes old results incomparable (part of every run's hash)
 
@@ -78,18 +78,26 @@ class ExperimentConfig:
         from ..methods.registry import make_config
         from ..tasks.registry import get_task
 
-        for method in self.methods:
+        if not self.methods or not self.tasks or not self.seeds:
+            raise UserError("methods, tasks and seeds must each name at least one entry")
+        for name in ("methods", "tasks", "seeds"):
+            values = getattr(self, name)
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:
+                raise UserError(f"{name} lists {', '.join(twice)} more than once; name each once")
+        for method in dict.fromkeys([*self.methods, *self.method_options]):  # options of methods not run are checked too
             make_config(method, self.method_options.get(method))
-        for name in self.method_options:
-            if name not in self.methods:
-                from ..methods.registry import get_method_class
-
-                get_method_class(name)
         for task in self.tasks:
             get_task(task)
         check_model_name(self.model)
-        if not self.methods or not self.tasks or not self.seeds:
-            raise UserError("methods, tasks and seeds must each name at least one entry")
+        resolve_device(self.device)
+        if self.data_dir is not None:
+            folder = Path(self.data_dir).expanduser()
+            if not str(self.data_dir).strip():
+                raise UserError("data_dir (--data-dir) is empty (an unset shell variable?); pass a folder or leave it out")
+            if not folder.is_dir():
+                why = "is a file, not a folder" if folder.exists() else "does not exist"
+                raise UserError(f"--data-dir {self.data_dir} {why}; pass the folder holding <task>/train.jsonl and <task>/validation.jsonl (docs/tasks.md)")
         self.train.validate()
         self.eval.validate()
 
@@ -117,10 +125,22 @@ def _set_fields(obj, values: dict, prefix: str = "") -> None:
                 raise UserError(f"'{prefix}{key}' is a section; set its fields, e.g. {prefix}{key}.<name>=...")
             _set_fields(current, value, f"{prefix}{key}.")
         elif key == "method_options":
+            if not isinstance(value, dict) or not all(isinstance(o, dict | None) for o in value.values()):
+                raise UserError(f"'{prefix}{key}' must map each method to its options, e.g. method_options: {{lora: {{rank: 8}}}} (or lora.rank=8)")
             for method, options in value.items():
                 current.setdefault(method, {}).update(options or {})
         else:
-            setattr(obj, key, coerce(value, hints[key], prefix + key))
+            try:
+                setattr(obj, key, coerce(value, hints[key], prefix + key))
+            except TypeError:  # e.g. a number where a list belongs
+                raise UserError(f"invalid value {value!r} for '{prefix}{key}': expected {_type_name(hints[key])}") from None
+
+
+def _type_name(annotation) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        return "a list, e.g. [a, b] or a,b"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def parse_override(text: str) -> dict:
@@ -145,10 +165,16 @@ def read_yaml_mapping(path: str | Path, kind: str, example: str = "") -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{kind} {path} not found{f' (e.g. {example})' if example else ''}")
+    if path.is_dir():
+        raise UserError(f"{kind} {path} is a folder; pass a YAML file{f', e.g. {example}' if example else ''}")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"{kind} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{kind} {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{kind} {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 YAML") from None
+    except OSError as err:
+        raise UserError(f"{kind} {path} cannot be read ({err.strerror})") from None
     if not isinstance(values, dict):
         raise UserError(f"{kind} {path} must be a mapping of settings")
     return values
@@ -160,6 +186,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), **cli
     if path:
         _set_fields(config, read_yaml_mapping(path, "config file"))
     flags = {k: v for k, v in cli.items() if v is not None}
+    for dotted, value in flags.items():
+        if isinstance(value, str) and not value.strip():
+            flag = "--" + dotted.rpartition("__")[2].replace("_", "-")
+            raise UserError(f"{flag} is empty (an unset shell variable?); give a value or leave the flag out")
     for dotted, value in flags.items():
         section, _, name = dotted.rpartition("__")
         _set_fields(config, {section: {name: value}} if section else {name: value})

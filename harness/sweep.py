@@ -1,8 +1,9 @@
 """A sweep: methods × tasks × seeds, each trial = fresh adapter → train → evaluate → record.
 
 Finished trials (same config hash and seed, FINISHED in MLflow) are skipped on re-run; a trial
-that fails is recorded FAILED and the sweep goes on; Ctrl-C marks the current trial and the
-sweep FAILED and loses nothing already finished.
+that fails or diverges is recorded FAILED and the sweep goes on; Ctrl-C or SIGTERM marks the
+current trial and the sweep FAILED and loses nothing already finished. Each trial is claimed
+atomically first (harness/claims.py): a trial another live process runs is waited for, not rerun.
 """
 
 import copy
@@ -13,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..methods.registry import build_method, get_method_class
 from ..tasks.sources import TaskData, load_task
 from . import distributed
 from .config import ExperimentConfig, config_hash, to_dict, trial_config
 from .data import training_examples
-from .errors import UserError
+from .errors import Diverged, UserError, storage_problem
 from .evaluate import evaluate
 from .models import BaseModel, load_base_model, resolve_device
 from .provenance import code_version, eval_protocol_tags, hardware, package_versions
@@ -43,13 +45,16 @@ class Trial:
         return f"{self.method}/{self.task}/seed{self.seed}{mixture}"
 
 
+FAILURES = ("user", "disk", "diverged", "crashed")  # what failed a trial; decides the exit code (cli.py)
+
+
 @dataclass
 class Outcome:
     trial: Trial
     status: str  # finished | skipped | failed
     metrics: dict = field(default_factory=dict)
     error: str | None = None
-    user_error: bool = False
+    failure: str | None = None  # one of FAILURES when status is failed
 
 
 def plan(config: ExperimentConfig) -> list[Trial]:
@@ -94,40 +99,102 @@ def run_sweep(
     shard: tuple[int, int] = (0, 1),
 ) -> list[Outcome]:
     trials = select_shard(plan(config), *shard)  # bad input fails before any run is created
-    tracker = distributed.rank_zero_tracker(tracker, config.experiment)
     state = _SweepState(config)
+    state.read_local_data()  # a broken --data-dir file too, before the store is even opened
+    tracker = distributed.rank_zero_tracker(tracker, config.experiment)
+    if distributed.context().is_main:
+        for name, why in tracker.reconciled:
+            console.print(f"[yellow]marked FAILED[/] {escape(name)} (left RUNNING: {escape(why)})", soft_wrap=True)
     outcomes: list[Outcome] = []
+    elsewhere: list[Trial] = []
     sweep_tags = {"kind": "sweep", "model": config.model, **code_version()}
     console.print(f"[bold]adamole-bench[/] {len(trials)} trials → MLflow {tracker.uri} (experiment '{config.experiment}')")
-    with tracker.run(f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", sweep_tags) as sweep_id:
+    try:
+        sweep_id = tracker.create_run(f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", sweep_tags)
+    except Exception as err:  # noqa: BLE001 - e.g. a server whose database is read-only
+        raise UserError(f"MLflow store {tracker.uri} does not accept new runs ({storage_problem(err) or _first_line(err)})") from None
+    with tracker.running(sweep_id, strict=False):  # a full disk must not cost the table of what finished
         tracker.log_dict(sweep_id, to_dict(config), "config/experiment.json")
         for number, trial in enumerate(trials, start=1):
             console.print(f"[{number}/{len(trials)}] {trial.name}", end=" ")
-            done = tracker.completed_trial(trial.config_hash, trial.seed)
-            if done:
-                console.print("[dim]already done, skipped[/]")
-                outcomes.append(Outcome(trial, "skipped", done))
-                continue
-            console.print()
-            try:
-                with tracker.run(trial.name, _trial_tags(trial, config), parent_id=sweep_id) as run_id:
-                    metrics = run_trial(trial, config, state, tracker, run_id)
-                outcomes.append(Outcome(trial, "finished", metrics))
-                console.print(f"  [green]done[/] acc {metrics.get('eval/acc', float('nan')):.4f}")
-            except UserError as err:
-                outcomes.append(Outcome(trial, "failed", error=str(err), user_error=True))
-                console.print(f"  [red]failed:[/] {err}")
-            except Exception as err:  # a crash in one trial must not lose the others
-                outcomes.append(Outcome(trial, "failed", error=f"{type(err).__name__}: {err}"))
-                console.print(f"  [red]crashed:[/] {type(err).__name__}: {err}")
-                console.print(f"[dim]{traceback.format_exc(limit=-3)}[/]")
-        counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped", "failed")}
-        tracker.log_metrics(sweep_id, {f"trials/{k}": v for k, v in counts.items()})
-        if distributed.context().is_main:
-            from .report_bundle import log_sweep_summary  # matplotlib and friends, only once trials are done
-
-            log_sweep_summary(tracker, sweep_id, config, outcomes, console)
+            outcome = _attempt(trial, config, state, tracker, sweep_id, console)
+            if outcome is None:
+                console.print("[dim]running in another process: waiting for it at the end[/]")
+                elsewhere.append(trial)
+            else:
+                outcomes.append(outcome)
+        outcomes += [_await(trial, config, state, tracker, sweep_id, console) for trial in elsewhere]
+        _record_summary(tracker, sweep_id, config, outcomes, console)
     return outcomes
+
+
+def _attempt(trial: Trial, config: ExperimentConfig, state: "_SweepState", tracker: Tracker, sweep_id: str, console: Console) -> Outcome | None:
+    """Skip a finished trial, or claim and run it; None when another live process holds it."""
+    try:
+        done = tracker.completed_trial(trial.config_hash, trial.seed)
+        if done:
+            console.print("[dim]already done, skipped[/]")
+            return Outcome(trial, "skipped", done)
+        run_id = tracker.claim_trial(trial.config_hash, trial.seed, trial.name, _trial_tags(trial, config), parent_id=sweep_id)
+        if run_id is None:
+            return None
+        console.print()
+        with tracker.running(run_id):
+            metrics = run_trial(trial, config, state, tracker, run_id)
+    except UserError as err:
+        console.print(f"  [red]failed:[/] {escape(str(err))}", soft_wrap=True)
+        return Outcome(trial, "failed", error=str(err), failure="user")
+    except Diverged as err:
+        console.print(f"  [red]diverged:[/] {escape(str(err))}", soft_wrap=True)
+        return Outcome(trial, "failed", error=str(err), failure="diverged")
+    except Exception as err:  # a crash in one trial must not lose the others
+        problem = storage_problem(err)
+        if problem:
+            message = f"{problem}: free space and run the same command again (finished trials are kept)"
+            console.print(f"  [red]failed:[/] {escape(message)}", soft_wrap=True)
+            return Outcome(trial, "failed", error=message, failure="disk")
+        console.print(f"  [red]crashed:[/] {type(err).__name__}: {escape(str(err))}")
+        console.print(f"[dim]{escape(traceback.format_exc(limit=-3))}[/]")
+        return Outcome(trial, "failed", error=f"{type(err).__name__}: {err}", failure="crashed")
+    console.print(f"  [green]done[/] acc {metrics.get('eval/acc', float('nan')):.4f}")
+    return Outcome(trial, "finished", metrics)
+
+
+DIED = ("stale", "terminated", "interrupted")  # failures of another process that are worth retrying here
+
+
+def _await(trial: Trial, config: ExperimentConfig, state: "_SweepState", tracker: Tracker, sweep_id: str, console: Console) -> Outcome:
+    """Wait for a trial another process runs; if that process dies, claim the trial and run it here."""
+    console.print(f"waiting for {trial.name} (running in another process)")
+    status, info = tracker.wait_for_trial(trial.config_hash, trial.seed)
+    if status == "failed" and info["failure"] in DIED:
+        console.print(f"  the other process stopped ({escape(info['error'])}); retrying here", soft_wrap=True)
+        outcome = _attempt(trial, config, state, tracker, sweep_id, console)
+        if outcome is not None:
+            return outcome
+        status, info = tracker.wait_for_trial(trial.config_hash, trial.seed)  # a third process took it over
+    if status == "finished":
+        console.print(f"  [green]done elsewhere[/] acc {info.get('eval/acc', float('nan')):.4f}")
+        return Outcome(trial, "skipped", info)
+    console.print(f"  [red]failed elsewhere:[/] {escape(info['error'])}", soft_wrap=True)
+    return Outcome(trial, "failed", error=info["error"], failure=info["failure"] if info["failure"] in FAILURES else "crashed")
+
+
+def _record_summary(tracker: Tracker, sweep_id: str, config: ExperimentConfig, outcomes: list[Outcome], console: Console) -> None:
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped", "failed")}
+    try:
+        tracker.log_metrics(sweep_id, {f"trials/{k}": v for k, v in counts.items()})
+    except Exception as err:  # noqa: BLE001 - the results are already in their trial runs
+        console.print(f"[yellow]could not record the sweep summary:[/] {escape(storage_problem(err) or _first_line(err))}", soft_wrap=True)
+        return
+    if distributed.context().is_main:
+        from .report_bundle import log_sweep_summary  # matplotlib and friends, only once trials are done
+
+        log_sweep_summary(tracker, sweep_id, config, outcomes, console)
+
+
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
 
 
 def _trial_tags(trial: Trial, config: ExperimentConfig) -> dict[str, str]:
@@ -166,7 +233,7 @@ class _SweepState:
         self.config = config
         self._base: BaseModel | None = None
         self._data: dict[str, TaskData] = {}
-        self._trained: tuple[tuple, TrainedAdapter] | None = None
+        self._trained: tuple[tuple, TrainedAdapter | Diverged] | None = None
 
     def base(self) -> BaseModel:
         if self._base is None:
@@ -179,11 +246,24 @@ class _SweepState:
             self._data[task] = load_task(task, self.config.data_dir)
         return self._data[task]
 
+    def read_local_data(self) -> None:
+        """Read the tasks --data-dir provides now, so a broken file fails in one line before any run."""
+        if self.config.data_dir:
+            for task in self.config.tasks:
+                if (Path(self.config.data_dir) / task).is_dir():
+                    self.data(task)
+
     def trained(self, trial: Trial) -> TrainedAdapter:
+        """The adapter for this trial; a --mix group whose training diverged fails each of its trials at once."""
         key = (trial.method, trial.train_tasks, trial.seed)
         if self._trained is None or self._trained[0] != key:
             self._trained = None  # free the previous adapter before training the next
-            self._trained = (key, _train_adapter(trial, self.config, self))
+            try:
+                self._trained = (key, _train_adapter(trial, self.config, self))
+            except Diverged as err:
+                self._trained = (key, err)
+        if isinstance(self._trained[1], Diverged):
+            raise self._trained[1]
         return self._trained[1]
 
 

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from .config import TrainConfig
 from . import distributed
 from .data import LengthGroupedBatches
-from .errors import UserError
+from .errors import Diverged, UserError
 
 
 @dataclass
@@ -47,6 +47,19 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def check_finite(step: int, loss: float, aux_loss: float, grad_norm: float, grads_scaled: bool = False) -> None:
+    """Stop a diverged trial before a NaN/inf reaches the weights (the sweep records it FAILED).
+
+    With an fp16 GradScaler (`grads_scaled`), an inf/NaN gradient norm is the scaler's overflow signal:
+    it skips that optimizer step and lowers its scale, which is normal operation, not divergence, so
+    only the losses are checked then.
+    """
+    checks = {"loss": loss, "aux loss": aux_loss} | ({} if grads_scaled else {"grad norm": grad_norm})
+    for what, value in checks.items():
+        if not math.isfinite(value):
+            raise Diverged(step, what, value)
 
 
 def _endless(loader) -> Iterator[dict]:
@@ -113,6 +126,7 @@ def train(
                 aux_total += 0.0 if aux is None else ctx.mean(aux) / config.grad_accum
                 result.tokens += int(batch["attention_mask"].sum())
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            check_finite(step, task_loss, aux_total, float(grad_norm))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

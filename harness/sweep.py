@@ -26,7 +26,7 @@ from .evaluate import evaluate
 from .models import BaseModel, load_base_model, resolve_device
 from .provenance import code_version, eval_protocol_tags, hardware, package_versions
 from .results import REFERENCE_METHOD
-from .tracking import Tracker
+from .tracking import Tracker, sweep_name
 from .train import peak_memory_mb, set_seed, train
 
 
@@ -110,7 +110,7 @@ def run_sweep(
     sweep_tags = {"kind": "sweep", "model": config.model, **code_version()}
     console.print(f"[bold]adamole-bench[/] {len(trials)} trials → MLflow {tracker.uri} (experiment '{config.experiment}')")
     try:
-        sweep_id = tracker.create_run(f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", sweep_tags)
+        sweep_id = tracker.create_run(sweep_name(config.methods, config.tasks, config.model, config.seeds, config.mix, shard), sweep_tags)
     except Exception as err:  # noqa: BLE001 - e.g. a server whose database is read-only
         raise UserError(f"MLflow store {tracker.uri} does not accept new runs ({storage_problem(err) or _first_line(err)})") from None
     with tracker.running(sweep_id, strict=False):  # a full disk must not cost the table of what finished

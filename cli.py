@@ -454,7 +454,7 @@ def ui(
 
 
 def main() -> None:
-    app()
+    app(prog_name="adamole-bench")  # also under `python -m adamole_bench.cli` and torchrun: help and completion use one name
 
 
 if __name__ == "__main__":

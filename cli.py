@@ -2,6 +2,7 @@
 
 import functools
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -33,6 +34,12 @@ def _main(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
 ):
     """Options before the command; plain `adamole-bench` prints the help and succeeds (no_args_is_help would exit 2)."""
+    if not sys.stderr.isatty():  # a file or CI log: no tqdm bars from transformers, datasets or lm-eval
+        from .harness.progress import quiet_third_party_bars
+
+        quiet_third_party_bars()
+    # PEFT reads this deprecated property on every wrap (peft_model.py); a warning the user cannot act on.
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     if context.invoked_subcommand is None:
         help_text = context.get_help()  # Typer's rich help prints itself and returns ""
         if help_text:
@@ -175,7 +182,7 @@ def run(
         table = sweep_table(Tracker(experiment.experiment), experiment, outcomes)
         if table is not None:
             console.print(render_rich(table, width=console.width))
-            console.print(render_markdown(table), markup=False, soft_wrap=True)
+            console.print(render_markdown(table), markup=False, highlight=False, soft_wrap=True)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         diverged = sum(o.failure == "diverged" for o in failed)
@@ -354,9 +361,9 @@ def report(
     tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, published or package_root() / "results" / "published.yaml")
     if table_format == "rich":
         console.print(render_rich(table, width=console.width))
-        console.print(render_verdict(table), markup=False, end="")
+        console.print(render_verdict(table), markup=False, highlight=False, end="")
     else:
-        console.print(TEXT_RENDERERS[table_format](table), markup=False, end="", soft_wrap=True)
+        console.print(TEXT_RENDERERS[table_format](table), markup=False, highlight=False, end="", soft_wrap=True)
     if output:
         from .harness.report_bundle import write_report
 
@@ -381,7 +388,7 @@ def compare(
 
     _, table = _report_table(experiment, model, f"{method_a},{method_b}", tasks, config_hash, where, reference=False)
     for comparison in compare_methods(table, method_a, method_b):
-        console.print(render_comparison(comparison), markup=False, end="", soft_wrap=True)
+        console.print(render_comparison(comparison), markup=False, highlight=False, end="", soft_wrap=True)
 
 
 @app.command()

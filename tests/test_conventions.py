@@ -135,3 +135,50 @@ def test_report_output_that_is_a_file_is_one_line(cli, runs_dir, tmp_path):
         result = cli("report", "--output", output)
         assert result.exit_code == 2 and why in result.output and "Traceback" not in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+# --- output in a file, a CI log and a terminal -----------------------------------------------------
+
+SWEEP = ["run", "--model", "tiny-llama", "--methods", "lora,mole", "--tasks", "fruit_or_color", "--limit", "8", "save_adapters=false"]
+PROGRESS = re.compile(r"\r|it/s|\d+%\||trials done|steps · loss")  # tqdm fragments, our live bars
+
+
+def _markdown_table(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.lstrip("\x1b[0123456789;m").startswith("|")]
+
+
+@pytest.mark.parametrize("force_color", [False, True], ids=["file", "FORCE_COLOR-log"])
+def test_output_redirected_to_a_file_has_no_progress_bars_or_colour_codes(tmp_path, force_color):
+    """stdout and stderr to files, as `run > log 2>&1` or a CI runner (which often sets FORCE_COLOR)."""
+    env = cli_env(tmp_path / "runs", **({"FORCE_COLOR": "1"} if force_color else {}))
+    if not force_color:
+        env.pop("FORCE_COLOR", None)
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        code = subprocess.run([sys.executable, "-m", "adamole_bench.cli", *SWEEP, "--max-steps", "3"], env=env, stdout=out, stderr=err, timeout=600).returncode
+    stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    assert code == 0, stdout + stderr
+    assert not PROGRESS.search(stdout + stderr), PROGRESS.search(stdout + stderr)
+    assert "is_gradient_checkpointing" not in stderr and stderr.strip() == "", stderr
+    table = _markdown_table(stdout)
+    assert table[:2] == ["| method | fruit_or_color |", "|---|---:|"] and len(table) == 6, table
+    assert not any(ANSI.search(line) for line in table), table
+    plain = re.sub(r"\x1b\[[\d;]*m", "", stdout)  # FORCE_COLOR's colours are fine outside the Markdown table
+    for trial in ("base", "lora", "mole"):  # one plain line per trial, with its result
+        assert re.search(rf"\[\d/3\] {trial}/fruit_or_color/seed0 \n?\s*done acc", plain), plain
+    if not force_color:
+        assert not ANSI.search(stdout + stderr)
+
+
+def test_a_terminal_shows_the_sweep_line_above_the_trial_bar(tmp_path):
+    """Under a real pseudo-terminal: trials done/left and an ETA, the training bar below; no tqdm bars."""
+    command = " ".join([sys.executable, "-m", "adamole_bench.cli", *SWEEP, "--max-steps", "60", "--seeds", "0,1"])
+    env = {**cli_env(tmp_path / "runs"), "COLUMNS": "140", "TERM": "xterm"}
+    env.pop("FORCE_COLOR", None)
+    screen = subprocess.run(["script", "-qec", command, "/dev/null"], env=env, capture_output=True, text=True, timeout=600)
+    assert screen.returncode == 0, screen.stdout
+    text = re.sub(r"\x1b\[[\d;?]*[A-Za-z]", "", screen.stdout)
+    assert re.search(r"sweep\s+\S+\s+\d/5 trials done, \d left · ETA (\d:\d\d:\d\d|after the first trial)", text), text
+    assert re.search(r"train\s+\S+\s+\d+/60 steps · loss \d+\.\d{4}", text), text
+    assert "it/s" not in text and "%|" not in text  # lm-eval's own bars stay off
+    for header in ("[1/5] base/fruit_or_color/seed0", "[5/5] mole/fruit_or_color/seed1"):  # whole lines, not erased by a redraw
+        assert header in text

@@ -9,15 +9,14 @@ always describe exactly the same runs.
 import hashlib
 import json
 import math
-import os
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .errors import UserError, unknown
+from .tracking import quiet_artifact_downloads
 
 REFERENCE_METHOD = "base"  # the untrained model: what a method has to beat
 NOT_VARIANT = ("task", "seed")  # params that vary inside one row
@@ -216,24 +215,10 @@ def select_rows(
 # --- per-doc samples and published numbers ----------------------------------------------------------------------------
 
 
-@contextmanager
-def _quiet_downloads():
-    """MLflow draws a progress bar per artifact download; a report downloads one per run."""
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
-
-
 def download(tracker, run_id: str, artifact: str, target: Path) -> Path:
     """One artifact of a run to `target` (replaced), without a progress bar."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch, _quiet_downloads():
+    with tempfile.TemporaryDirectory() as scratch, quiet_artifact_downloads():
         Path(tracker.client.download_artifacts(run_id, artifact, scratch)).replace(target)
     return target
 

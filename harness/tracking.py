@@ -168,6 +168,20 @@ def failure_kind(err: BaseException) -> str:
     return "disk" if storage_problem(err) else "crashed"
 
 
+@contextmanager
+def quiet_artifact_downloads():
+    """MLflow draws a progress bar per artifact download: noise in logs and CI for a few small files."""
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
 class Tracker:
     def __init__(self, experiment: str, uri: str | None = None):
         """Open (or create) the store and experiment, then mark its stale RUNNING runs FAILED (harness/claims.py)."""

@@ -17,7 +17,6 @@ from adamole_bench.harness.data import training_examples
 from adamole_bench.harness.errors import UserError
 from adamole_bench.harness.evaluate import evaluate
 from adamole_bench.harness.models import load_base_model
-from adamole_bench.tasks import sources
 from adamole_bench.tasks.lm_eval.loader import extract_letter
 from adamole_bench.tasks.registry import (
     LM_EVAL_DIR,

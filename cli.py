@@ -2,6 +2,7 @@
 
 import functools
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -13,11 +14,37 @@ from .harness.errors import EXIT_CRASHED, EXIT_DIVERGED, EXIT_TERMINATED, EXIT_U
 from .harness.paths import offline_defaults
 
 app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
     help="Mixture-of-LoRA-experts benchmark: train, evaluate with lm-eval, log to MLflow, compare.",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"adamole-bench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    context: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+):
+    """Options before the command; plain `adamole-bench` prints the help and succeeds (no_args_is_help would exit 2)."""
+    if not sys.stderr.isatty():  # a file or CI log: no tqdm bars from transformers, datasets or lm-eval
+        from .harness.progress import quiet_third_party_bars
+
+        quiet_third_party_bars()
+    # PEFT reads this deprecated property on every wrap (peft_model.py); a warning the user cannot act on.
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    if context.invoked_subcommand is None:
+        help_text = context.get_help()  # Typer's rich help prints itself and returns ""
+        if help_text:
+            console.out(help_text, highlight=False)
+        raise typer.Exit()
 
 
 def user_errors(command):
@@ -68,6 +95,29 @@ def _exit_code(failed: list) -> int:
     return EXIT_DIVERGED if "diverged" in kinds else EXIT_USER
 
 
+def _complete_items(names):
+    """Shell completion of a comma-separated flag: the last item, after those already typed."""
+
+    def complete(incomplete: str) -> list[str]:
+        done, _, last = incomplete.rpartition(",")
+        prefix = done + "," if done else ""
+        return [prefix + name for name in names() if name.startswith(last) and name not in done.split(",")]
+
+    return complete
+
+
+def _task_names() -> list[str]:
+    from .tasks.registry import all_tasks
+
+    return ["all", *all_tasks()]
+
+
+def _format_names() -> tuple[str, ...]:
+    from .harness.render import FORMATS
+
+    return FORMATS
+
+
 def _shard(text: str | None) -> tuple[int, int]:
     if not text:
         return (0, 1)
@@ -82,7 +132,7 @@ def _shard(text: str | None) -> tuple[int, int]:
 @user_errors
 def run(
     methods: str = typer.Option(None, help="Comma-separated methods, e.g. lora,mole,adamole (see `list methods`)."),
-    tasks: str = typer.Option(None, help="Comma-separated tasks, e.g. copa,boolq, or 'all' (see `list tasks`)."),
+    tasks: str = typer.Option(None, help="Comma-separated tasks, e.g. copa,boolq, or 'all' (see `list tasks`).", autocompletion=_complete_items(_task_names)),
     seeds: str = typer.Option(None, help="Comma-separated seeds, e.g. 0,1,2."),
     model: str = typer.Option(None, help="Embedded model name, Hugging Face id, or local path."),
     config: Path = typer.Option(None, help="Experiment YAML (see configs/)."),
@@ -132,7 +182,7 @@ def run(
         table = sweep_table(Tracker(experiment.experiment), experiment, outcomes)
         if table is not None:
             console.print(render_rich(table, width=console.width))
-            console.print(render_markdown(table), markup=False, soft_wrap=True)
+            console.print(render_markdown(table), markup=False, highlight=False, soft_wrap=True)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         diverged = sum(o.failure == "diverged" for o in failed)
@@ -196,7 +246,7 @@ def _all_tasks() -> list[str]:
 
 @app.command("list")
 @user_errors
-def list_(what: str = typer.Argument(..., help="methods, tasks or models")):
+def list_(what: str = typer.Argument(..., help="methods, tasks or models", autocompletion=_complete_items(lambda: ["methods", "tasks", "models"]))):
     """List the registered methods, tasks or models."""
     offline_defaults()
     listings = {"methods": _list_methods, "tasks": _list_tasks, "models": _list_models}
@@ -286,7 +336,7 @@ WHERE_HELP = "Only runs whose resolved setting matches, e.g. --where train.lr=3e
 @user_errors
 def report(
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment to read."),
-    table_format: str = typer.Option("rich", "--format", help="rich, markdown, csv, latex, html or json."),
+    table_format: str = typer.Option("rich", "--format", help="rich, markdown, csv, latex, html or json.", autocompletion=_complete_items(_format_names)),
     output: Path = typer.Option(None, help="Folder for every table format, plots, expert heatmaps and source_runs.json (also logged to MLflow as a kind=report run)."),
     model: str = typer.Option(None, help="Only runs of this base model (required when the store holds several)."),
     methods: str = typer.Option(None, help="Comma-separated methods to include."),
@@ -304,12 +354,16 @@ def report(
         from .harness.errors import unknown
 
         raise unknown("format", table_format, FORMATS)
+    if output:
+        from .harness.report_bundle import check_output_folder
+
+        check_output_folder(output)
     tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, published or package_root() / "results" / "published.yaml")
     if table_format == "rich":
         console.print(render_rich(table, width=console.width))
-        console.print(render_verdict(table), markup=False, end="")
+        console.print(render_verdict(table), markup=False, highlight=False, end="")
     else:
-        console.print(TEXT_RENDERERS[table_format](table), markup=False, end="", soft_wrap=True)
+        console.print(TEXT_RENDERERS[table_format](table), markup=False, highlight=False, end="", soft_wrap=True)
     if output:
         from .harness.report_bundle import write_report
 
@@ -334,7 +388,7 @@ def compare(
 
     _, table = _report_table(experiment, model, f"{method_a},{method_b}", tasks, config_hash, where, reference=False)
     for comparison in compare_methods(table, method_a, method_b):
-        console.print(render_comparison(comparison), markup=False, end="", soft_wrap=True)
+        console.print(render_comparison(comparison), markup=False, highlight=False, end="", soft_wrap=True)
 
 
 @app.command()
@@ -386,13 +440,17 @@ def export(
 
 @app.command()
 @user_errors
-def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1.")):
+def ui(
+    port: int = typer.Option(5000, help="Port on 127.0.0.1."),
+    experiment: str = typer.Option("adamole-bench", help="MLflow experiment whose runs the printed link opens."),
+):
     """Start the MLflow UI for the local store (or MLFLOW_TRACKING_URI) on 127.0.0.1; Ctrl-C or SIGTERM stops all of it."""
     from .harness.liveness import exit_code, run_supervised
-    from .harness.tracking import default_tracking_uri
+    from .harness.tracking import default_tracking_uri, experiment_page
 
     uri = default_tracking_uri()
-    console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    console.print(f"MLflow UI for {uri} (Ctrl-C to stop): {experiment_page(f'http://127.0.0.1:{port}', experiment, uri)}", soft_wrap=True, highlight=False)
+    console.print("the comparison: click a sweep run (named methods × tasks · model · seeds); its description is the table (docs/ui.md)", highlight=False)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     try:
         code = run_supervised(cmd)
@@ -403,7 +461,7 @@ def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1.")):
 
 
 def main() -> None:
-    app()
+    app(prog_name="adamole-bench")  # also under `python -m adamole_bench.cli` and torchrun: help and completion use one name
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ papers' recipes (e.g. configs/adamole-reference.yaml for Llama-2-7B).
 """
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import typing
@@ -14,7 +15,7 @@ from typing import Literal
 
 import yaml
 
-from .errors import UserError, unknown
+from .errors import UserError
 from .models import DEFAULT_MODEL, check_model_name, resolve_device
 
 SCHEMA_VERSION = 1  # bump when a change makes old results incomparable (part of every run's hash)
@@ -86,7 +87,9 @@ class ExperimentConfig:
             if twice:
                 raise UserError(f"{name} lists {', '.join(twice)} more than once; name each once")
         for method in dict.fromkeys([*self.methods, *self.method_options]):  # options of methods not run are checked too
-            make_config(method, self.method_options.get(method))
+            checked = make_config(method, self.method_options.get(method))
+            if method in self.method_options:  # typed, as the hash sees them: YAML 1.1 reads `alpha: 1e1` as a string
+                self.method_options[method] = {key: getattr(checked, key) for key in self.method_options[method]}
         for task in self.tasks:
             get_task(task)
         check_model_name(self.model)
@@ -108,17 +111,121 @@ def _positive(section, *names: str) -> None:
             raise UserError(f"{type(section).__name__.removesuffix('Config').lower()}.{name} must be > 0")
 
 
+# --- names users bring from PEFT and HF TrainingArguments -----------------------------------------
+
+# Read as ours: the value lands in our field, so the config hash is the same whichever name was used.
+# HF's TrainingArguments are flat, so at the top level its names reach their section too
+# (`learning_rate: 1e-4` is train.lr).
+SECTION_ALIASES = {
+    "train": {
+        "learning_rate": "lr",
+        "per_device_train_batch_size": "batch_size",
+        "gradient_accumulation_steps": "grad_accum",
+        "num_train_epochs": "epochs",
+        "lr_scheduler_type": "lr_schedule",
+    },
+    "eval": {"per_device_eval_batch_size": "batch_size"},
+}
+METHOD_ALIASES = {"r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}  # PEFT's LoraConfig
+
+
+def _alias(prefix: str, key: str) -> tuple[str, str] | None:
+    """(section relative to the object being set, our field name) for an alias, else None."""
+    section = prefix.rstrip(".")
+    if key in SECTION_ALIASES.get(section, {}):
+        return "", SECTION_ALIASES[section][key]
+    if not prefix:
+        return next(((name, aliases[key]) for name, aliases in SECTION_ALIASES.items() if key in aliases), None)
+    return None
+
+
+def method_options(method: str, options: dict) -> dict:
+    """A method's options under our names (`lora.r` → rank, `lora_alpha` → alpha, where the method has
+    that option); a training setting written as an option (`lora.learning_rate`) is named right."""
+    from ..methods.registry import get_method_class
+
+    fields = {f.name for f in dataclasses.fields(get_method_class(method).config_class)}
+    named, given_as = {}, {}
+    for key, value in options.items():
+        ours = METHOD_ALIASES.get(key, key) if key not in fields and METHOD_ALIASES.get(key) in fields else key
+        setting = _setting_named(key)
+        if ours not in fields and setting:
+            raise UserError(f"'{method}.{key}' is not a {method} option but a run setting: use {setting}=..., e.g. {setting}={_example(setting)}")
+        if ours in named:
+            raise UserError(f"'{method}.{given_as[ours]}' and '{method}.{key}' both set {method}.{ours}; keep one")
+        named[ours], given_as[ours] = value, key
+    return named
+
+
+def _setting_named(key: str) -> str | None:
+    """The dotted train/eval setting a bare name means (ours or an alias), if exactly one."""
+    found = [f"{section}.{key}" for section, cls in (("train", TrainConfig), ("eval", EvalConfig)) if key in {f.name for f in dataclasses.fields(cls)}]
+    found += [f"{section}.{aliases[key]}" for section, aliases in SECTION_ALIASES.items() if key in aliases]
+    return found[0] if len(found) == 1 else None
+
+
+def _example(setting: str) -> str:
+    section, _, name = setting.partition(".")
+    return str(getattr({"train": TrainConfig, "eval": EvalConfig}[section](), name))
+
+
+def _all_settings() -> list[str]:
+    """Every dotted setting name of an ExperimentConfig."""
+    config, names = ExperimentConfig(), []
+    for f in dataclasses.fields(config):
+        section = getattr(config, f.name)
+        names += [f"{f.name}.{sub.name}" for sub in dataclasses.fields(section)] if dataclasses.is_dataclass(section) else [f.name]
+    return names
+
+
+def _unknown_setting(prefix: str, key: str, names: list[str]) -> UserError:
+    """`unknown setting 'train.learnin_rate' (did you mean 'train.lr'?); valid: ...`: a suggestion from,
+    in order, PEFT's option names, the same name in another section (`eval.lr` → train.lr, `lr` →
+    train.lr), an alias there, then spelling, compared on the last part only (a shared `train.` prefix
+    made `train.learning_rate` look like `train.max_length`)."""
+    wanted = prefix + key
+    valid = sorted(prefix + n for n in names)
+    if key in METHOD_ALIASES or key in METHOD_ALIASES.values():
+        option = METHOD_ALIASES.get(key, key)
+        example = {"rank": 8, "alpha": 16, "dropout": 0.1}[option]
+        return UserError(f"unknown setting '{wanted}': {key} is a method option here, <method>.{option}, e.g. lora.{option}={example}; valid settings: {', '.join(valid)}")
+    everywhere = [n for n in _all_settings() if n != wanted]
+    same = [n for n in everywhere if n.rpartition(".")[2] == key] or [s for s in [_setting_named(key)] if s and s != wanted]
+    if not same:  # a misspelling of one of this section's names or aliases
+        spelled = {n: n for n in names} | SECTION_ALIASES.get(prefix.rstrip("."), {})
+        close = difflib.get_close_matches(key, list(spelled), n=1, cutoff=0.6)
+        same = [prefix + spelled[close[0]]] if close else []
+    if not same:
+        by_last = {n.rpartition(".")[2]: n for n in everywhere}
+        same = [by_last[c] for c in difflib.get_close_matches(key, list(by_last), n=1, cutoff=0.6)]
+    suggestion = f" (did you mean {' or '.join(repr(n) for n in same)}?)" if same else ""
+    return UserError(f"unknown setting '{wanted}'{suggestion}; valid: {', '.join(valid)}")
+
+
 # --- building from YAML + overrides -------------------------------------------------------------
 
 
 def _set_fields(obj, values: dict, prefix: str = "") -> None:
-    from ..methods.registry import coerce
+    from ..methods.registry import all_methods, coerce
 
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
         if key not in names:
-            raise unknown("setting", prefix + key, [prefix + n for n in names])
+            if not prefix and key in all_methods():  # `lora: {rank: 8}`, as lora.rank=8 on the command line
+                if not isinstance(value, dict):
+                    raise UserError(f"'{key}' takes {key}'s options as a mapping, e.g. {key}: {{rank: 8}} (or {key}.rank=8 on the command line)")
+                _set_fields(obj, {"method_options": {key: value}})
+                continue
+            target = _alias(prefix, key)
+            if target is None:
+                raise _unknown_setting(prefix, key, sorted(names))
+            section, ours = target
+            given = values.get(section) if section else values
+            if isinstance(given, dict) and ours in given:
+                raise UserError(f"'{prefix}{key}' and '{prefix}{section + '.' if section else ''}{ours}' set the same setting; keep one")
+            _set_fields(getattr(obj, section) if section else obj, {ours: value}, f"{prefix}{section}." if section else prefix)
+            continue
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -128,7 +235,7 @@ def _set_fields(obj, values: dict, prefix: str = "") -> None:
             if not isinstance(value, dict) or not all(isinstance(o, dict | None) for o in value.values()):
                 raise UserError(f"'{prefix}{key}' must map each method to its options, e.g. method_options: {{lora: {{rank: 8}}}} (or lora.rank=8)")
             for method, options in value.items():
-                current.setdefault(method, {}).update(options or {})
+                current.setdefault(method, {}).update(method_options(method, options or {}))
         else:
             try:
                 setattr(obj, key, coerce(value, hints[key], prefix + key))
@@ -153,7 +260,7 @@ def parse_override(text: str) -> dict:
     from ..methods.registry import all_methods
 
     if parts[0] in all_methods() and len(parts) == 2:
-        return {"method_options": {parts[0]: {parts[1]: value}}}
+        return {"method_options": {parts[0]: method_options(parts[0], {parts[1]: value})}}
     nested: dict = value
     for part in reversed(parts):
         nested = {part: nested}

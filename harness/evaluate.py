@@ -11,6 +11,7 @@ import torch
 from ..tasks.registry import TASK_DIR, lm_eval_task_name
 from ..tasks.sources import TaskData, pinned
 from .config import EvalConfig
+from .progress import phase
 from .provenance import code_version
 
 
@@ -65,6 +66,25 @@ def _sample_record(sample: dict) -> dict:
     return record
 
 
+@contextmanager
+def _without_bars(lm):
+    """lm-eval's own tqdm bars (one per request type, passed disable=False, and one while it builds the
+    requests) would tear the sweep's display in a terminal and are noise in a log: our eval bar
+    (harness/progress.py) replaces them. The request methods take `disable_tqdm`; the builder is patched
+    for the call, as `_our_git_hash` patches lm-eval's git lookup."""
+    import lm_eval.api.task
+    from tqdm import tqdm
+
+    for request_type in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
+    original = getattr(lm_eval.api.task, "tqdm", None)
+    lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        lm_eval.api.task.tqdm = original
+
+
 def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConfig) -> EvalResult:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -73,7 +93,8 @@ def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConf
     device = next(model.parameters()).device
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=str(device))
     name = lm_eval_task_name(data.spec.name, config.protocol)
-    with pinned(data), _our_git_hash():
+    docs = len(data.splits["eval"][: config.limit])
+    with pinned(data), _our_git_hash(), _without_bars(lm), phase("  eval", kind="eval", detail=f"{data.spec.name}, {docs} docs"):
         output = lm_eval.simple_evaluate(
             model=lm,
             tasks=[name],

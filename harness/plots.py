@@ -140,8 +140,23 @@ def collect_heatmaps(tracker, table: AccuracyTable, folder: Path) -> list[Path]:
             for run in runs:
                 listed = [f.path for f in tracker.client.list_artifacts(run["run_id"], "experts")]
                 if HEATMAP_ARTIFACT in listed:
-                    found.append(download(tracker, run["run_id"], HEATMAP_ARTIFACT, folder / f"{name}_{task}_seed{run['seed']}.png"))
+                    path = download(tracker, run["run_id"], HEATMAP_ARTIFACT, folder / f"{name}_{task}_seed{run['seed']}.png")
+                    found.append(_titled(path, f"{variant.label} on {task}, seed {run['seed']}\n{subtitle(table)}"))
     return found
+
+
+def _titled(path: Path, title: str) -> Path:
+    """The trial's heatmap as logged (pixel for pixel) under a title naming the run, model and eval budget:
+    the trial draws it without knowing either."""
+    image = plt.imread(path)
+    height, width = image.shape[:2]
+    dpi, header = 100, 46  # pixels for two lines of title
+    figure = plt.figure(figsize=(width / dpi, (height + header) / dpi), dpi=dpi)
+    figure.figimage(image, 0, 0)
+    figure.suptitle(title, y=1 - 4 / (height + header), va="top", fontsize=9)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
 
 
 def _save(figure, path: Path) -> Path:

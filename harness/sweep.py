@@ -24,9 +24,10 @@ from .data import training_examples
 from .errors import Diverged, UserError, storage_problem
 from .evaluate import evaluate
 from .models import BaseModel, load_base_model, resolve_device
+from .progress import end_header, sweep_progress
 from .provenance import code_version, eval_protocol_tags, hardware, package_versions
 from .results import REFERENCE_METHOD
-from .tracking import Tracker
+from .tracking import Tracker, sweep_name
 from .train import peak_memory_mb, set_seed, train
 
 
@@ -110,20 +111,24 @@ def run_sweep(
     sweep_tags = {"kind": "sweep", "model": config.model, **code_version()}
     console.print(f"[bold]adamole-bench[/] {len(trials)} trials → MLflow {tracker.uri} (experiment '{config.experiment}')")
     try:
-        sweep_id = tracker.create_run(f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", sweep_tags)
+        sweep_id = tracker.create_run(sweep_name(config.methods, config.tasks, config.model, config.seeds, config.mix, shard), sweep_tags)
     except Exception as err:  # noqa: BLE001 - e.g. a server whose database is read-only
         raise UserError(f"MLflow store {tracker.uri} does not accept new runs ({storage_problem(err) or _first_line(err)})") from None
     with tracker.running(sweep_id, strict=False):  # a full disk must not cost the table of what finished
         tracker.log_dict(sweep_id, to_dict(config), "config/experiment.json")
-        for number, trial in enumerate(trials, start=1):
-            console.print(f"[{number}/{len(trials)}] {trial.name}", end=" ")
-            outcome = _attempt(trial, config, state, tracker, sweep_id, console)
-            if outcome is None:
-                console.print("[dim]running in another process: waiting for it at the end[/]")
-                elsewhere.append(trial)
-            else:
-                outcomes.append(outcome)
-        outcomes += [_await(trial, config, state, tracker, sweep_id, console) for trial in elsewhere]
+        with sweep_progress(console, len(trials)) as progress:  # a terminal only: trials done/left, ETA
+            for number, trial in enumerate(trials, start=1):
+                progress.trial_started(f"[{number}/{len(trials)}] {escape(trial.name)}")
+                outcome = _attempt(trial, config, state, tracker, sweep_id, console)
+                if outcome is None:
+                    console.print("[dim]running in another process: waiting for it at the end[/]")
+                    elsewhere.append(trial)
+                else:
+                    outcomes.append(outcome)
+                    progress.trial_done(outcome.status)
+            for trial in elsewhere:
+                outcomes.append(_await(trial, config, state, tracker, sweep_id, console))
+                progress.trial_done(outcomes[-1].status)
         _record_summary(tracker, sweep_id, config, outcomes, console)
     return outcomes
 
@@ -138,7 +143,7 @@ def _attempt(trial: Trial, config: ExperimentConfig, state: "_SweepState", track
         run_id = tracker.claim_trial(trial.config_hash, trial.seed, trial.name, _trial_tags(trial, config), parent_id=sweep_id)
         if run_id is None:
             return None
-        console.print()
+        end_header(console)
         with tracker.running(run_id):
             metrics = run_trial(trial, config, state, tracker, run_id)
     except UserError as err:

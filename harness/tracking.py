@@ -28,10 +28,50 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 500  # conservative: older servers reject longer values; the full config is an artifact
 MIN_FREE_MB = 32  # below this a local store counts as full before any work (adapters and samples take MBs per trial)
+# Set on every experiment the harness opens, unless already set (a user's choice stays): MLflow 3 treats an
+# experiment without a kind as GenAI and opens it on traces; ours hold training runs. The description
+# says where the comparison is (the MLflow UI shows it above the runs).
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": (
+        "Each `adamole-bench run` is one parent run named by what it compares (`methods × tasks · model · seeds`). "
+        "Open it: its description is the comparison table (95% intervals, n, paired tests vs base and best), its "
+        "metrics are `<task>/<row>/acc|ci_low|ci_high|n|seeds`, Artifacts → tables/ holds the table as HTML, Markdown, "
+        "CSV and JSON. Its children are the trials, one per (method, task, seed)."
+    ),
+}
 
 
 def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{runs_dir() / 'mlflow.db'}"
+
+
+def sweep_name(methods: list[str], tasks: list[str], model: str, seeds: list[int], mix: bool = False, shard: tuple[int, int] = (0, 1)) -> str:
+    """A sweep's run name says what it compares: `adamole,mole × copa,boolq · smollm2-135m · 3 seeds`."""
+
+    def listed(names: list, joiner: str = ",") -> str:
+        return joiner.join(map(str, names)) if len(names) <= 4 else f"{joiner.join(map(str, names[:3]))}… ({len(names)})"
+
+    trained_on = f"{listed(tasks, '+')} (mix)" if mix else listed(tasks)
+    parts = [f"{listed(methods)} × {trained_on}", model, f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"]
+    if shard[1] > 1:
+        parts.append(f"shard {shard[0]}/{shard[1]}")
+    return " · ".join(parts)
+
+
+def experiment_page(ui_url: str, experiment: str, uri: str | None = None) -> str:
+    """The UI address of an experiment's runs (MLflow 3.17+ picks GenAI or model training per
+    browser, from this `workflowType`, not from the experiment's kind), or of the home page if the
+    store has no such experiment yet."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        found = MlflowClient(uri or default_tracking_uri()).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001 - a store MLflow cannot read: the UI itself will say why
+        found = None
+    if found is None:
+        return ui_url
+    return f"{ui_url}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
 
 
 def metric_name(name: str) -> str:
@@ -154,6 +194,9 @@ class Tracker:
         with _exclusive(db.with_name(f".{db.name}.lock") if db else None):
             self.client, found = self._open(experiment, db)
             self.experiment_id = found.experiment_id if found else self._create_experiment(experiment, db)
+            for key, value in EXPERIMENT_TAGS.items():
+                if key not in (found.tags if found else {}):
+                    self.client.set_experiment_tag(self.experiment_id, key, value)
         self._heartbeat = Heartbeat(self._beat)
         self.reconciled = claims.reconcile(self)  # [(run name, why)]: what this store had left RUNNING
 

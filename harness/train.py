@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .config import TrainConfig
 from . import distributed
 from .data import LengthGroupedBatches
 from .errors import Diverged, UserError
+from .progress import phase
 
 
 @dataclass
@@ -107,9 +107,7 @@ def train(
     result = TrainResult()
     model.train()
     started = time.perf_counter()
-    columns = (TextColumn("  train"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as progress:
-        bar = progress.add_task("train", total=steps, loss=float("nan"))
+    with phase("  train", total=steps, kind="train", loss=float("nan")) as bar:  # a terminal only (harness/progress.py)
         for step in range(1, steps + 1):
             task_loss = aux_total = 0.0
             for micro in range(config.grad_accum):
@@ -135,7 +133,7 @@ def train(
             result.aux_losses.append(aux_total)
             if on_step:
                 on_step(step, {"train/loss": task_loss, "train/aux_loss": aux_total, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)})
-            progress.update(bar, advance=1, loss=task_loss)
+            bar.update(advance=1, loss=task_loss)
     result.steps = steps
     result.tokens = ctx.total(result.tokens)
     result.seconds = time.perf_counter() - started

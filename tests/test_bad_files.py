@@ -57,7 +57,7 @@ def test_empty_or_missing_settings(cli, runs_dir, args, expected):
         ("methods: 5\n", "invalid value 5 for 'methods': expected a list, e.g. [a, b] or a,b"),
         ("train: 5\n", "'train' is a section"),
         ("train:\n  lr: [1, 2]\n", "invalid value [1, 2] for 'train.lr'"),
-        ("lora:\n  rank: 8\n", "unknown setting 'lora'"),
+        ("lora: 5\n", "'lora' takes lora's options as a mapping, e.g. lora: {rank: 8}"),
         ("method_options:\n  lora:\n    rank: [1]\n", "invalid value [1] for 'lora.rank'"),  # checked though lora is not run
         ("train: {lr: 1e-3\n", "is not valid YAML"),
     ],

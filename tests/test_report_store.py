@@ -74,6 +74,38 @@ def test_the_sweep_parent_holds_the_summary_with_intervals(store, tmp_path):
     assert {"tables/summary.md", "tables/summary.json"} <= {f.path for f in tracker.client.list_artifacts(sweeps[0].info.run_id, "tables")}
 
 
+def test_the_ui_shows_the_comparison_on_the_sweep_run(store):
+    """What the MLflow UI reads (docs/ui.md): the experiment's kind, sweeps named by what they compare,
+    the table as the sweep's description, and one metric per (task, row) and statistic."""
+    tracker = store["tracker"]
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI: the runs view
+    assert "named by what it compares" in experiment.tags["mlflow.note.content"]
+    sweeps = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'sweep'", order_by=["attributes.start_time DESC"])
+    assert [r.data.tags["mlflow.runName"] for r in sweeps] == ["lora × fruit_or_color · tiny-llama · 2 seeds", "lora × fruit_or_color · tiny-llama · 1 seed"]
+    latest = sweeps[0]
+    summary = {r["row"]: r for r in csv.DictReader(io.StringIO(Path(tracker.client.download_artifacts(latest.info.run_id, "tables/summary.csv", str(store["root"] / "dl"))).read_text()))}
+    metrics = latest.data.metrics
+    for row, name in (("lora", "lora"), ("base (zero-shot)", "base_zero-shot")):
+        for statistic, column in (("acc", "mean"), ("ci_low", "ci_low"), ("ci_high", "ci_high")):
+            assert metrics[f"fruit_or_color/{name}/{statistic}"] == pytest.approx(float(summary[row][column]), abs=5e-5)
+        assert metrics[f"fruit_or_color/{name}/n"] == 16
+    assert metrics["fruit_or_color/lora/seeds"] == 2 and metrics["fruit_or_color/base_zero-shot/seeds"] == 1
+    description = latest.data.tags["mlflow.note.content"]
+    assert description.startswith(Path(tracker.client.download_artifacts(latest.info.run_id, "tables/summary.md", str(store["root"] / "dl"))).read_text())
+    assert "Artifacts → tables/summary.html" in description
+    assert "<table>" in Path(tracker.client.download_artifacts(latest.info.run_id, "tables/summary.html", str(store["root"] / "dl"))).read_text()
+
+
+def test_sweep_names_say_what_is_compared():
+    from adamole_bench.harness.tracking import sweep_name
+
+    assert sweep_name(["adamole", "mole"], ["copa", "boolq"], "smollm2-135m", [0, 1, 2]) == "adamole,mole × copa,boolq · smollm2-135m · 3 seeds"
+    assert sweep_name(["lora"], ["copa", "boolq"], "tiny-llama", [0], mix=True, shard=(1, 2)) == "lora × copa+boolq (mix) · tiny-llama · 1 seed · shard 1/2"
+    many = [f"t{i}" for i in range(19)]
+    assert sweep_name(["lora"], many, "m", [0]) == "lora × t0,t1,t2… (19) · m · 1 seed"
+
+
 def test_report_shows_one_row_per_config(store):
     document = json.loads(_invoke(store, "report", "--format", "json"))
     assert [r["label"] for r in document["rows"]] == ["base (zero-shot)", "lora (train.lr=0.0005)", "lora (train.lr=0.003)"]

@@ -94,7 +94,9 @@ def run(
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 or auto."),
     shard: str = typer.Option(None, help="Run slice i/n of the sweep (several machines, one MLflow server)."),
     trust_remote_code: bool = typer.Option(None, "--trust-remote-code", help="Allow custom model code from the hub."),
-    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4."),
+    executor: str = typer.Option("local", help="local (one trial after another here) or ray (Ray tasks across a cluster; needs the ray extra)."),
+    ray_address: str = typer.Option(None, help="With --executor ray: auto (a running `ray start` cluster), HOST:PORT or ray://HOST:10001 [default: RAY_ADDRESS, else a new local instance]."),
+    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4; a,b sweeps a grid (adamole.num_experts=4,8)."),
 ):
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
     from .harness.config import load_config
@@ -119,9 +121,15 @@ def run(
         eval__protocol=protocol,
         mix=mix,
     )
+    if ray_address is not None and executor != "ray":
+        raise UserError("--ray-address applies to --executor ray only; add --executor ray or drop --ray-address")
+    if executor == "ray":
+        from .harness.ray_executor import import_ray
+
+        import_ray()  # a missing extra is one line before any work
     try:
         with sigterm_as_interrupt():
-            outcomes = run_sweep(experiment, console, shard=_shard(shard))
+            outcomes = run_sweep(experiment, console, shard=_shard(shard), executor=executor, ray_address=ray_address)
     except KeyboardInterrupt as interrupt:
         raise _interrupted(interrupt) from None
     if context().is_main:

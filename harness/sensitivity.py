@@ -1,0 +1,2 @@
+def log_sweep_sensitivity(*a, **k):
+    pass

@@ -141,12 +141,24 @@ def run(
         if table is not None:
             console.print(render_rich(table, width=console.width))
             console.print(render_markdown(table), markup=False, soft_wrap=True)
+            _print_sensitivity(table, list(experiment.grid))
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         diverged = sum(o.failure == "diverged" for o in failed)
         detail = f", {diverged} diverged" if diverged else ""
         console.print(f"[red]{len(failed)} of {len(outcomes)} trials failed{detail}[/] (recorded as FAILED in MLflow; re-run to retry them)")
         raise typer.Exit(_exit_code(failed))
+
+
+def _print_sensitivity(table, keys: list[str]) -> None:
+    """A grid sweep's metric against each swept setting (what `report --sensitivity KEY` shows)."""
+    from .harness.sensitivity import render_markdown, sensitivity
+
+    for key in keys:
+        try:
+            console.print(render_markdown(sensitivity(table, key)), markup=False, soft_wrap=True)
+        except UserError:
+            pass  # e.g. only one of its values finished
 
 
 @app.command()
@@ -303,6 +315,7 @@ def report(
     where: list[str] = typer.Option(None, "--where", help=WHERE_HELP),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Show the zero-shot base row of the same eval protocol."),
     published: Path = typer.Option(None, help="Published numbers to show as extra rows [default: results/published.yaml]."),
+    sensitivity: str = typer.Option(None, "--sensitivity", help="Metric vs this swept setting, e.g. adamole.max_threshold: mean ± sd over seeds, 95% CI, plot logged to MLflow."),
 ):
     """Method × task table of finished trials: 95% CI, n, paired tests vs base and best, collapsed predictors, verdict."""
     from .harness.paths import package_root
@@ -312,6 +325,8 @@ def report(
         from .harness.errors import unknown
 
         raise unknown("format", table_format, FORMATS)
+    if sensitivity is not None:
+        return _report_sensitivity(sensitivity, table_format, experiment, model, methods, tasks, config_hash, where, reference, output)
     tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, published or package_root() / "results" / "published.yaml")
     if table_format == "rich":
         console.print(render_rich(table, width=console.width))
@@ -324,6 +339,22 @@ def report(
         filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or [])}
         written = write_report(tracker, table, output, filters)
         console.print(f"wrote {len(written)} files to {output} (and a kind=report run in MLflow)")
+
+
+def _report_sensitivity(key, table_format, experiment, model, methods, tasks, config_hash, where, reference, output) -> None:
+    from .harness import sensitivity
+
+    if table_format not in sensitivity.FORMATS:
+        raise UserError(f"--sensitivity prints {', '.join(sensitivity.FORMATS)}; pick one with --format")
+    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference)
+    result = sensitivity.sensitivity(table, key.strip())
+    if table_format == "rich":
+        console.print(sensitivity.render_rich(result))
+    else:
+        console.print(sensitivity.TEXT_RENDERERS[table_format](result), markup=False, end="", soft_wrap=True)
+    filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or [])}
+    run_id, written = sensitivity.log_report(tracker, result, output, filters)
+    console.print(f"plot and tables → MLflow run {run_id} (sensitivity/{result.key}.png)" + (f" and {len(written)} files in {output}" if written else ""), soft_wrap=True)
 
 
 @app.command()

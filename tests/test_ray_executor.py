@@ -206,7 +206,7 @@ def test_killed_worker_is_retried_and_the_trial_recorded_once(ray_cluster, tmp_p
     assert attempts[1].data.tags["pid"] != victim.data.tags["pid"]
     assert not [r for r in store_runs(uri) if r.info.status == "RUNNING"]
     report = run_cli(["report", "--format", "csv"], env)
-    assert report.returncode == 0 and report.stdout.count("lora,") == 1  # counted once
+    assert report.returncode == 0 and [line.split(",")[4] for line in report.stdout.splitlines() if line.startswith("lora,")] == ["fruit_or_color"]  # counted once
 
 
 @pytest.mark.slow
@@ -215,15 +215,14 @@ def test_ctrl_c_on_the_driver_cancels_tasks_and_marks_them_failed(ray_cluster, t
     uri, env = f"sqlite:///{runs / 'mlflow.db'}", _env(runs)
     args = ["run", *TINY, "--methods", "lora", "--seeds", "0,1", "--max-steps", "2000", "reference=false", "--executor", "ray", "--ray-address", ray_cluster]
     driver = start(args, env, tmp_path / "driver.log")
-    workers = wait_until(lambda: [r for n in ("lora/fruit_or_color/seed0", "lora/fruit_or_color/seed1") if (r := _running_in_worker(uri, n))] if all(
-        _running_in_worker(uri, n) for n in ("lora/fruit_or_color/seed0", "lora/fruit_or_color/seed1")) else None, what="both trials to run")  # fmt: skip
+    names = ("lora/fruit_or_color/seed0", "lora/fruit_or_color/seed1")
+    wait_until(lambda: all(_running_in_worker(uri, n) for n in names), what="both trials to run in Ray workers")
     driver.send_signal(signal.SIGINT)
     code, output = finish(driver, tmp_path / "driver.log", timeout=120)
     assert code == 130, output
     assert "cancelling 2 Ray task(s)" in output and "Run the same command again to resume" in output
     trials = trial_runs(uri)
     assert [r.info.status for r in trials] == ["FAILED", "FAILED"]
-    assert {r.data.tags["failure"] for r in trials} == {"interrupted"}
+    assert {r.data.tags["failure"] for r in trials} == {"interrupted"} and all("KeyboardInterrupt" in r.data.tags["error"] for r in trials)
     assert [r.info.status for r in store_runs(uri) if r.data.tags["kind"] == "sweep"] == ["FAILED"]
-    for run in workers:  # the cluster's workers stay up for the next sweep; only the tasks stopped
-        assert psutil.pid_exists(int(run.data.tags["pid"]))
+    assert not [r for r in store_runs(uri) if r.info.status == "RUNNING"]

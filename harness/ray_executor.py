@@ -11,6 +11,7 @@ tasks, and what they were running ends FAILED.
 """
 
 import io
+import logging
 import os
 import signal
 import socket
@@ -77,7 +78,7 @@ class RayExecutor:
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
         where = f"Ray cluster at {address}" if address else "Ray (RAY_ADDRESS, the last `ray start` here, or a new local instance)"
         try:
-            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, runtime_env={"env_vars": env})  # workers' output: Ray's log folder
         except Exception as err:  # noqa: BLE001 - a bad address, nothing listening, a version mismatch: one line each
             raise UserError(f"cannot connect to {where} ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); "
                             "start one with `ray start --head` or fix --ray-address (auto, HOST:PORT or ray://HOST:10001)") from None  # fmt: skip

@@ -103,7 +103,7 @@ def _sweep_race(tmp_path, uri_env: dict[str, str]) -> None:
     results = [finish(sweep, tmp_path / f"sweep{i}.log") for i, sweep in enumerate(sweeps)]
     for code, output in results:
         assert code == 0 and "Traceback" not in output, output
-        assert "| base |" in output and "| lora |" in output  # each prints the whole table, waiting for the other's trials
+        assert "| base (zero-shot) |" in output and "| lora |" in output  # each prints the whole table, waiting for the other's trials
     uri = uri_env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     names = [r.data.tags["mlflow.runName"] for r in trial_runs(uri)]
     assert sorted(names) == sorted(set(names)) and len(names) == 4, names  # every trial ran exactly once

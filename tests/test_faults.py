@@ -100,7 +100,7 @@ def test_diverged_trial_is_failed_never_counted_and_retried(cli, runs_dir, searc
     assert "Diverged: diverged at step" in trials.loc["lora", "tags.error"]
     assert trials.loc["base", "status"] == "FINISHED"
     table = cli("report", "--format", "csv").output
-    assert "base,fruit_or_color" in table and "lora" not in table
+    assert "base (zero-shot),base," in table and "lora" not in table
     rerun = cli(*args)  # a diverged trial is not "done": the rerun tries it again (and it diverges again)
     assert rerun.exit_code == 3 and "already done, skipped" in rerun.output and rerun.output.count("diverged at step") == 1
 
@@ -146,7 +146,7 @@ def test_disk_filling_up_mid_sweep_fails_that_trial_and_keeps_the_table(small_di
     code, output = finish(sweep, tmp_path / "full.log")
     assert code == 2, output
     assert "disk full" in output and "Traceback" not in output
-    assert "| base |" in output  # the table of what finished is still printed
+    assert "| base (zero-shot) |" in output  # the table of what finished is still printed
     (small_disk / "filler").unlink()
     done = run_cli(args, env)
     assert done.returncode == 0, done.stdout[-3000:]

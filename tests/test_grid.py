@@ -101,3 +101,14 @@ def _set_grid(grid: dict):
     from adamole_bench.harness.config import ExperimentConfig, _set_fields
 
     _set_fields(ExperimentConfig(), {"grid": grid})
+
+
+def test_mix_groups_are_one_ray_task_each_and_grid_points_split_them():
+    from adamole_bench.harness.ray_executor import groups_of
+
+    trials = sweep.plan(load_config(None, ["train.lr=1e-3,3e-3"], **{**BASE, "methods": ["lora"], "tasks": ["copa", "fruit_or_color"], "mix": True}))
+    groups = [[t.name for _, t in group] for group in groups_of(trials)]
+    assert groups[:2] == [["base/copa/seed0"], ["base/fruit_or_color/seed0"]]  # untrained references: one task each
+    assert len(groups) == 2 + 2 * 2  # then one group per (lr, seed), holding both tasks
+    assert all(len(g) == 2 and {n.split("/")[1] for n in g} == {"copa", "fruit_or_color"} for g in groups[2:])
+    assert [i for group in groups_of(trials) for i, _ in group] == list(range(len(trials)))

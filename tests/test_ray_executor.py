@@ -226,3 +226,22 @@ def test_ctrl_c_on_the_driver_cancels_tasks_and_marks_them_failed(ray_cluster, t
     assert {r.data.tags["failure"] for r in trials} == {"interrupted"} and all("KeyboardInterrupt" in r.data.tags["error"] for r in trials)
     assert [r.info.status for r in store_runs(uri) if r.data.tags["kind"] == "sweep"] == ["FAILED"]
     assert not [r for r in store_runs(uri) if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_mix_group_is_one_ray_task_that_trains_once(ray_cluster, tmp_path):
+    runs = tmp_path / "runs"
+    uri, env = f"sqlite:///{runs / 'mlflow.db'}", _env(runs)
+    args = ["run", "--model", "tiny-llama", "--tasks", "copa,fruit_or_color", "--limit", "4", "save_adapters=false", "train.batch_size=4",
+            "--methods", "lora", "--mix", "--max-steps", "2", "--executor", "ray", "--ray-address", ray_cluster]  # fmt: skip
+    result = run_cli(args, env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "3 Ray tasks" in result.stdout  # two zero-shot references, one mixture group
+    mixture = [r for r in trial_runs(uri) if r.data.tags["method"] == "lora"]
+    assert len(mixture) == 2 and len({r.data.tags["ray_task"] for r in mixture}) == 1
+    assert {r.data.tags["train_tasks"] for r in mixture} == {"copa+fruit_or_color"}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    curves = [[m.value for m in client.get_metric_history(r.info.run_id, "train/loss")] for r in mixture]
+    assert curves[0] == curves[1] and len(curves[0]) == 2  # one adapter, trained once, shared by both trials

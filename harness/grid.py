@@ -94,14 +94,12 @@ def grid_override(text: str) -> tuple[str, list] | None:
     empty = [i for i, piece in enumerate(pieces) if not piece.strip()]
     if empty:
         raise UserError(f"'{text}' has an empty grid value (value {empty[0] + 1}); separate values with single commas, e.g. {key}=1,2")
-    if is_list_type(setting_type(key)):
+    if is_list_type(setting_type(key)):  # an unknown key fails here, with a suggestion
         bracketed = [piece.strip().startswith("[") for piece in pieces]
         if not any(bracketed):
             return None  # `lora.target_modules=q_proj,v_proj`: one list value
         if not all(bracketed):
             raise UserError(f"'{key}' takes a list: to sweep it, bracket every value, e.g. {key}=[q_proj,v_proj],[q_proj,k_proj,v_proj,o_proj] (got '{raw}')")
-    else:
-        setting_type(key)
     return key, [_load(key, piece.strip()) for piece in pieces]
 
 

@@ -245,3 +245,11 @@ def test_mix_group_is_one_ray_task_that_trains_once(ray_cluster, tmp_path):
     client = MlflowClient(uri)
     curves = [[m.value for m in client.get_metric_history(r.info.run_id, "train/loss")] for r in mixture]
     assert curves[0] == curves[1] and len(curves[0]) == 2  # one adapter, trained once, shared by both trials
+
+
+def test_a_trial_that_fits_no_node_is_one_line_before_any_run(ray_cluster, tmp_path):
+    runs = tmp_path / "runs"
+    result = run_cli(["run", *TINY, "--methods", "lora", "resources.cpus_per_trial=4", "--executor", "ray", "--ray-address", ray_cluster], _env(runs))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no node of the Ray cluster (2 CPU/0 GPU) has resources.cpus_per_trial=4 CPU" in result.stdout and "Traceback" not in result.stdout + result.stderr
+    assert store_runs(f"sqlite:///{runs / 'mlflow.db'}") == []

@@ -5,6 +5,7 @@ The cluster's processes are all gone when the module ends."""
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,9 @@ PER_PROCESS = {"host", "pid", "process", "heartbeat", "executor", "ray_task", "m
 MEASURED = ("train/seconds", "train/tokens_per_second", "eval/seconds", "memory/peak_mb")  # wall-clock, not results
 
 
-AUTH = {"RAY_AUTH_MODE": "token"}  # Ray's token auth (the default of `ray start` once ~/.ray/auth_token exists), explicit for head and drivers
+# Ray's token auth with a private token for head, drivers and workers: never the user's ~/.ray/auth_token,
+# and no token file needed on a fresh machine (`ray start` with RAY_AUTH_MODE=token refuses to run without one).
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def _env(runs: Path) -> dict[str, str]:

@@ -144,7 +144,9 @@ def run(
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 or auto."),
     shard: str = typer.Option(None, help="Run slice i/n of the sweep (several machines, one MLflow server)."),
     trust_remote_code: bool = typer.Option(None, "--trust-remote-code", help="Allow custom model code from the hub."),
-    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4."),
+    executor: str = typer.Option("local", help="local (one trial after another here) or ray (Ray tasks across a cluster; needs the ray extra)."),
+    ray_address: str = typer.Option(None, help="With --executor ray: auto (a running `ray start` cluster), HOST:PORT or ray://HOST:10001 [default: RAY_ADDRESS, else a new local instance]."),
+    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4; a,b sweeps a grid (adamole.num_experts=4,8)."),
 ):
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
     from .harness.config import load_config
@@ -169,9 +171,15 @@ def run(
         eval__protocol=protocol,
         mix=mix,
     )
+    if ray_address is not None and executor != "ray":
+        raise UserError("--ray-address applies to --executor ray only; add --executor ray or drop --ray-address")
+    if executor == "ray":
+        from .harness.ray_executor import import_ray
+
+        import_ray()  # a missing extra is one line before any work
     try:
         with sigterm_as_interrupt():
-            outcomes = run_sweep(experiment, console, shard=_shard(shard))
+            outcomes = run_sweep(experiment, console, shard=_shard(shard), executor=executor, ray_address=ray_address)
     except KeyboardInterrupt as interrupt:
         raise _interrupted(interrupt) from None
     if context().is_main:
@@ -183,12 +191,24 @@ def run(
         if table is not None:
             console.print(render_rich(table, width=console.width))
             console.print(render_markdown(table), markup=False, highlight=False, soft_wrap=True)
+            _print_sensitivity(table, list(experiment.grid))
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         diverged = sum(o.failure == "diverged" for o in failed)
         detail = f", {diverged} diverged" if diverged else ""
         console.print(f"[red]{len(failed)} of {len(outcomes)} trials failed{detail}[/] (recorded as FAILED in MLflow; re-run to retry them)")
         raise typer.Exit(_exit_code(failed))
+
+
+def _print_sensitivity(table, keys: list[str]) -> None:
+    """A grid sweep's metric against each swept setting (what `report --sensitivity KEY` shows)."""
+    from .harness.sensitivity import render_markdown, sensitivity
+
+    for key in keys:
+        try:
+            console.print(render_markdown(sensitivity(table, key)), markup=False, soft_wrap=True)
+        except UserError:
+            pass  # e.g. only one of its values finished
 
 
 @app.command()
@@ -345,6 +365,7 @@ def report(
     where: list[str] = typer.Option(None, "--where", help=WHERE_HELP),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Show the zero-shot base row of the same eval protocol."),
     published: Path = typer.Option(None, help="Published numbers to show as extra rows [default: results/published.yaml]."),
+    sensitivity: str = typer.Option(None, "--sensitivity", help="Metric vs this swept setting, e.g. adamole.max_threshold: mean ± sd over seeds, 95% CI, plot logged to MLflow."),
 ):
     """Method × task table of finished trials: 95% CI, n, paired tests vs base and best, collapsed predictors, verdict."""
     from .harness.paths import package_root
@@ -358,6 +379,8 @@ def report(
         from .harness.report_bundle import check_output_folder
 
         check_output_folder(output)
+    if sensitivity is not None:
+        return _report_sensitivity(sensitivity, table_format, experiment, model, methods, tasks, config_hash, where, reference, output)
     tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, published or package_root() / "results" / "published.yaml")
     if table_format == "rich":
         console.print(render_rich(table, width=console.width))
@@ -370,6 +393,22 @@ def report(
         filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or [])}
         written = write_report(tracker, table, output, filters)
         console.print(f"wrote {len(written)} files to {output} (and a kind=report run in MLflow)")
+
+
+def _report_sensitivity(key, table_format, experiment, model, methods, tasks, config_hash, where, reference, output) -> None:
+    from .harness import sensitivity
+
+    if table_format not in sensitivity.FORMATS:
+        raise UserError(f"--sensitivity prints {', '.join(sensitivity.FORMATS)}; pick one with --format")
+    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference)
+    result = sensitivity.sensitivity(table, key.strip())
+    if table_format == "rich":
+        console.print(sensitivity.render_rich(result))
+    else:
+        console.print(sensitivity.TEXT_RENDERERS[table_format](result), markup=False, end="", soft_wrap=True)
+    filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or [])}
+    run_id, written = sensitivity.log_report(tracker, result, output, filters)
+    console.print(f"plot and tables → MLflow run {run_id} (sensitivity/{result.key}.png)" + (f" and {len(written)} files in {output}" if written else ""), soft_wrap=True)
 
 
 @app.command()

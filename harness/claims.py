@@ -63,10 +63,15 @@ def reconcile_run(tracker, run) -> str | None:
     reason = staleness(run.data.tags, run.info.start_time)
     if reason is None:
         return None
-    tracker.client.set_tag(run.info.run_id, "error", f"stale: {reason}; marked FAILED by pid {process_tags()['pid']} on {process_tags()['host']}")
-    tracker.client.set_tag(run.info.run_id, "failure", "stale")
-    tracker.client.set_terminated(run.info.run_id, status="FAILED")
+    mark_stale(tracker, run.info.run_id, reason)
     return reason
+
+
+def mark_stale(tracker, run_id: str, reason: str) -> None:
+    """FAILED with failure=stale: the run's process is gone (found dead here, or reported dead by Ray)."""
+    tracker.client.set_tag(run_id, "error", f"stale: {reason}; marked FAILED by pid {process_tags()['pid']} on {process_tags()['host']}")
+    tracker.client.set_tag(run_id, "failure", "stale")
+    tracker.client.set_terminated(run_id, status="FAILED")
 
 
 def reconcile(tracker) -> list[tuple[str, str]]:

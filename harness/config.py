@@ -58,6 +58,19 @@ class EvalConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """What each Ray task asks the cluster for (`--executor ray`; the local executor ignores it)."""
+
+    gpus_per_trial: float = 0.0  # fractions share a GPU, e.g. 0.5
+    cpus_per_trial: float = 1.0
+    max_retries: int = 2  # reruns of a trial whose worker died (the trial is still recorded once)
+
+    def validate(self) -> None:
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.max_retries < 0:
+            raise UserError("resources.cpus_per_trial must be > 0, resources.gpus_per_trial and resources.max_retries >= 0")
+
+
+@dataclass
 class ExperimentConfig:
     model: str = DEFAULT_MODEL
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -72,8 +85,10 @@ class ExperimentConfig:
     experiment: str = "adamole-bench"  # MLflow experiment name
     save_adapters: bool = True  # log each trained adapter as an MLflow artifact
     reference: bool = True  # also evaluate the zero-shot `base` model per task (once, reused) when methods lack it
+    grid: dict[str, list] = field(default_factory=dict)  # swept settings, e.g. {"adamole.num_experts": [4, 8]} (harness/grid.py)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def validate(self) -> None:
         from ..methods.registry import make_config
@@ -103,6 +118,10 @@ class ExperimentConfig:
                 raise UserError(f"--data-dir {self.data_dir} {why}; pass the folder holding <task>/train.jsonl and <task>/validation.jsonl (docs/tasks.md)")
         self.train.validate()
         self.eval.validate()
+        self.resources.validate()
+        from .grid import grid_points
+
+        grid_points(self)  # every grid point is valid, or one line now
 
 
 def _positive(section, *names: str) -> None:
@@ -231,6 +250,10 @@ def _set_fields(obj, values: dict, prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise UserError(f"'{prefix}{key}' is a section; set its fields, e.g. {prefix}{key}.<name>=...")
             _set_fields(current, value, f"{prefix}{key}.")
+        elif key == "grid":
+            from .grid import grid_section
+
+            current.update(grid_section(value))
         elif key == "method_options":
             if not isinstance(value, dict) or not all(isinstance(o, dict | None) for o in value.values()):
                 raise UserError(f"'{prefix}{key}' must map each method to its options, e.g. method_options: {{lora: {{rank: 8}}}} (or lora.rank=8)")
@@ -255,7 +278,11 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise UserError(f"override '{text}' is not key=value (e.g. train.lr=1e-4 or adamole.num_experts=4)")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
+    return nested(key, yaml.safe_load(raw) if raw else None)
+
+
+def nested(key: str, value) -> dict:
+    """`train.lr`, 1e-4 → {"train": {"lr": 1e-4}}; `adamole.num_experts`, 4 → method options."""
     parts = key.strip().split(".")
     from ..methods.registry import all_methods
 
@@ -263,8 +290,8 @@ def parse_override(text: str) -> dict:
         return {"method_options": {parts[0]: method_options(parts[0], {parts[1]: value})}}
     nested: dict = value
     for part in reversed(parts):
-        nested = {part: nested}
-    return nested
+        value = {part: value}
+    return value
 
 
 def read_yaml_mapping(path: str | Path, kind: str, example: str = "") -> dict:
@@ -300,8 +327,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), **cli
     for dotted, value in flags.items():
         section, _, name = dotted.rpartition("__")
         _set_fields(config, {section: {name: value}} if section else {name: value})
+    from .grid import grid_override
+
     for text in overrides:
+        swept = grid_override(text)  # `key=v1,v2`: a grid (harness/grid.py)
+        if swept:
+            config.grid[swept[0]] = swept[1]
+            continue
         _set_fields(config, parse_override(text))
+        config.grid.pop(text.partition("=")[0].strip(), None)  # a plain value on the command line beats the file's grid
     config.validate()
     return config
 

@@ -91,16 +91,16 @@ def test_rerun_skips_finished_trials(finished_sweep, cli, search_runs):
 
 
 def test_crash_marks_run_failed_and_sweep_continues(cli, runs_dir, monkeypatch):
-    from adamole_bench.harness import sweep
+    from adamole_bench.harness import sweep, trials
 
-    real_train = sweep.train
+    real_train = trials.train
 
     def train_or_crash(model, method, *args, **kwargs):
         if method.name == "lora":
             raise RuntimeError("simulated crash")
         return real_train(model, method, *args, **kwargs)
 
-    monkeypatch.setattr(sweep, "train", train_or_crash)
+    monkeypatch.setattr(trials, "train", train_or_crash)
     result = cli("run", *TINY, "--methods", "lora,base", "--tasks", "fruit_or_color", "--max-steps", "2")
     assert result.exit_code == 1
     assert "simulated crash" in result.output

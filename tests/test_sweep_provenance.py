@@ -13,6 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from adamole_bench.harness import regression, sweep
+from adamole_bench.harness import trials as trial_runner
 from adamole_bench.harness.config import load_config
 from adamole_bench.harness.tracking import Tracker
 
@@ -28,7 +29,7 @@ SWEEP = {
 }
 
 
-REAL_RUN_TRIAL = sweep.run_trial
+REAL_RUN_TRIAL = trial_runner.run_trial
 
 
 def _failing_at(trial_name: str, error: BaseException):
@@ -70,13 +71,13 @@ def store(tmp_path_factory):
         config = load_config(config_file)
         console = Console(quiet=True)
         phases = {}
-        patch.setattr(sweep, "run_trial", _failing_at("lora/fruit_or_color/seed0", KeyboardInterrupt()))
+        patch.setattr(trial_runner, "run_trial", _failing_at("lora/fruit_or_color/seed0", KeyboardInterrupt()))
         with pytest.raises(KeyboardInterrupt):
             sweep.run_sweep(config, console)
         phases["interrupted"] = _statuses(config.experiment)
-        patch.setattr(sweep, "run_trial", _failing_at("lora/fruit_or_color/seed1", RuntimeError("simulated crash")))
+        patch.setattr(trial_runner, "run_trial", _failing_at("lora/fruit_or_color/seed1", RuntimeError("simulated crash")))
         phases["crashed"] = {o.trial.name: o.status for o in sweep.run_sweep(config, console)}
-        patch.setattr(sweep, "run_trial", REAL_RUN_TRIAL)
+        patch.setattr(trial_runner, "run_trial", REAL_RUN_TRIAL)
         phases["resumed"] = {o.trial.name: o.status for o in sweep.run_sweep(config, console)}
         yield {"root": root, "config": config, "config_file": config_file, "phases": phases, "tracker": Tracker(config.experiment)}
         torch.set_num_threads(threads)

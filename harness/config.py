@@ -288,7 +288,6 @@ def nested(key: str, value) -> dict:
 
     if parts[0] in all_methods() and len(parts) == 2:
         return {"method_options": {parts[0]: method_options(parts[0], {parts[1]: value})}}
-    nested: dict = value
     for part in reversed(parts):
         value = {part: value}
     return value

@@ -91,7 +91,7 @@ def test_rerun_skips_finished_trials(finished_sweep, cli, search_runs):
 
 
 def test_crash_marks_run_failed_and_sweep_continues(cli, runs_dir, monkeypatch):
-    from adamole_bench.harness import sweep, trials
+    from adamole_bench.harness import trials
 
     real_train = trials.train
 

@@ -59,19 +59,19 @@ def is_list_type(annotation) -> bool:
 
 
 def split_values(key: str, raw: str) -> list[str]:
-    """Top-level comma-separated pieces of a value; commas inside [brackets] stay in their piece."""
+    """Top-level comma-separated pieces of a value; commas inside [brackets] or a {mapping} stay in their piece."""
     pieces, depth, current = [], 0, ""
     for char in raw:
-        depth += {"[": 1, "]": -1}.get(char, 0)
+        depth += {"[": 1, "]": -1, "{": 1, "}": -1}.get(char, 0)
         if depth < 0:
-            raise UserError(f"'{key}={raw}' has a ']' without its '['")
+            raise UserError(f"'{key}={raw}' closes a bracket it never opened")
         if char == "," and depth == 0:
             pieces.append(current)
             current = ""
         else:
             current += char
     if depth:
-        raise UserError(f"'{key}={raw}' has a '[' without its ']'")
+        raise UserError(f"'{key}={raw}' opens a bracket it never closes")
     return [*pieces, current]
 
 

@@ -64,7 +64,7 @@ def test_list_settings_sweep_bracketed_values_and_stay_lists_otherwise(tmp_path)
         (["lora.target_modules=[q_proj],v_proj"], "bracket every value, e.g. lora.target_modules=[q_proj,v_proj],"),
         (["mole.num_experts=2,4"], "'mole.num_experts' is swept but method 'mole' is not run"),
         (["train.lrr=1,2"], "unknown setting 'train.lrr' (did you mean 'train.lr'?)"),
-        (["adamole.max_threshold=[0.1,0.2"], "has a '[' without its ']'"),
+        (["adamole.max_threshold=[0.1,0.2"], "opens a bracket it never closes"),
         (["train.lr=abc,1e-3"], "grid point train.lr=abc: invalid value 'abc' for 'train.lr'"),
         (["--executor", "dask"], "unknown executor 'dask'"),
         (["--ray-address", "auto"], "--ray-address applies to --executor ray only"),

@@ -15,7 +15,8 @@ from typing import Literal
 import yaml
 
 from .errors import UserError, unknown
-from .models import DEFAULT_MODEL, check_model_name
+from .models import DEFAULT_MODEL, check_model_name, resolve_device
+from .precision import Precision, resolve_precision
 
 SCHEMA_VERSION = 1  # bump when a change makes old results incomparable (part of every run's hash)
 
@@ -49,6 +50,10 @@ class EvalConfig:
     # First N eval docs (lm-eval's --limit). 200 keeps a CPU run in minutes (full BoolQ eval on
     # SmolLM2 is ~45 min here); set eval.limit=null to score whole splits, as the paper configs do.
     limit: int | None = 200
+    # Per-expert usage, routing entropy and threshold statistics of mixtures, logged to MLflow.
+    # Costs a little eval time (docs/performance.md); it records more, it never changes a result,
+    # so it is left out of the config hash.
+    expert_stats: bool = True
 
     def validate(self) -> None:
         _positive(self, "batch_size")
@@ -59,7 +64,8 @@ class EvalConfig:
 @dataclass
 class ExperimentConfig:
     model: str = DEFAULT_MODEL
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # auto: bf16 for the embedded SmolLM2 where the hardware has fast bf16, else fp32 (harness/precision.py)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
     methods: list[str] = field(default_factory=lambda: ["lora"])
@@ -87,10 +93,14 @@ class ExperimentConfig:
         for task in self.tasks:
             get_task(task)
         check_model_name(self.model)
+        self.resolved_precision()  # e.g. fp16 on a CPU fails here, before any work
         if not self.methods or not self.tasks or not self.seeds:
             raise UserError("methods, tasks and seeds must each name at least one entry")
         self.train.validate()
         self.eval.validate()
+
+    def resolved_precision(self) -> Precision:
+        return resolve_precision(self.precision, resolve_device(self.device), self.model)
 
 
 def _positive(section, *names: str) -> None:
@@ -108,6 +118,8 @@ def _set_fields(obj, values: dict, prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
+        if prefix == "" and key == "dtype":
+            raise UserError("the 'dtype' setting was replaced by 'precision' (auto, fp32, bf16 or fp16): set precision: bf16, or --precision bf16")
         if key not in names:
             raise unknown("setting", prefix + key, [prefix + n for n in names])
         current = getattr(obj, key)
@@ -179,13 +191,13 @@ def trial_config(config: ExperimentConfig, method: str, task: str) -> dict:
     return {
         "schema": SCHEMA_VERSION,
         "model": config.model,
-        "dtype": config.dtype,
+        "precision": config.resolved_precision().name,  # what ran, never "auto"
         "method": method,
         "method_config": dataclasses.asdict(method_config),
         "task": task,
         "data_dir": config.data_dir,
         "train": dataclasses.asdict(config.train),
-        "eval": dataclasses.asdict(config.eval),
+        "eval": {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "expert_stats"},
     }
 
 

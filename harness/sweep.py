@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..methods.registry import build_method, get_method_class
+from ..methods.registry import StatisticsRecorder, build_method, get_method_class
 from ..tasks.sources import TaskData, load_task
 from . import distributed
 from .config import ExperimentConfig, config_hash, to_dict, trial_config
@@ -87,8 +87,8 @@ def run_sweep(
     tracker = distributed.rank_zero_tracker(tracker, config.experiment)
     state = _SweepState(config)
     outcomes: list[Outcome] = []
-    sweep_tags = {"kind": "sweep", "model": config.model, **code_version()}
-    console.print(f"[bold]adamole-bench[/] {len(trials)} trials → MLflow {tracker.uri} (experiment '{config.experiment}')")
+    sweep_tags = {"kind": "sweep", "model": config.model, **state.precision.tags(), **code_version()}
+    console.print(f"[bold]adamole-bench[/] {len(trials)} trials → MLflow {tracker.uri} (experiment '{config.experiment}'), {state.precision.describe()}")
     with tracker.run(f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", sweep_tags) as sweep_id:
         tracker.log_dict(sweep_id, to_dict(config), "config/experiment.json")
         for number, trial in enumerate(trials, start=1):
@@ -153,6 +153,7 @@ class _SweepState:
 
     def __init__(self, config: ExperimentConfig):
         self.config = config
+        self.precision = config.resolved_precision()
         self._base: BaseModel | None = None
         self._data: dict[str, TaskData] = {}
         self._trained: tuple[tuple, TrainedAdapter] | None = None
@@ -160,7 +161,8 @@ class _SweepState:
     def base(self) -> BaseModel:
         if self._base is None:
             cfg = self.config
-            self._base = load_base_model(cfg.model, dtype=cfg.dtype, device="cpu", trust_remote_code=cfg.trust_remote_code)
+            self._base = load_base_model(cfg.model, device="cpu", trust_remote_code=cfg.trust_remote_code)
+            self.precision.prepare(self._base.model)  # once; every trial copies the prepared base
         return self._base
 
     def data(self, task: str) -> TaskData:
@@ -192,7 +194,7 @@ def _train_adapter(trial: Trial, config: ExperimentConfig, state: _SweepState) -
         if method.trains and not docs:
             raise UserError(f"task '{data.spec.name}' has no train split in {data.source}; provide one with --data-dir")
         examples += training_examples(data.spec, docs, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol)
-    result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id)
+    result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id, state.precision)
     return TrainedAdapter(method, model, result, trainable, total, train_data)
 
 
@@ -208,7 +210,7 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
             **{f"data_fingerprint.{split}": fp for split, fp in data.fingerprints.items()},
             "model_fingerprint": base.fingerprint,
             "model_source": base.source,
-            "dtype": config.dtype,
+            **state.precision.tags(),
             "device": str(device),
             **hardware(device),
             **{f"version.{k}": v for k, v in package_versions().items()},
@@ -229,8 +231,9 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
         return {}  # rank 0 evaluates and records; the other ranks only train
 
     started = time.perf_counter()
-    with method.statistics(model) as statistics:
-        evaluation = evaluate(model, base.tokenizer, data, config.eval)
+    recorder = method.statistics(model) if config.eval.expert_stats else StatisticsRecorder()
+    with method.scoring(model, state.precision.compute_dtype) as scored, recorder as statistics:
+        evaluation = evaluate(scored, base.tokenizer, data, config.eval, state.precision)
     eval_seconds = time.perf_counter() - started
 
     metrics = {f"eval/{k}": v for k, v in evaluation.metrics.items()}
@@ -246,6 +249,8 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracke
         "train/mean_loss": sum(result.losses) / len(result.losses) if result.losses else float("nan"),
         "memory/peak_mb": peak_memory_mb(device),
     }
+    if state.precision.name == "fp16":
+        metrics["train/skipped_steps"] = result.skipped_steps  # overflow steps the grad scaler skipped
     metrics |= statistics.metrics()
     tracker.log_metrics(run_id, metrics)
     tracker.set_tags(run_id, eval_protocol_tags(evaluation.results_json))

@@ -121,7 +121,7 @@ def resolve_precision(requested: str, device: torch.device | str, model_name: st
         raise UserError(f"unknown precision '{requested}'; valid: {', '.join(PRECISIONS)}")
     cuda = device_type == "cuda"
     if requested == "fp16" and not cuda:
-        raise UserError("precision fp16 needs a CUDA GPU (CPU fp16 is slow and has no loss scaler); use precision bf16 or fp32")
+        raise UserError("precision fp16 needs a CUDA GPU (fp16 matmuls are slow on a CPU); use precision bf16 or fp32")
     if requested == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise UserError("this GPU has no bf16 support; use precision fp16 (with loss scaling) or fp32")
     if requested != "auto":

@@ -15,8 +15,9 @@ from typing import Literal
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, unknown
 from .models import DEFAULT_MODEL, check_model_name, resolve_device
+from .precision import Precision, resolve_precision
 
 SCHEMA_VERSION = 1  # bump when a change makes old results incomparable (part of every run's hash)
 
@@ -50,6 +51,10 @@ class EvalConfig:
     # First N eval docs (lm-eval's --limit). 200 keeps a CPU run in minutes (full BoolQ eval on
     # SmolLM2 is ~45 min here); set eval.limit=null to score whole splits, as the paper configs do.
     limit: int | None = 200
+    # Per-expert usage, routing entropy and threshold statistics of mixtures, logged to MLflow.
+    # Costs a little eval time (docs/performance.md); it records more, it never changes a result,
+    # so it is left out of the config hash.
+    expert_stats: bool = True
 
     def validate(self) -> None:
         _positive(self, "batch_size")
@@ -73,7 +78,8 @@ class ResourcesConfig:
 @dataclass
 class ExperimentConfig:
     model: str = DEFAULT_MODEL
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # auto: bf16 for the embedded SmolLM2 where the hardware has fast bf16, else fp32 (harness/precision.py)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
     methods: list[str] = field(default_factory=lambda: ["lora"])
@@ -109,6 +115,7 @@ class ExperimentConfig:
             get_task(task)
         check_model_name(self.model)
         resolve_device(self.device)
+        self.resolved_precision()  # e.g. fp16 on a CPU fails here, before any work
         if self.data_dir is not None:
             folder = Path(self.data_dir).expanduser()
             if not str(self.data_dir).strip():
@@ -122,6 +129,9 @@ class ExperimentConfig:
         from .grid import grid_points
 
         grid_points(self)  # every grid point is valid, or one line now
+
+    def resolved_precision(self) -> Precision:
+        return resolve_precision(self.precision, resolve_device(self.device), self.model)
 
 
 def _positive(section, *names: str) -> None:
@@ -230,6 +240,8 @@ def _set_fields(obj, values: dict, prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
+        if prefix == "" and key == "dtype":
+            raise UserError("the 'dtype' setting was replaced by 'precision' (auto, fp32, bf16 or fp16): set precision: bf16, or --precision bf16")
         if key not in names:
             if not prefix and key in all_methods():  # `lora: {rank: 8}`, as lora.rank=8 on the command line
                 if not isinstance(value, dict):
@@ -350,13 +362,13 @@ def trial_config(config: ExperimentConfig, method: str, task: str) -> dict:
     return {
         "schema": SCHEMA_VERSION,
         "model": config.model,
-        "dtype": config.dtype,
+        "precision": config.resolved_precision().name,  # what ran, never "auto"
         "method": method,
         "method_config": dataclasses.asdict(method_config),
         "task": task,
         "data_dir": config.data_dir,
         "train": dataclasses.asdict(config.train),
-        "eval": dataclasses.asdict(config.eval),
+        "eval": {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "expert_stats"},
     }
 
 

@@ -76,7 +76,7 @@ def variant_id(params: dict) -> str:
 
 def reference_key(params: dict) -> tuple:
     """What a `base` run must share with a row to be its reference: model, precision, data, eval protocol."""
-    return tuple(sorted((k, v) for k, v in params.items() if k in ("model", "dtype", "data_dir") or k.startswith("eval.")))
+    return tuple(sorted((k, v) for k, v in params.items() if k in ("model", "precision", "data_dir") or k.startswith("eval.")))
 
 
 def untrained(params: dict) -> bool:

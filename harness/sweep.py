@@ -97,10 +97,10 @@ def run_sweep(
     if distributed.context().is_main:
         for name, why in tracker.reconciled:
             console.print(f"[yellow]marked FAILED[/] {escape(name)} (left RUNNING: {escape(why)})", soft_wrap=True)
-    sweep_tags = {"kind": "sweep", "model": config.model, "executor": executor, **code_version()}
+    sweep_tags = {"kind": "sweep", "model": config.model, "executor": executor, **state.precision.tags(), **code_version()}
     if config.grid:
         sweep_tags["grid"] = ",".join(config.grid)
-    console.print(f"[bold]adamole-bench[/] {len(trials)} trials → MLflow {tracker.uri} (experiment '{config.experiment}')")
+    console.print(f"[bold]adamole-bench[/] {len(trials)} trials → MLflow {tracker.uri} (experiment '{config.experiment}'), {state.precision.describe()}")
     try:
         sweep_id = tracker.create_run(sweep_name(config.methods, config.tasks, config.model, config.seeds, config.mix, shard), sweep_tags)
     except Exception as err:  # noqa: BLE001 - e.g. a server whose database is read-only

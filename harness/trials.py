@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from ..methods.registry import build_method
+from ..methods.registry import StatisticsRecorder, build_method
 from ..tasks.sources import TaskData, load_task
 from . import distributed
 from .config import ExperimentConfig
@@ -159,6 +159,7 @@ class TrialState:
 
     def __init__(self, config: ExperimentConfig):
         self.config = config
+        self.precision = config.resolved_precision()
         self._base: BaseModel | None = None
         self._data: dict[str, TaskData] = {}
         self._trained: tuple[tuple, TrainedAdapter | Diverged] | None = None
@@ -166,7 +167,8 @@ class TrialState:
     def base(self) -> BaseModel:
         if self._base is None:
             cfg = self.config
-            self._base = load_base_model(cfg.model, dtype=cfg.dtype, device="cpu", trust_remote_code=cfg.trust_remote_code)
+            self._base = load_base_model(cfg.model, device="cpu", trust_remote_code=cfg.trust_remote_code)
+            self.precision.prepare(self._base.model)  # once; every trial copies the prepared base
         return self._base
 
     def data(self, task: str) -> TaskData:
@@ -215,7 +217,7 @@ def _train_adapter(trial: Trial, config: ExperimentConfig, state: TrialState) ->
         if method.trains and not docs:
             raise UserError(f"task '{data.spec.name}' has no train split in {data.source}; provide one with --data-dir")
         examples += training_examples(data.spec, docs, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol)
-    result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id)
+    result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id, state.precision)
     return TrainedAdapter(method, model, result, trainable, total, train_data)
 
 
@@ -232,7 +234,7 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: TrialState, tracker
             **{f"data_fingerprint.{split}": fp for split, fp in data.fingerprints.items()},
             "model_fingerprint": base.fingerprint,
             "model_source": base.source,
-            "dtype": config.dtype,
+            **state.precision.tags(),
             "device": str(device),
             **hardware(device),
             **{f"version.{k}": v for k, v in package_versions().items()},
@@ -253,8 +255,9 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: TrialState, tracker
         return {}  # rank 0 evaluates and records; the other ranks only train
 
     started = time.perf_counter()
-    with method.statistics(model) as statistics:
-        evaluation = evaluate(model, base.tokenizer, data, config.eval)
+    recorder = method.statistics(model) if config.eval.expert_stats else StatisticsRecorder()
+    with method.scoring(model, state.precision.compute_dtype) as scored, recorder as statistics:
+        evaluation = evaluate(scored, base.tokenizer, data, config.eval, state.precision)
     eval_seconds = time.perf_counter() - started
 
     metrics = {f"eval/{k}": v for k, v in evaluation.metrics.items()}
@@ -270,6 +273,8 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: TrialState, tracker
         "train/mean_loss": sum(result.losses) / len(result.losses) if result.losses else float("nan"),
         "memory/peak_mb": peak_memory_mb(device),
     }
+    if state.precision.name == "fp16":
+        metrics["train/skipped_steps"] = result.skipped_steps  # overflow steps the grad scaler skipped
     metrics |= statistics.metrics()
     tracker.log_metrics(run_id, metrics)
     tracker.set_tags(run_id, eval_protocol_tags(evaluation.results_json))

@@ -122,7 +122,7 @@ def test_provenance_is_readable_with_search_runs(store, tmp_path):
     runs = _search_runs(store["tracker"].uri, experiment_names=[store["config"].experiment], filter_string="tags.kind = 'trial' and attributes.status = 'FINISHED'")
     assert len(runs) == 4
     run = runs.iloc[0]
-    for tag in ("git_commit", "git_dirty", "mlflow.source.git.commit", "model", "model_source", "model_fingerprint", "dtype",
+    for tag in ("git_commit", "git_dirty", "mlflow.source.git.commit", "model", "model_source", "model_fingerprint", "precision",
                 "data_fingerprint.train", "data_fingerprint.eval", "data_source", "protocol", "eval_batch_size", "config_hash",
                 "eval_task_hash.fruit_or_color_letter", "cpu", "platform", "python", "torch_threads", "device"):
         value = run[f"tags.{tag}"]
@@ -131,6 +131,7 @@ def test_provenance_is_readable_with_search_runs(store, tmp_path):
         assert run[f"tags.version.{package}"][0].isdigit()
     assert run["tags.git_dirty"] in ("true", "false")
     assert run["tags.torch_threads"] == "1"
+    assert run["tags.precision"] == run["params.precision"] == "fp32"  # tiny-llama: auto resolves to fp32
     assert run["params.model"] == "tiny-llama" and run["params.eval.limit"] == "16"
     resolved = json.loads(Path(store["tracker"].client.download_artifacts(run["run_id"], "config/trial.json", str(tmp_path))).read_text())
     assert resolved["config_hash"] == run["tags.config_hash"] and resolved["seed"] == int(run["tags.seed"])

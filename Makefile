@@ -9,7 +9,7 @@ SHELL := /bin/bash
 
 setup:  ## venv + install (CPU torch pinned in the same install) + offline assets
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]" torch==2.13.0 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,ray]" torch==2.13.0 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	$(BIN)/adamole-bench setup
 
 test:  ## the fast suite (tiny model, local data): minutes

@@ -1,24 +1,50 @@
 """`adamole-bench` command line: parses flags into harness calls; no logic of its own."""
 
 import functools
-import os
-import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
-from .harness.errors import UserError
+from .harness.errors import EXIT_CRASHED, EXIT_DIVERGED, EXIT_TERMINATED, EXIT_USER, UserError
 from .harness.paths import offline_defaults
 
 app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
     help="Mixture-of-LoRA-experts benchmark: train, evaluate with lm-eval, log to MLflow, compare.",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"adamole-bench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    context: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+):
+    """Options before the command; plain `adamole-bench` prints the help and succeeds (no_args_is_help would exit 2)."""
+    if not sys.stderr.isatty():  # a file or CI log: no tqdm bars from transformers, datasets or lm-eval
+        from .harness.progress import quiet_third_party_bars
+
+        quiet_third_party_bars()
+    # PEFT reads this deprecated property on every wrap (peft_model.py); a warning the user cannot act on.
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    if context.invoked_subcommand is None:
+        help_text = context.get_help()  # Typer's rich help prints itself and returns ""
+        if help_text:
+            console.out(help_text, highlight=False)
+        raise typer.Exit()
 
 
 def user_errors(command):
@@ -29,21 +55,67 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as err:
-            console.print(f"[red]error:[/] {err}", soft_wrap=True)
-            raise typer.Exit(2) from None
+            console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+            raise typer.Exit(EXIT_USER) from None
 
     return wrapper
 
 
-def _split(text: str | None) -> list[str] | None:
-    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+def _split(text: str | None, flag: str, example: str) -> list[str] | None:
+    """A comma-separated flag; given but empty (`--methods "$UNSET"`) is an error, never the default."""
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise UserError(f"{flag} is empty (an unset shell variable?); name at least one, e.g. {flag} {example}, or leave the flag out")
+    return parts
 
 
 def _seeds(text: str | None) -> list[int] | None:
+    parts = _split(text, "--seeds", "0,1,2")
     try:
-        return [int(s) for s in _split(text)] if text else None
+        return [int(s) for s in parts] if parts else None
     except ValueError:
         raise UserError(f"--seeds takes comma-separated integers, e.g. 0,1,2 (got '{text}')") from None
+
+
+def _interrupted(interrupt: KeyboardInterrupt) -> typer.Exit:
+    from .harness.liveness import exit_code
+
+    how = "terminated (SIGTERM)" if exit_code(interrupt) == EXIT_TERMINATED else "interrupted"
+    console.print(f"[yellow]{how}:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume.", soft_wrap=True)
+    return typer.Exit(exit_code(interrupt))
+
+
+def _exit_code(failed: list) -> int:
+    """A crash outranks a divergence, which outranks bad input or a full disk (README "Exit codes")."""
+    kinds = {o.failure for o in failed}
+    if kinds - {"user", "disk", "diverged"}:
+        return EXIT_CRASHED
+    return EXIT_DIVERGED if "diverged" in kinds else EXIT_USER
+
+
+def _complete_items(names):
+    """Shell completion of a comma-separated flag: the last item, after those already typed."""
+
+    def complete(incomplete: str) -> list[str]:
+        done, _, last = incomplete.rpartition(",")
+        prefix = done + "," if done else ""
+        return [prefix + name for name in names() if name.startswith(last) and name not in done.split(",")]
+
+    return complete
+
+
+def _task_names() -> list[str]:
+    from .tasks.registry import all_tasks
+
+    return ["all", *all_tasks()]
+
+
+def _format_names() -> tuple[str, ...]:
+    from .harness.render import FORMATS
+
+    return FORMATS
 
 
 def _shard(text: str | None) -> tuple[int, int]:
@@ -60,7 +132,7 @@ def _shard(text: str | None) -> tuple[int, int]:
 @user_errors
 def run(
     methods: str = typer.Option(None, help="Comma-separated methods, e.g. lora,mole,adamole (see `list methods`)."),
-    tasks: str = typer.Option(None, help="Comma-separated tasks, e.g. copa,boolq, or 'all' (see `list tasks`)."),
+    tasks: str = typer.Option(None, help="Comma-separated tasks, e.g. copa,boolq, or 'all' (see `list tasks`).", autocompletion=_complete_items(_task_names)),
     seeds: str = typer.Option(None, help="Comma-separated seeds, e.g. 0,1,2."),
     model: str = typer.Option(None, help="Embedded model name, Hugging Face id, or local path."),
     config: Path = typer.Option(None, help="Experiment YAML (see configs/)."),
@@ -70,14 +142,17 @@ def run(
     protocol: str = typer.Option(None, help="Evaluation protocol: letter, cloze or generate (see docs/tasks.md)."),
     mix: bool = typer.Option(None, "--mix", help="Train one adapter on the union of --tasks, evaluate it on each."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 or auto."),
+    precision: str = typer.Option(None, help="auto, fp32, bf16 or fp16 (auto: bf16 for SmolLM2 where the hardware has fast bf16)."),
     shard: str = typer.Option(None, help="Run slice i/n of the sweep (several machines, one MLflow server)."),
     trust_remote_code: bool = typer.Option(None, "--trust-remote-code", help="Allow custom model code from the hub."),
-    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4."),
+    executor: str = typer.Option("local", help="local (one trial after another here) or ray (Ray tasks across a cluster; needs the ray extra)."),
+    ray_address: str = typer.Option(None, help="With --executor ray: auto (a running `ray start` cluster), HOST:PORT or ray://HOST:10001 [default: RAY_ADDRESS, else a new local instance]."),
+    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4; a,b sweeps a grid (adamole.num_experts=4,8)."),
 ):
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
     from .harness.config import load_config
-    from .harness.report import accuracy_table, outcome_rows, render_markdown, render_rich
     from .harness.distributed import context
+    from .harness.liveness import sigterm_as_interrupt
     from .harness.sweep import run_sweep
 
     offline_defaults()
@@ -85,31 +160,57 @@ def run(
     experiment = load_config(
         config,
         overrides or [],
-        methods=_split(methods),
-        tasks=_split(tasks) if tasks != "all" else _all_tasks(),
+        methods=_split(methods, "--methods", "lora,adamole"),
+        tasks=_split(tasks, "--tasks", "copa,boolq") if tasks != "all" else _all_tasks(),
         seeds=_seeds(seeds),
         model=model,
         data_dir=data_dir,
         device=device,
+        precision=precision,
         trust_remote_code=trust_remote_code,
         train__max_steps=max_steps,
         eval__limit=limit,
         eval__protocol=protocol,
         mix=mix,
     )
+    if ray_address is not None and executor != "ray":
+        raise UserError("--ray-address applies to --executor ray only; add --executor ray or drop --ray-address")
+    if executor == "ray":
+        from .harness.ray_executor import import_ray
+
+        import_ray()  # a missing extra is one line before any work
     try:
-        outcomes = run_sweep(experiment, console, shard=_shard(shard))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume.", soft_wrap=True)
-        raise typer.Exit(130) from None
-    table = accuracy_table(outcome_rows(outcomes))
-    if table.cells:
-        console.print(render_rich(table, width=console.width))
-        console.print(render_markdown(table), markup=False, soft_wrap=True)
+        with sigterm_as_interrupt():
+            outcomes = run_sweep(experiment, console, shard=_shard(shard), executor=executor, ray_address=ray_address)
+    except KeyboardInterrupt as interrupt:
+        raise _interrupted(interrupt) from None
+    if context().is_main:
+        from .harness.render import render_markdown, render_rich
+        from .harness.report_bundle import sweep_table
+        from .harness.tracking import Tracker
+
+        table = sweep_table(Tracker(experiment.experiment), experiment, outcomes)
+        if table is not None:
+            console.print(render_rich(table, width=console.width))
+            console.print(render_markdown(table), markup=False, highlight=False, soft_wrap=True)
+            _print_sensitivity(table, list(experiment.grid))
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
-        console.print(f"[red]{len(failed)} of {len(outcomes)} trials failed[/] (recorded as FAILED in MLflow; re-run to retry them)")
-        raise typer.Exit(2 if all(o.user_error for o in failed) else 1)
+        diverged = sum(o.failure == "diverged" for o in failed)
+        detail = f", {diverged} diverged" if diverged else ""
+        console.print(f"[red]{len(failed)} of {len(outcomes)} trials failed{detail}[/] (recorded as FAILED in MLflow; re-run to retry them)")
+        raise typer.Exit(_exit_code(failed))
+
+
+def _print_sensitivity(table, keys: list[str]) -> None:
+    """A grid sweep's metric against each swept setting (what `report --sensitivity KEY` shows)."""
+    from .harness.sensitivity import render_markdown, sensitivity
+
+    for key in keys:
+        try:
+            console.print(render_markdown(sensitivity(table, key)), markup=False, soft_wrap=True)
+        except UserError:
+            pass  # e.g. only one of its values finished
 
 
 @app.command()
@@ -146,8 +247,8 @@ def bench(
         for method, values in parsed["method_options"].items():
             options.setdefault(method, {}).update(values)
     settings = BenchSettings(
-        model=model, methods=_split(methods), method_options=options, batch_size=batch_size, seq_len=seq_len, steps=steps,
-        threads=threads, device=device, precisions=_split(precisions), eval_task=None if eval_task == "none" else eval_task,
+        model=model, methods=_split(methods, "--methods", "lora,adamole"), method_options=options, batch_size=batch_size, seq_len=seq_len, steps=steps,
+        threads=threads, device=device, precisions=_split(precisions, "--precisions", "fp32,bf16"), eval_task=None if eval_task == "none" else eval_task,
         eval_limit=eval_limit, lm_eval_cli=lm_eval_cli, profile=profile,
     )  # fmt: skip
     results = run_bench(settings)
@@ -167,7 +268,7 @@ def _all_tasks() -> list[str]:
 
 @app.command("list")
 @user_errors
-def list_(what: str = typer.Argument(..., help="methods, tasks or models")):
+def list_(what: str = typer.Argument(..., help="methods, tasks or models", autocompletion=_complete_items(lambda: ["methods", "tasks", "models"]))):
     """List the registered methods, tasks or models."""
     offline_defaults()
     listings = {"methods": _list_methods, "tasks": _list_tasks, "models": _list_models}
@@ -188,10 +289,18 @@ def _list_methods() -> Table:
 
 
 def _list_tasks() -> Table:
+    from .harness.config import EvalConfig
+    from .harness.stats import wilson_interval
     from .tasks.registry import all_tasks
     from .tasks.sources import summarize
 
-    table = Table("train", "eval", "source", "template", "notes")
+    def half_width(docs: int) -> float:  # 95% CI half-width in points of a score near 50% on `docs` docs
+        low, high = wilson_interval(0.5, docs)
+        return (high - low) / 2 * 100
+
+    limit = EvalConfig().limit
+    caption = f"eval: docs scored with eval.limit=null; the default eval.limit={limit} gives a 95% CI of ±{half_width(limit):.1f} points"
+    table = Table("train", "eval", "source", "template", "notes", caption=caption, caption_justify="left")
     table.columns.insert(0, Column("task", no_wrap=True))  # names must stay copyable on narrow terminals
     for name, spec in all_tasks().items():
         try:
@@ -199,8 +308,10 @@ def _list_tasks() -> Table:
         except UserError as err:
             table.add_row(name, "–", "–", "[red]unavailable[/]", spec.template_origin, str(err))
             continue
-        sizes = summary["sizes"]
-        table.add_row(name, str(sizes["train"]), str(sizes["eval"]), summary["source"], spec.template_origin, "; ".join(summary["notes"]))
+        sizes, notes = summary["sizes"], list(summary["notes"])
+        if sizes["eval"] and half_width(sizes["eval"]) > 5:
+            notes.insert(0, f"n={sizes['eval']} eval docs: a score's 95% CI is ±{half_width(sizes['eval']):.0f} points, differences smaller than that are rarely significant")
+        table.add_row(name, str(sizes["train"]), str(sizes["eval"]), summary["source"], spec.template_origin, "; ".join(notes))
     return table
 
 
@@ -227,62 +338,98 @@ def setup():
     console.print(f"SmolLM2:    {smollm2_checkpoint()}")
 
 
-def _report_rows(experiment: str, model: str | None, methods: str | None, tasks: str | None):
-    from .harness.report import check_single_model, rows_from_mlflow
+def _report_table(experiment: str, model, methods, tasks, config_hash, where, reference: bool = True, published: Path | None = None):
+    from .harness.report_bundle import report_table
     from .harness.tracking import Tracker
 
     tracker = Tracker(experiment)
-    rows = rows_from_mlflow(tracker, model=model, methods=_split(methods), tasks=_split(tasks))
-    if not rows:
-        raise UserError(f"no finished trials in experiment '{experiment}' match the filters; run `adamole-bench run` first")
-    check_single_model(rows)
-    return tracker, rows
+    for name, why in tracker.reconciled:
+        console.print(f"[yellow]marked FAILED[/] {escape(name)} (left RUNNING: {escape(why)}); it is not counted", soft_wrap=True)
+    methods, tasks = _split(methods, "--methods", "lora,adamole"), _split(tasks, "--tasks", "copa,boolq")
+    table = report_table(tracker, model, methods, tasks, _split(config_hash, "--config-hash", "3f2a9c1b"), where, reference, published)
+    return tracker, table
+
+
+CONFIG_HASH_HELP = "Only these configs: comma-separated config hashes or prefixes (a trial's config_hash tag, or a row's variant id from the CSV/JSON)."
+WHERE_HELP = "Only runs whose resolved setting matches, e.g. --where train.lr=3e-3 --where lora.rank=8 (repeatable)."
 
 
 @app.command()
 @user_errors
 def report(
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment to read."),
-    table_format: str = typer.Option("rich", "--format", help="rich, markdown, csv, latex or html."),
-    output: Path = typer.Option(None, help="Folder for every table format, plots and expert heatmaps (also logged to MLflow as a kind=report run)."),
+    table_format: str = typer.Option("rich", "--format", help="rich, markdown, csv, latex, html or json.", autocompletion=_complete_items(_format_names)),
+    output: Path = typer.Option(None, help="Folder for every table format, plots, expert heatmaps and source_runs.json (also logged to MLflow as a kind=report run)."),
     model: str = typer.Option(None, help="Only runs of this base model (required when the store holds several)."),
     methods: str = typer.Option(None, help="Comma-separated methods to include."),
     tasks: str = typer.Option(None, help="Comma-separated tasks to include."),
+    config_hash: str = typer.Option(None, "--config-hash", help=CONFIG_HASH_HELP),
+    where: list[str] = typer.Option(None, "--where", help=WHERE_HELP),
+    reference: bool = typer.Option(True, "--reference/--no-reference", help="Show the zero-shot base row of the same eval protocol."),
     published: Path = typer.Option(None, help="Published numbers to show as extra rows [default: results/published.yaml]."),
+    sensitivity: str = typer.Option(None, "--sensitivity", help="Metric vs this swept setting, e.g. adamole.max_threshold: mean ± sd over seeds, 95% CI, plot logged to MLflow."),
 ):
-    """Method × task table (mean ± sd over seeds, average column, best in bold) of finished trials."""
+    """Method × task table of finished trials: 95% CI, n, paired tests vs base and best, collapsed predictors, verdict."""
     from .harness.paths import package_root
-    from .harness.report import FORMATS, TEXT_RENDERERS, accuracy_table, load_published, render_rich
+    from .harness.render import FORMATS, TEXT_RENDERERS, render_rich, render_verdict
 
     if table_format not in FORMATS:
         from .harness.errors import unknown
 
         raise unknown("format", table_format, FORMATS)
-    tracker, rows = _report_rows(experiment, model, methods, tasks)
-    numbers = load_published(published or package_root() / "results" / "published.yaml", rows[0]["model"])
-    table = accuracy_table(rows, published={k: v for k, v in numbers.items() if k[1] in {r["task"] for r in rows}})
-    console.print(render_rich(table, width=console.width)) if table_format == "rich" else console.print(TEXT_RENDERERS[table_format](table), markup=False, end="", soft_wrap=True)
+    if output:
+        from .harness.report_bundle import check_output_folder
+
+        check_output_folder(output)
+    if sensitivity is not None:
+        return _report_sensitivity(sensitivity, table_format, experiment, model, methods, tasks, config_hash, where, reference, output)
+    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, published or package_root() / "results" / "published.yaml")
+    if table_format == "rich":
+        console.print(render_rich(table, width=console.width))
+        console.print(render_verdict(table), markup=False, highlight=False, end="")
+    else:
+        console.print(TEXT_RENDERERS[table_format](table), markup=False, highlight=False, end="", soft_wrap=True)
     if output:
         from .harness.report_bundle import write_report
 
-        written = write_report(tracker, rows, table, output, {"model": model, "methods": methods, "tasks": tasks})
+        filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or [])}
+        written = write_report(tracker, table, output, filters)
         console.print(f"wrote {len(written)} files to {output} (and a kind=report run in MLflow)")
+
+
+def _report_sensitivity(key, table_format, experiment, model, methods, tasks, config_hash, where, reference, output) -> None:
+    from .harness import sensitivity
+
+    if table_format not in sensitivity.FORMATS:
+        raise UserError(f"--sensitivity prints {', '.join(sensitivity.FORMATS)}; pick one with --format")
+    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference)
+    result = sensitivity.sensitivity(table, key.strip())
+    if table_format == "rich":
+        console.print(sensitivity.render_rich(result))
+    else:
+        console.print(sensitivity.TEXT_RENDERERS[table_format](result), markup=False, end="", soft_wrap=True)
+    filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or [])}
+    run_id, written = sensitivity.log_report(tracker, result, output, filters)
+    console.print(f"plot and tables → MLflow run {run_id} (sensitivity/{result.key}.png)" + (f" and {len(written)} files in {output}" if written else ""), soft_wrap=True)
 
 
 @app.command()
 @user_errors
 def compare(
     method_a: str = typer.Argument(..., help="First method, e.g. adamole."),
-    method_b: str = typer.Argument(..., help="Second method, e.g. lora."),
+    method_b: str = typer.Argument(..., help="Second method, e.g. lora (or the same method: its configs are compared)."),
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment to read."),
     model: str = typer.Option(None, help="Only runs of this base model."),
     tasks: str = typer.Option(None, help="Comma-separated tasks to include."),
+    config_hash: str = typer.Option(None, "--config-hash", help=CONFIG_HASH_HELP),
+    where: list[str] = typer.Option(None, "--where", help=WHERE_HELP),
 ):
-    """Paired comparison of two methods over matched (task, seed) runs, with significance tests."""
+    """Paired comparison of two methods (each of their configs): per-doc tests per task, run-level tests over seeds."""
     from .harness.compare import compare_methods, render_comparison
 
-    _, rows = _report_rows(experiment, model, f"{method_a},{method_b}", tasks)
-    console.print(render_comparison(compare_methods(rows, method_a, method_b)), markup=False, end="")
+    _, table = _report_table(experiment, model, f"{method_a},{method_b}", tasks, config_hash, where, reference=False)
+    for comparison in compare_methods(table, method_a, method_b):
+        console.print(render_comparison(comparison), markup=False, highlight=False, end="", soft_wrap=True)
 
 
 @app.command()
@@ -294,11 +441,16 @@ def check(
 ):
     """Rerun a recorded suite and compare accuracies; exit 1 on a drop beyond tolerance."""
     from .harness import regression
+    from .harness.liveness import sigterm_as_interrupt
     from .harness.paths import package_root
 
     offline_defaults()
     loaded = regression.load_suite(suite or package_root() / "results" / "ci-smoke.yaml")
-    rows = regression.existing_rows(loaded) if from_mlflow else regression.rerun(loaded, console)
+    try:
+        with sigterm_as_interrupt():
+            rows = regression.existing_rows(loaded) if from_mlflow else regression.rerun(loaded, console)
+    except KeyboardInterrupt as interrupt:
+        raise _interrupted(interrupt) from None
     if not rows:
         raise UserError("no finished suite trials to compare; run the suite's config first or drop --from-mlflow")
     if record:
@@ -329,18 +481,28 @@ def export(
 
 @app.command()
 @user_errors
-def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1.")):
-    """Start the MLflow UI for the local store (or MLFLOW_TRACKING_URI) on 127.0.0.1."""
-    from .harness.tracking import default_tracking_uri
+def ui(
+    port: int = typer.Option(5000, help="Port on 127.0.0.1."),
+    experiment: str = typer.Option("adamole-bench", help="MLflow experiment whose runs the printed link opens."),
+):
+    """Start the MLflow UI for the local store (or MLFLOW_TRACKING_URI) on 127.0.0.1; Ctrl-C or SIGTERM stops all of it."""
+    from .harness.liveness import exit_code, run_supervised
+    from .harness.tracking import default_tracking_uri, experiment_page
 
     uri = default_tracking_uri()
-    console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    console.print(f"MLflow UI for {uri} (Ctrl-C to stop): {experiment_page(f'http://127.0.0.1:{port}', experiment, uri)}", soft_wrap=True, highlight=False)
+    console.print("the comparison: click a sweep run (named methods × tasks · model · seeds); its description is the table (docs/ui.md)", highlight=False)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+    try:
+        code = run_supervised(cmd)
+    except KeyboardInterrupt as interrupt:
+        console.print("MLflow UI stopped")
+        raise typer.Exit(exit_code(interrupt)) from None
+    raise typer.Exit(code)
 
 
 def main() -> None:
-    app()
+    app(prog_name="adamole-bench")  # also under `python -m adamole_bench.cli` and torchrun: help and completion use one name
 
 
 if __name__ == "__main__":

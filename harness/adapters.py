@@ -9,9 +9,7 @@ fingerprint recorded at training, so an adapter is never silently applied to oth
 """
 
 import json
-import os
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,29 +64,15 @@ def download_run_artifact(uri: str, folder: str | Path, tracking_uri: str | None
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    from .tracking import _check_reachable, default_tracking_uri
+    from .tracking import _check_reachable, default_tracking_uri, quiet_artifact_downloads
 
     store = tracking_uri or default_tracking_uri()
     _check_reachable(store)
     try:
-        with _no_progress_bars():
+        with quiet_artifact_downloads():
             return Path(download_artifacts(artifact_uri=uri, dst_path=str(folder), tracking_uri=store))
     except (MlflowException, OSError) as err:
         raise UserError(f"cannot fetch {uri} from MLflow store {store}: {str(err).splitlines()[0]}") from None
-
-
-@contextmanager
-def _no_progress_bars():
-    """MLflow draws a download bar per call: noise in logs and CI for a few small files."""
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"]
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
 
 def read_metadata(folder: Path) -> dict:

@@ -1,29 +1,52 @@
-"""Paired comparison of two methods: matched (task, seed) pairs, so task difficulty and seed
-luck cancel out and only the method difference remains.
+"""Paired comparison of two table rows (two methods, or two configs of one method).
 
-Reports the mean difference, a paired t-test, an exact sign test and a bootstrap 95% CI of the
-mean difference; with fewer than MIN_PAIRS pairs it says so instead of pretending to test.
+Per table column (each task, and the average over tasks): the difference and the table's own test
+(a sign-flip test over per-doc correctness, exact McNemar with one seed per side, combined with a
+t-test over seeds where both rows have several; docs/statistics.md). Over matched (task, seed)
+runs: a paired t-test, an exact sign test and a bootstrap 95% CI of the mean difference, which
+treat the run as the unit; below MIN_PAIRS pairs it says so.
 """
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
 
 from .errors import UserError
+from .report import AVERAGE, AccuracyTable, Paired, paired_test
+from .results import Variant, untrained
+from .stats import ALPHA
 
 MIN_PAIRS = 3  # below this a t-test has too few degrees of freedom to mean anything
 BOOTSTRAP_SAMPLES = 10000
 
 
 @dataclass
+class ColumnTest:
+    """One table column (a task, or the average) of both rows, tested as the table tests it."""
+
+    column: str
+    a: float
+    b: float
+    docs: int  # docs both rows scored
+    better: int  # docs where a is more often right than b
+    worse: int
+    test: Paired | None
+
+    @property
+    def p(self) -> float | None:
+        return self.test.p if self.test else None
+
+
+@dataclass
 class Comparison:
-    method_a: str
-    method_b: str
+    label_a: str
+    label_b: str
     pairs: list[tuple[str, int, float, float]]  # (task, seed, a, b)
     unmatched: int  # runs of a or b without a partner
-    mean_difference: float  # mean of a - b
+    mean_difference: float  # mean of a - b over the pairs
+    column_tests: list[ColumnTest] = field(default_factory=list)
     t_statistic: float | None = None
     t_pvalue: float | None = None
     sign_pvalue: float | None = None
@@ -36,32 +59,58 @@ class Comparison:
     def n(self) -> int:
         return len(self.pairs)
 
-    def verdict(self, alpha: float = 0.05) -> str:
+    def verdict(self) -> str:
+        tested = [t for t in self.column_tests if t.p is not None]
+        overall = next((t for t in tested if t.column == AVERAGE), tested[0] if len(tested) == 1 else None)
+        if overall is not None:
+            where = "averaged over tasks" if overall.column == AVERAGE else f"on {overall.column}"
+            if overall.p < ALPHA:
+                better = self.label_a if overall.a > overall.b else self.label_b
+                return f"{better} is better {where} (p = {overall.p:.3g} < {ALPHA:g})"
+            return f"no significant difference {where} (p = {overall.p:.3g} ≥ {ALPHA:g})"
         if self.n < MIN_PAIRS:
-            return f"n = {self.n} matched (task, seed) pairs is too small to test; run more seeds (at least {MIN_PAIRS} pairs)"
+            return f"no per-doc samples to test, and n = {self.n} matched (task, seed) pairs is too small for a run-level test (at least {MIN_PAIRS})"
         if self.t_pvalue is None:
             return f"every pair differs by exactly {self.mean_difference * 100:+.2f} points; no variance to test"
-        better = self.method_a if self.mean_difference > 0 else self.method_b
-        if self.t_pvalue < alpha:
-            return f"{better} is better (paired t-test p = {self.t_pvalue:.3g} < {alpha})"
-        return f"no significant difference (paired t-test p = {self.t_pvalue:.3g} ≥ {alpha}, n = {self.n})"
+        better = self.label_a if self.mean_difference > 0 else self.label_b
+        if self.t_pvalue < ALPHA:
+            return f"{better} is better (paired t-test over runs, p = {self.t_pvalue:.3g} < {ALPHA:g})"
+        return f"no significant difference (paired t-test over runs, p = {self.t_pvalue:.3g} ≥ {ALPHA:g}, n = {self.n})"
 
 
-def compare_methods(rows: list[dict], method_a: str, method_b: str, metric: str = "acc", seed: int = 0) -> Comparison:
-    """Pair `rows` (as from rows_from_mlflow) of two methods on equal (task, seed)."""
-    if method_a == method_b:
-        raise UserError("compare needs two different methods")
-    runs = {name: {(r["task"], r["seed"]): r[metric] for r in rows if r["method"] == name} for name in (method_a, method_b)}
-    for name, found in runs.items():
-        if not found:
-            raise UserError(f"no finished runs of method '{name}' (check the name, --model and --experiment)")
-    keys = sorted(runs[method_a].keys() & runs[method_b].keys())
-    if not keys:
-        raise UserError(f"'{method_a}' and '{method_b}' share no (task, seed); run both on the same tasks and seeds")
-    pairs = [(task, s, runs[method_a][(task, s)], runs[method_b][(task, s)]) for task, s in keys]
-    unmatched = len(runs[method_a]) + len(runs[method_b]) - 2 * len(keys)
-    diffs = np.array([a - b for _, _, a, b in pairs])
-    result = Comparison(method_a, method_b, pairs, unmatched, float(diffs.mean()), wins=int((diffs > 0).sum()), losses=int((diffs < 0).sum()))
+def _run_pairs(a: Variant, b: Variant, metric: str) -> tuple[list[tuple[str, int, float, float]], int]:
+    """(task, seed) pairs; an untrained row has one run per task, the partner of every seed."""
+    pairs, unmatched = [], 0
+    for task in sorted(a.runs.keys() | b.runs.keys()):
+        runs_a, runs_b = a.runs.get(task, []), b.runs.get(task, [])
+        if not runs_a or not runs_b:
+            unmatched += len(runs_a) + len(runs_b)
+            continue
+        by_seed_a, by_seed_b = {r["seed"]: r for r in runs_a}, {r["seed"]: r for r in runs_b}
+        if untrained(b.params):
+            by_seed_b = {seed: runs_b[0] for seed in by_seed_a}
+        if untrained(a.params):
+            by_seed_a = {seed: runs_a[0] for seed in by_seed_b}
+        seeds = sorted(by_seed_a.keys() & by_seed_b.keys())
+        unmatched += len(by_seed_a.keys() - by_seed_b.keys()) + len(by_seed_b.keys() - by_seed_a.keys())
+        pairs += [(task, s, by_seed_a[s][metric], by_seed_b[s][metric]) for s in seeds]
+    return pairs, unmatched
+
+
+def compare_rows(table: AccuracyTable, a: Variant, b: Variant, metric: str = "acc", seed: int = 0) -> Comparison:
+    """Doc-level tests per table column, then run-level tests over matched (task, seed) pairs."""
+    pairs, unmatched = _run_pairs(a, b, metric)
+    diffs = np.array([x - y for _, _, x, y in pairs])
+    result = Comparison(a.label, b.label, pairs, unmatched, float(diffs.mean()) if len(diffs) else float("nan"),
+                        wins=int((diffs > 0).sum()), losses=int((diffs < 0).sum()))  # fmt: skip
+    for column in table.columns:
+        cell_a, cell_b = table.cells.get((a.label, column)), table.cells.get((b.label, column))
+        if cell_a is None or cell_b is None:
+            continue
+        common = (cell_a.correct or {}).keys() & (cell_b.correct or {}).keys()
+        better = sum(cell_a.correct[k] > cell_b.correct[k] for k in common)
+        worse = sum(cell_a.correct[k] < cell_b.correct[k] for k in common)
+        result.column_tests.append(ColumnTest(column, cell_a.mean, cell_b.mean, len(common), better, worse, paired_test(cell_a, cell_b)))
     if result.n < MIN_PAIRS:
         return result
     if statistics.pstdev(diffs) > 0:
@@ -75,16 +124,46 @@ def compare_methods(rows: list[dict], method_a: str, method_b: str, metric: str 
     return result
 
 
+def compare_methods(table: AccuracyTable, method_a: str, method_b: str) -> list[Comparison]:
+    """Every config of a against every config of b; a method against itself: each pair of its configs."""
+    rows = {name: [v for v in table.variants if v.method == name] for name in (method_a, method_b)}
+    for name, found in rows.items():
+        if not found:
+            raise UserError(f"no finished runs of method '{name}' match (check the name, --model, --where and --experiment)")
+    if method_a == method_b:
+        pairs = [(a, b) for i, a in enumerate(rows[method_a]) for b in rows[method_a][i + 1 :]]
+    else:
+        pairs = [(a, b) for a in rows[method_a] for b in rows[method_b]]
+    if not pairs:
+        raise UserError(f"'{method_a}' has a single config here; compare it with another method, or run a second config")
+    return [compare_rows(table, a, b) for a, b in pairs]
+
+
+def _p_text(test: Paired) -> str:
+    parts = [f"docs p = {test.p_docs:.4g}" if test.p_docs is not None else "", f"seeds p = {test.p_seeds:.4g}" if test.p_seeds is not None else ""]
+    return f"p = {test.p:.4g} ({', '.join(filter(None, parts))})"
+
+
 def render_comparison(result: Comparison) -> str:
     """Plain text (works in a terminal, a CI log and Markdown)."""
-    a, b = result.method_a, result.method_b
-    lines = [f"{a} vs {b}: {result.n} matched (task, seed) pairs" + (f", {result.unmatched} unmatched runs ignored" if result.unmatched else "")]
-    lines.append(f"mean difference ({a} − {b}): {result.mean_difference * 100:+.2f} points; {a} wins {result.wins}, loses {result.losses}, ties {result.n - result.wins - result.losses}")
+    a, b = result.label_a, result.label_b
+    lines = [f"{a} vs {b}"]
+    for test in result.column_tests:
+        p = "untested (no per-doc samples)" if test.test is None else _p_text(test.test)
+        lines.append(
+            f"  {test.column}: {test.a * 100:.1f} vs {test.b * 100:.1f} ({(test.a - test.b) * 100:+.1f} points); "
+            f"{test.docs} paired docs, {a} better on {test.better}, worse on {test.worse}; {p}"
+        )
+    lines.append(f"runs: {result.n} matched (task, seed) pairs" + (f", {result.unmatched} unmatched runs ignored" if result.unmatched else ""))
+    if result.n:
+        lines.append(f"  mean difference ({a} − {b}): {result.mean_difference * 100:+.2f} points; {a} wins {result.wins}, loses {result.losses}, ties {result.n - result.wins - result.losses}")
     if result.t_pvalue is not None:
-        lines.append(f"paired t-test: t = {result.t_statistic:.3f}, p = {result.t_pvalue:.4g}")
+        lines.append(f"  paired t-test: t = {result.t_statistic:.3f}, p = {result.t_pvalue:.4g}")
     if result.sign_pvalue is not None:
-        lines.append(f"sign test (exact binomial over non-tied pairs): p = {result.sign_pvalue:.4g}")
+        lines.append(f"  sign test (exact binomial over non-tied pairs): p = {result.sign_pvalue:.4g}")
     if result.ci_low is not None:
-        lines.append(f"bootstrap 95% CI of the mean difference: [{result.ci_low * 100:+.2f}, {result.ci_high * 100:+.2f}] points")
+        lines.append(f"  bootstrap 95% CI of the mean difference: [{result.ci_low * 100:+.2f}, {result.ci_high * 100:+.2f}] points")
+    elif result.n < MIN_PAIRS:
+        lines.append(f"  n = {result.n} pairs is too small for run-level tests (at least {MIN_PAIRS}; run more seeds)")
     lines.append(f"verdict: {result.verdict()}")
     return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ papers' recipes (e.g. configs/adamole-reference.yaml for Llama-2-7B).
 """
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import typing
@@ -15,7 +16,8 @@ from typing import Literal
 import yaml
 
 from .errors import UserError, unknown
-from .models import DEFAULT_MODEL, check_model_name
+from .models import DEFAULT_MODEL, check_model_name, resolve_device
+from .precision import Precision, resolve_precision
 
 SCHEMA_VERSION = 1  # bump when a change makes old results incomparable (part of every run's hash)
 
@@ -49,6 +51,10 @@ class EvalConfig:
     # First N eval docs (lm-eval's --limit). 200 keeps a CPU run in minutes (full BoolQ eval on
     # SmolLM2 is ~45 min here); set eval.limit=null to score whole splits, as the paper configs do.
     limit: int | None = 200
+    # Per-expert usage, routing entropy and threshold statistics of mixtures, logged to MLflow.
+    # Costs a little eval time (docs/performance.md); it records more, it never changes a result,
+    # so it is left out of the config hash.
+    expert_stats: bool = True
 
     def validate(self) -> None:
         _positive(self, "batch_size")
@@ -57,9 +63,23 @@ class EvalConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """What each Ray task asks the cluster for (`--executor ray`; the local executor ignores it)."""
+
+    gpus_per_trial: float = 0.0  # fractions share a GPU, e.g. 0.5
+    cpus_per_trial: float = 1.0
+    max_retries: int = 2  # reruns of a trial whose worker died (the trial is still recorded once)
+
+    def validate(self) -> None:
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.max_retries < 0:
+            raise UserError("resources.cpus_per_trial must be > 0, resources.gpus_per_trial and resources.max_retries >= 0")
+
+
+@dataclass
 class ExperimentConfig:
     model: str = DEFAULT_MODEL
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # auto: bf16 for the embedded SmolLM2 where the hardware has fast bf16, else fp32 (harness/precision.py)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
     methods: list[str] = field(default_factory=lambda: ["lora"])
@@ -70,27 +90,48 @@ class ExperimentConfig:
     mix: bool = False  # train one adapter per (method, seed) on the union of all tasks, evaluate on each
     experiment: str = "adamole-bench"  # MLflow experiment name
     save_adapters: bool = True  # log each trained adapter as an MLflow artifact
+    reference: bool = True  # also evaluate the zero-shot `base` model per task (once, reused) when methods lack it
+    grid: dict[str, list] = field(default_factory=dict)  # swept settings, e.g. {"adamole.num_experts": [4, 8]} (harness/grid.py)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def validate(self) -> None:
         from ..methods.registry import make_config
         from ..tasks.registry import get_task
 
-        for method in self.methods:
-            make_config(method, self.method_options.get(method))
-        for name in self.method_options:
-            if name not in self.methods:
-                from ..methods.registry import get_method_class
-
-                get_method_class(name)
+        if not self.methods or not self.tasks or not self.seeds:
+            raise UserError("methods, tasks and seeds must each name at least one entry")
+        for name in ("methods", "tasks", "seeds"):
+            values = getattr(self, name)
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:
+                raise UserError(f"{name} lists {', '.join(twice)} more than once; name each once")
+        for method in dict.fromkeys([*self.methods, *self.method_options]):  # options of methods not run are checked too
+            checked = make_config(method, self.method_options.get(method))
+            if method in self.method_options:  # typed, as the hash sees them: YAML 1.1 reads `alpha: 1e1` as a string
+                self.method_options[method] = {key: getattr(checked, key) for key in self.method_options[method]}
         for task in self.tasks:
             get_task(task)
         check_model_name(self.model)
-        if not self.methods or not self.tasks or not self.seeds:
-            raise UserError("methods, tasks and seeds must each name at least one entry")
+        resolve_device(self.device)
+        self.resolved_precision()  # e.g. fp16 on a CPU fails here, before any work
+        if self.data_dir is not None:
+            folder = Path(self.data_dir).expanduser()
+            if not str(self.data_dir).strip():
+                raise UserError("data_dir (--data-dir) is empty (an unset shell variable?); pass a folder or leave it out")
+            if not folder.is_dir():
+                why = "is a file, not a folder" if folder.exists() else "does not exist"
+                raise UserError(f"--data-dir {self.data_dir} {why}; pass the folder holding <task>/train.jsonl and <task>/validation.jsonl (docs/tasks.md)")
         self.train.validate()
         self.eval.validate()
+        self.resources.validate()
+        from .grid import grid_points
+
+        grid_points(self)  # every grid point is valid, or one line now
+
+    def resolved_precision(self) -> Precision:
+        return resolve_precision(self.precision, resolve_device(self.device), self.model)
 
 
 def _positive(section, *names: str) -> None:
@@ -99,27 +140,149 @@ def _positive(section, *names: str) -> None:
             raise UserError(f"{type(section).__name__.removesuffix('Config').lower()}.{name} must be > 0")
 
 
+# --- names users bring from PEFT and HF TrainingArguments -----------------------------------------
+
+# Read as ours: the value lands in our field, so the config hash is the same whichever name was used.
+# HF's TrainingArguments are flat, so at the top level its names reach their section too
+# (`learning_rate: 1e-4` is train.lr).
+SECTION_ALIASES = {
+    "train": {
+        "learning_rate": "lr",
+        "per_device_train_batch_size": "batch_size",
+        "gradient_accumulation_steps": "grad_accum",
+        "num_train_epochs": "epochs",
+        "lr_scheduler_type": "lr_schedule",
+    },
+    "eval": {"per_device_eval_batch_size": "batch_size"},
+}
+METHOD_ALIASES = {"r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}  # PEFT's LoraConfig
+
+
+def _alias(prefix: str, key: str) -> tuple[str, str] | None:
+    """(section relative to the object being set, our field name) for an alias, else None."""
+    section = prefix.rstrip(".")
+    if key in SECTION_ALIASES.get(section, {}):
+        return "", SECTION_ALIASES[section][key]
+    if not prefix:
+        return next(((name, aliases[key]) for name, aliases in SECTION_ALIASES.items() if key in aliases), None)
+    return None
+
+
+def method_options(method: str, options: dict) -> dict:
+    """A method's options under our names (`lora.r` → rank, `lora_alpha` → alpha, where the method has
+    that option); a training setting written as an option (`lora.learning_rate`) is named right."""
+    from ..methods.registry import get_method_class
+
+    fields = {f.name for f in dataclasses.fields(get_method_class(method).config_class)}
+    named, given_as = {}, {}
+    for key, value in options.items():
+        ours = METHOD_ALIASES.get(key, key) if key not in fields and METHOD_ALIASES.get(key) in fields else key
+        setting = _setting_named(key)
+        if ours not in fields and setting:
+            raise UserError(f"'{method}.{key}' is not a {method} option but a run setting: use {setting}=..., e.g. {setting}={_example(setting)}")
+        if ours in named:
+            raise UserError(f"'{method}.{given_as[ours]}' and '{method}.{key}' both set {method}.{ours}; keep one")
+        named[ours], given_as[ours] = value, key
+    return named
+
+
+def _setting_named(key: str) -> str | None:
+    """The dotted train/eval setting a bare name means (ours or an alias), if exactly one."""
+    found = [f"{section}.{key}" for section, cls in (("train", TrainConfig), ("eval", EvalConfig)) if key in {f.name for f in dataclasses.fields(cls)}]
+    found += [f"{section}.{aliases[key]}" for section, aliases in SECTION_ALIASES.items() if key in aliases]
+    return found[0] if len(found) == 1 else None
+
+
+def _example(setting: str) -> str:
+    section, _, name = setting.partition(".")
+    return str(getattr({"train": TrainConfig, "eval": EvalConfig}[section](), name))
+
+
+def _all_settings() -> list[str]:
+    """Every dotted setting name of an ExperimentConfig."""
+    config, names = ExperimentConfig(), []
+    for f in dataclasses.fields(config):
+        section = getattr(config, f.name)
+        names += [f"{f.name}.{sub.name}" for sub in dataclasses.fields(section)] if dataclasses.is_dataclass(section) else [f.name]
+    return names
+
+
+def _unknown_setting(prefix: str, key: str, names: list[str]) -> UserError:
+    """`unknown setting 'train.learnin_rate' (did you mean 'train.lr'?); valid: ...`: a suggestion from,
+    in order, PEFT's option names, the same name in another section (`eval.lr` → train.lr, `lr` →
+    train.lr), an alias there, then spelling, compared on the last part only (a shared `train.` prefix
+    made `train.learning_rate` look like `train.max_length`)."""
+    wanted = prefix + key
+    valid = sorted(prefix + n for n in names)
+    if key in METHOD_ALIASES or key in METHOD_ALIASES.values():
+        option = METHOD_ALIASES.get(key, key)
+        example = {"rank": 8, "alpha": 16, "dropout": 0.1}[option]
+        return UserError(f"unknown setting '{wanted}': {key} is a method option here, <method>.{option}, e.g. lora.{option}={example}; valid settings: {', '.join(valid)}")
+    everywhere = [n for n in _all_settings() if n != wanted]
+    same = [n for n in everywhere if n.rpartition(".")[2] == key] or [s for s in [_setting_named(key)] if s and s != wanted]
+    if not same:  # a misspelling of one of this section's names or aliases
+        spelled = {n: n for n in names} | SECTION_ALIASES.get(prefix.rstrip("."), {})
+        close = difflib.get_close_matches(key, list(spelled), n=1, cutoff=0.6)
+        same = [prefix + spelled[close[0]]] if close else []
+    if not same:
+        by_last = {n.rpartition(".")[2]: n for n in everywhere}
+        same = [by_last[c] for c in difflib.get_close_matches(key, list(by_last), n=1, cutoff=0.6)]
+    suggestion = f" (did you mean {' or '.join(repr(n) for n in same)}?)" if same else ""
+    return UserError(f"unknown setting '{wanted}'{suggestion}; valid: {', '.join(valid)}")
+
+
 # --- building from YAML + overrides -------------------------------------------------------------
 
 
 def _set_fields(obj, values: dict, prefix: str = "") -> None:
-    from ..methods.registry import coerce
+    from ..methods.registry import all_methods, coerce
 
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
+        if prefix == "" and key == "dtype":
+            raise UserError("the 'dtype' setting was replaced by 'precision' (auto, fp32, bf16 or fp16): set precision: bf16, or --precision bf16")
         if key not in names:
-            raise unknown("setting", prefix + key, [prefix + n for n in names])
+            if not prefix and key in all_methods():  # `lora: {rank: 8}`, as lora.rank=8 on the command line
+                if not isinstance(value, dict):
+                    raise UserError(f"'{key}' takes {key}'s options as a mapping, e.g. {key}: {{rank: 8}} (or {key}.rank=8 on the command line)")
+                _set_fields(obj, {"method_options": {key: value}})
+                continue
+            target = _alias(prefix, key)
+            if target is None:
+                raise _unknown_setting(prefix, key, sorted(names))
+            section, ours = target
+            given = values.get(section) if section else values
+            if isinstance(given, dict) and ours in given:
+                raise UserError(f"'{prefix}{key}' and '{prefix}{section + '.' if section else ''}{ours}' set the same setting; keep one")
+            _set_fields(getattr(obj, section) if section else obj, {ours: value}, f"{prefix}{section}." if section else prefix)
+            continue
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise UserError(f"'{prefix}{key}' is a section; set its fields, e.g. {prefix}{key}.<name>=...")
             _set_fields(current, value, f"{prefix}{key}.")
+        elif key == "grid":
+            from .grid import grid_section
+
+            current.update(grid_section(value))
         elif key == "method_options":
+            if not isinstance(value, dict) or not all(isinstance(o, dict | None) for o in value.values()):
+                raise UserError(f"'{prefix}{key}' must map each method to its options, e.g. method_options: {{lora: {{rank: 8}}}} (or lora.rank=8)")
             for method, options in value.items():
-                current.setdefault(method, {}).update(options or {})
+                current.setdefault(method, {}).update(method_options(method, options or {}))
         else:
-            setattr(obj, key, coerce(value, hints[key], prefix + key))
+            try:
+                setattr(obj, key, coerce(value, hints[key], prefix + key))
+            except TypeError:  # e.g. a number where a list belongs
+                raise UserError(f"invalid value {value!r} for '{prefix}{key}': expected {_type_name(hints[key])}") from None
+
+
+def _type_name(annotation) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        return "a list, e.g. [a, b] or a,b"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def parse_override(text: str) -> dict:
@@ -127,16 +290,19 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise UserError(f"override '{text}' is not key=value (e.g. train.lr=1e-4 or adamole.num_experts=4)")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
+    return nested(key, yaml.safe_load(raw) if raw else None)
+
+
+def nested(key: str, value) -> dict:
+    """`train.lr`, 1e-4 → {"train": {"lr": 1e-4}}; `adamole.num_experts`, 4 → method options."""
     parts = key.strip().split(".")
     from ..methods.registry import all_methods
 
     if parts[0] in all_methods() and len(parts) == 2:
-        return {"method_options": {parts[0]: {parts[1]: value}}}
-    nested: dict = value
+        return {"method_options": {parts[0]: method_options(parts[0], {parts[1]: value})}}
     for part in reversed(parts):
-        nested = {part: nested}
-    return nested
+        value = {part: value}
+    return value
 
 
 def read_yaml_mapping(path: str | Path, kind: str, example: str = "") -> dict:
@@ -144,10 +310,16 @@ def read_yaml_mapping(path: str | Path, kind: str, example: str = "") -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{kind} {path} not found{f' (e.g. {example})' if example else ''}")
+    if path.is_dir():
+        raise UserError(f"{kind} {path} is a folder; pass a YAML file{f', e.g. {example}' if example else ''}")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"{kind} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{kind} {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{kind} {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 YAML") from None
+    except OSError as err:
+        raise UserError(f"{kind} {path} cannot be read ({err.strerror})") from None
     if not isinstance(values, dict):
         raise UserError(f"{kind} {path} must be a mapping of settings")
     return values
@@ -160,10 +332,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), **cli
         _set_fields(config, read_yaml_mapping(path, "config file"))
     flags = {k: v for k, v in cli.items() if v is not None}
     for dotted, value in flags.items():
+        if isinstance(value, str) and not value.strip():
+            flag = "--" + dotted.rpartition("__")[2].replace("_", "-")
+            raise UserError(f"{flag} is empty (an unset shell variable?); give a value or leave the flag out")
+    for dotted, value in flags.items():
         section, _, name = dotted.rpartition("__")
         _set_fields(config, {section: {name: value}} if section else {name: value})
+    from .grid import grid_override
+
     for text in overrides:
+        swept = grid_override(text)  # `key=v1,v2`: a grid (harness/grid.py)
+        if swept:
+            config.grid[swept[0]] = swept[1]
+            continue
         _set_fields(config, parse_override(text))
+        config.grid.pop(text.partition("=")[0].strip(), None)  # a plain value on the command line beats the file's grid
     config.validate()
     return config
 
@@ -179,13 +362,13 @@ def trial_config(config: ExperimentConfig, method: str, task: str) -> dict:
     return {
         "schema": SCHEMA_VERSION,
         "model": config.model,
-        "dtype": config.dtype,
+        "precision": config.resolved_precision().name,  # what ran, never "auto"
         "method": method,
         "method_config": dataclasses.asdict(method_config),
         "task": task,
         "data_dir": config.data_dir,
         "train": dataclasses.asdict(config.train),
-        "eval": dataclasses.asdict(config.eval),
+        "eval": {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "expert_stats"},
     }
 
 

@@ -126,12 +126,19 @@ class RankZeroTracker:
         found = self._tracker.completed_trial(config_hash, seed) if self._tracker else None
         return self._ctx.broadcast(found)  # every rank must skip (or run) the same trials
 
+    def claim_trial(self, *args, **kwargs) -> str | None:
+        claimed = self._tracker.claim_trial(*args, **kwargs) if self._tracker else None
+        return self._ctx.broadcast(claimed)
+
+    def wait_for_trial(self, *args, **kwargs) -> tuple[str, dict]:
+        return self._ctx.broadcast(self._tracker.wait_for_trial(*args, **kwargs) if self._tracker else None)
+
     @contextmanager
-    def run(self, name: str, tags: dict[str, str], parent_id: str | None = None):
+    def running(self, run_id: str | None, strict: bool = True):
         if self._tracker is None:
-            yield None
+            yield run_id
             return
-        with self._tracker.run(name, tags, parent_id) as run_id:
+        with self._tracker.running(run_id, strict) as run_id:
             yield run_id
 
     def __getattr__(self, name: str):

@@ -11,6 +11,8 @@ import torch
 from ..tasks.registry import TASK_DIR, lm_eval_task_name
 from ..tasks.sources import TaskData, pinned
 from .config import EvalConfig
+from .progress import phase
+from .precision import Precision
 from .provenance import code_version
 
 
@@ -65,15 +67,42 @@ def _sample_record(sample: dict) -> dict:
     return record
 
 
-def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConfig) -> EvalResult:
+@contextmanager
+def _without_bars(lm):
+    """lm-eval's own tqdm bars (one per request type, passed disable=False, and one while it builds the
+    requests) would tear the sweep's display in a terminal and are noise in a log: our eval bar
+    (harness/progress.py) replaces them. The request methods take `disable_tqdm`; the builder is patched
+    for the call, as `_our_git_hash` patches lm-eval's git lookup."""
+    import lm_eval.api.task
+    from tqdm import tqdm
+
+    for request_type in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
+    original = getattr(lm_eval.api.task, "tqdm", None)
+    lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        lm_eval.api.task.tqdm = original
+
+
+def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConfig, precision: Precision | None = None) -> EvalResult:
+    """Score `model` as it is, without autograd, in `precision` (default fp32); log-softmax in fp32."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     device = next(model.parameters()).device
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=str(device))
+    precision = precision or Precision("fp32", device.type)
+    # HFLM enters its own autocast around every model call (disabled unless given a dtype), so the
+    # precision goes in here rather than as an outer autocast, which that inner one would switch off.
+    lm = HFLM(
+        pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=str(device),
+        mixed_precision_dtype=precision.compute_dtype if precision.mixed else None, softmax_dtype=torch.float32,
+    )  # fmt: skip
     name = lm_eval_task_name(data.spec.name, config.protocol)
-    with pinned(data), _our_git_hash():
+    docs = len(data.splits["eval"][: config.limit])
+    with pinned(data), _our_git_hash(), _without_bars(lm), phase("  eval", kind="eval", detail=f"{data.spec.name}, {docs} docs"), torch.inference_mode():
         output = lm_eval.simple_evaluate(
             model=lm,
             tasks=[name],

@@ -3,14 +3,16 @@
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .assets import SMOLLM2, extracted
+from .assets import SMOLLM2, extracted, unpacked_dir
 from .errors import UserError, unknown
-from .paths import cache_dir
+from .paths import atomic_dir, cache_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -42,9 +44,20 @@ class BaseModel:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{device}' requested but no CUDA GPU is visible; use --device cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device '{device}'; use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{device}' requested but no CUDA GPU is visible; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UserError(f"device '{device}' requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible (cuda:0 ...)")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device '{device}' requested but MPS is not available here; use --device cpu")
+    elif resolved.type not in ("cpu", "mps"):
+        raise UserError(f"device type '{resolved.type}' is not supported; use cpu, cuda, cuda:N or auto")
+    return resolved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +131,11 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_checkpoint() -> Path:
-    """Path of the converted fp32 checkpoint, converting on first use (~30 s, then 0.3 s loads)."""
+    """Path of the converted fp32 checkpoint, converting on first use (~30 s, then 0.3 s loads).
+
+    The conversion writes into a temp folder renamed into place when complete (harness/paths.py
+    `atomic_dir`), so an interrupted conversion never leaves a half-written checkpoint.
+    """
     target = cache_dir() / "models" / "smollm2-135m-instruct-fp32"
     if (target / ".complete").exists():
         return target
@@ -131,23 +148,46 @@ def smollm2_checkpoint() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    digest = hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest()
-    (target / "fingerprint.json").write_text(json.dumps({"sha256": digest, "source": SMOLLM2.requirement}))
-    (target / ".complete").write_text("ok")
+    with atomic_dir(target) as building:
+        model.save_pretrained(building)
+        tokenizer.save_pretrained(building)
+        digest = hashlib.sha256((building / "model.safetensors").read_bytes()).hexdigest()
+        (building / "fingerprint.json").write_text(json.dumps({"sha256": digest, "source": SMOLLM2.requirement}))
+        (building / ".complete").write_text("ok")
     return target
+
+
+def _rebuilt_if_corrupt(load: Callable[[Path], tuple]) -> tuple:
+    """Load the converted checkpoint; if a cached file is damaged (truncated, edited), convert it again once."""
+    path = smollm2_checkpoint()
+    try:
+        return load(path)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - safetensors, tokenizers and json each raise their own types
+        damage = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        return load(smollm2_checkpoint())
+    except UserError as err:
+        raise UserError(f"the converted SmolLM2 checkpoint in {path} was corrupt ({damage}) and could not be rebuilt: {err}") from None
+    except Exception as err:  # noqa: BLE001
+        raise UserError(
+            f"the converted SmolLM2 checkpoint in {path} is corrupt even after converting it again ({type(err).__name__}); "
+            f"clear it with `rm -rf {path} {unpacked_dir(SMOLLM2)}` and run `adamole-bench setup`"
+        ) from None
 
 
 def _load_smollm2(dtype: torch.dtype) -> tuple:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = smollm2_checkpoint()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    digest = json.loads((path / "fingerprint.json").read_text())["sha256"]
-    return model, tokenizer, "embedded", "sha256:" + digest[:16]
+    def load(path: Path) -> tuple:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        digest = json.loads((path / "fingerprint.json").read_text())["sha256"]
+        return model, tokenizer, "embedded", "sha256:" + digest[:16]
+
+    return _rebuilt_if_corrupt(load)
 
 
 EMBEDDED_MODELS = {

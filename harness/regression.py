@@ -23,7 +23,7 @@ from rich.table import Table
 from .config import ExperimentConfig, load_config, read_yaml_mapping
 from .errors import UserError
 from .provenance import code_version, package_versions
-from .report import rows_from_mlflow
+from .results import rows_from_mlflow
 from .tracking import Tracker
 
 DEFAULT_TOLERANCE = 0.03  # accuracy points as a fraction; CPU reruns are exact, this absorbs other hardware

@@ -1,253 +1,256 @@
-"""Comparison tables: method × task accuracy, one cell per (method, task) over its seeds.
+"""Comparison tables: one row per (method, config variant), one column per task plus `average`.
 
-One seed: accuracy ± lm-eval's standard error over eval items. Several seeds: mean ± sample
-standard deviation over seeds (the number that says whether a method gain is real). The
-`average` column averages each seed's accuracy over the tasks, then takes mean ± sd over seeds,
-so it only exists for methods that have every task for the same seeds.
+Every cell carries its evidence: the accuracy with a 95% interval, n eval docs and the seeds
+behind it, a flag when the predictions collapsed onto one answer, and paired tests over per-doc
+correctness against the zero-shot `base` row and against the column's best row.
+docs/statistics.md explains each number; harness/render.py turns a table into text.
 """
 
-import csv
-import html
-import io
+import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import yaml
-from rich.table import Table
-
-from .errors import UserError
+from ..tasks.registry import LETTERS
+from .results import Variant, reference_key, untrained
+from .stats import (
+    ALPHA,
+    COLLAPSED_SHARE,
+    most_common,
+    normal_interval,
+    seeds_pvalue,
+    sign_flip_pvalue,
+    t_interval,
+    weighted_sign_flip_pvalue,
+    wilson_interval,
+)
 
 AVERAGE = "average"
-FORMATS = ("rich", "markdown", "csv", "latex", "html")
+
+
+def answer_name(value) -> str:
+    """A choice index as the letter the prompt shows (A, B, ...); other answers as they are."""
+    return LETTERS[value] if isinstance(value, int) and 0 <= value < len(LETTERS) else str(value)
+
+
+@dataclass
+class Paired:
+    """Two cells compared: over docs (sign-flip/McNemar) and, with several seeds, over seeds (t-test).
+    `p` is the larger: a difference counts only if it survives both doc and seed sampling."""
+
+    p: float
+    p_docs: float | None
+    p_seeds: float | None
 
 
 @dataclass
 class Cell:
     mean: float
-    spread: float | None  # stderr (one seed) or sd over seeds
-    seeds: int
+    low: float | None
+    high: float | None
+    docs: int | None  # eval docs per seed (average column: summed over its tasks)
+    interval: str  # how [low, high] was computed: Wilson, t or normal
+    run_ids: list[str]
+    seed_values: list[float]  # the score of each seed (average column: each seed's mean over tasks)
+    constant: bool = False  # an untrained model: the same score for every seed
+    correct: dict | None = None  # doc (or (task, doc)) → correctness averaged over the seeds
+    weights: dict | None = None  # average column: each doc's weight in the mean over tasks
+    top_answer: str | None = None  # the answer predicted most often, and its share of predictions
+    top_share: float | None = None
+    p_base: Paired | None = None  # against the base row of the same eval protocol
+    p_best: Paired | None = None  # against the best row of the column
+    best: bool = False
+    bold: bool = False  # best and significantly better than every other row
 
-    def text(self, scale: float = 100.0) -> str:
-        spread = f" ± {self.spread * scale:.1f}" if self.spread is not None else ""
-        return f"{self.mean * scale:.1f}{spread}"
+    @property
+    def seeds(self) -> int:
+        return len(self.seed_values)
+
+    @property
+    def collapsed(self) -> bool:
+        return self.top_share is not None and self.top_share >= COLLAPSED_SHARE
+
+    def value_text(self) -> str:
+        return f"{self.mean * 100:.1f}"
+
+    def interval_text(self) -> str | None:
+        return None if self.low is None else f"[{self.low * 100:.1f}, {self.high * 100:.1f}]"
+
+    def n_text(self) -> str:
+        return f"n={self.docs if self.docs is not None else '?'}" + (f", {self.seeds} seeds" if self.seeds > 1 else "")
+
+    def flags(self) -> list[str]:
+        flags = []
+        if self.collapsed:
+            flags.append(f"always {self.top_answer}" if self.top_share == 1 else f"{self.top_share:.0%} {self.top_answer}")
+        if self.correct is None:
+            flags.append("untested (no per-doc samples)")
+        flags += [f"n.s. vs {name}" for name, test in (("base", self.p_base), ("best", self.p_best)) if test is not None and test.p >= ALPHA]
+        return flags
 
 
 @dataclass
 class AccuracyTable:
-    methods: list[str]
+    variants: list[Variant]
     tasks: list[str]
-    cells: dict[tuple[str, str], Cell]  # (method, task or AVERAGE) → cell
-    metric: str = "acc"
+    cells: dict[tuple[str, str], Cell]  # (row label, task or AVERAGE) → cell
+    majority: dict[str, tuple[str, float, int]] = field(default_factory=dict)  # column → (answer, rate, docs)
     published: dict[tuple[str, str], float] = field(default_factory=dict)  # (method, task) → paper number
+    model: str | None = None
+    metric: str = "acc"
 
     @property
     def columns(self) -> list[str]:
-        has_average = len(self.tasks) > 1 and any((m, AVERAGE) in self.cells for m in self.methods)
+        has_average = len(self.tasks) > 1 and any((v.label, AVERAGE) in self.cells for v in self.variants)
         return self.tasks + ([AVERAGE] if has_average else [])
 
     @property
-    def spread_label(self) -> str:
-        many = any(c.seeds > 1 for c in self.cells.values())
-        return "mean ± sd over seeds" if many else "± stderr over eval items"
-
-    @property
     def title(self) -> str:
-        return f"{self.metric} (%), {self.spread_label}; best per column in bold"
+        return f"{self.metric} (%) with 95% CI" + (f", {self.model}" if self.model else "")
 
-    def best(self, column: str) -> set[str]:
-        """Methods with the highest mean in a column (ties all count; measured rows only)."""
-        means = {m: self.cells[(m, column)].mean for m in self.methods if (m, column) in self.cells}
-        top = max(means.values(), default=None)
-        return {m for m, v in means.items() if v == top} if len(means) > 1 else set()
-
-    def rows(self) -> list[tuple[str, list[tuple[str, bool]]]]:
-        """(row label, [(cell text, is best)]) for measured rows, then one row per published method."""
-        rows = []
-        best = {column: self.best(column) for column in self.columns}
-        for method in self.methods:
-            texts = [(self.cells[(method, c)].text(), method in best[c]) if (method, c) in self.cells else ("–", False) for c in self.columns]
-            rows.append((method, texts))
-        for method in dict.fromkeys(m for m, _ in self.published):
-            texts = [(f"{self.published[(method, c)] * 100:.1f}", False) if (method, c) in self.published else ("–", False) for c in self.columns]
-            rows.append((f"{method} (published)", texts))
-        return rows
-
-
-def outcome_rows(outcomes) -> list[dict]:
-    rows = []
-    for outcome in outcomes:
-        if outcome.status in ("finished", "skipped") and "eval/acc" in outcome.metrics:
-            rows.append(
-                {
-                    "method": outcome.trial.method,
-                    "task": outcome.trial.task,
-                    "seed": outcome.trial.seed,
-                    "acc": outcome.metrics["eval/acc"],
-                    "acc_stderr": outcome.metrics.get("eval/acc_stderr"),
-                }
-            )
-    return rows
-
-
-def accuracy_table(rows: list[dict], metric: str = "acc", published: dict | None = None) -> AccuracyTable:
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    cells = {}
-    for method in methods:
-        by_task = {t: {r["seed"]: r for r in rows if r["method"] == method and r["task"] == t and r.get(metric) is not None} for t in tasks}
-        for task, values in by_task.items():
-            if not values:
-                continue
-            scores = [v[metric] for v in values.values()]
-            spread = next(iter(values.values())).get(f"{metric}_stderr") if len(scores) == 1 else statistics.stdev(scores)
-            cells[(method, task)] = Cell(statistics.fmean(scores), spread, len(scores))
-        shared_seeds = set.intersection(*(set(v) for v in by_task.values()))
-        if shared_seeds:
-            averages = [statistics.fmean(by_task[t][s][metric] for t in tasks) for s in sorted(shared_seeds)]
-            spread = statistics.stdev(averages) if len(averages) > 1 else None
-            cells[(method, AVERAGE)] = Cell(statistics.fmean(averages), spread, len(averages))
-    return AccuracyTable(methods, tasks, cells, metric, published or {})
-
-
-# --- renderers ----------------------------------------------------------------------------------
-
-
-def render_rich(table: AccuracyTable, width: int | None = None) -> Table:
-    """Methods × tasks; transposed (a row per task) when that would not fit in `width` characters."""
-    rows = table.rows()
-    header = ["method", *table.columns]
-    plain = [header] + [[label, *(t for t, _ in texts)] for label, texts in rows]
-    needed = sum(max(len(text) for text in column) + 3 for column in zip(*plain)) + 1  # padding and borders
-    cells = [[label, *(f"[bold green]{t}[/]" if best else t for t, best in texts)] for label, texts in rows]
-    if width is not None and needed > width:
-        header = ["task", *(label for label, _ in rows)]
-        cells = [[column, *(row[1 + i] for row in cells)] for i, column in enumerate(table.columns)]
-    rich_table = Table(title=table.title)
-    rich_table.add_column(header[0], style="bold")
-    for name in header[1:]:
-        rich_table.add_column(name, justify="right")
-    for row in cells:
-        rich_table.add_row(*row)
-    return rich_table
-
-
-def render_markdown(table_or_rows) -> str:
-    table = table_or_rows if isinstance(table_or_rows, AccuracyTable) else accuracy_table(table_or_rows)
-    lines = [table.title, "", "| method | " + " | ".join(table.columns) + " |", "|---|" + "---:|" * len(table.columns)]
-    for label, texts in table.rows():
-        lines.append(f"| {label} | " + " | ".join(f"**{t}**" if best else t for t, best in texts) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def render_csv(table: AccuracyTable) -> str:
-    """Long format, one line per cell, unscaled (fractions), for spreadsheets and scripts."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["method", "column", "mean", "spread", "seeds", "best", "source"])
-    for column in table.columns:
-        best = table.best(column)
-        for method in table.methods:
-            if (method, column) in table.cells:
-                cell = table.cells[(method, column)]
-                writer.writerow([method, column, cell.mean, "" if cell.spread is None else cell.spread, cell.seeds, method in best, "measured"])
-    for (method, task), value in table.published.items():
-        writer.writerow([method, task, value, "", "", False, "published"])
-    return out.getvalue()
-
-
-def _latex_escape(text: str) -> str:
-    for plain, latex in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("±", r"$\pm$"), ("–", "--")):
-        text = text.replace(plain, latex)
-    return text
-
-
-def render_latex(table: AccuracyTable) -> str:
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\begin{tabular}{l" + "r" * len(table.columns) + "}",
-        r"\toprule",
-        "method & " + " & ".join(_latex_escape(c) for c in table.columns) + r" \\",
-        r"\midrule",
-    ]
-    for label, texts in table.rows():
-        cells = (rf"\textbf{{{_latex_escape(t)}}}" if best else _latex_escape(t) for t, best in texts)
-        lines.append(_latex_escape(label) + " & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_latex_escape(table.title)}}}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def render_html(table: AccuracyTable) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *table.columns])
-    body = []
-    for label, texts in table.rows():
-        cells = "".join(f"<td><b>{html.escape(t)}</b></td>" if best else f"<td>{html.escape(t)}</td>" for t, best in texts)
-        body.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
-    return f"<table>\n<caption>{html.escape(table.title)}</caption>\n<tr>{head}</tr>\n" + "\n".join(body) + "\n</table>\n"
-
-
-TEXT_RENDERERS = {"markdown": render_markdown, "csv": render_csv, "latex": render_latex, "html": render_html}
-SUFFIXES = {"markdown": "md", "csv": "csv", "latex": "tex", "html": "html"}
-
-
-# --- inputs -------------------------------------------------------------------------------------
-
-
-def rows_from_mlflow(tracker, model: str | None = None, methods: list[str] | None = None, tasks: list[str] | None = None) -> list[dict]:
-    """One row per finished trial; a (config hash, seed) recorded twice counts once (the newest)."""
-    conditions = ["tags.kind = 'trial'", "attributes.status = 'FINISHED'"]
-    if model:
-        conditions.append(f"tags.model = '{model}'")
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id], filter_string=" and ".join(conditions), order_by=["attributes.start_time DESC"], max_results=50000
+    legend = (
+        "[low, high]: 95% CI (1 seed: Wilson over docs; k seeds: t over seeds, at least as wide) · n: eval docs · "
+        "n.s. vs base/best: no significant difference (p ≥ 0.05) in a paired test over docs and seeds · "
+        "bold: significantly better than every other row · "
+        f"always X / NN% X: ≥ {COLLAPSED_SHARE:.0%} of answers are X"
     )
-    rows = {}
-    for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
-        key = (tags.get("config_hash"), tags.get("seed"))
-        if key in rows or "eval/acc" not in metrics:
+
+    def reference_for(self, variant: Variant) -> Variant | None:
+        """The base row a method row is compared with: same model, precision, data and eval protocol."""
+        if variant.reference:
+            return None
+        key = reference_key(variant.params)
+        return next((v for v in self.variants if v.reference and reference_key(v.params) == key), None)
+
+    def run_ids(self) -> list[str]:
+        return [run_id for v in self.variants for run_id in v.run_ids()]
+
+
+def _task_cell(runs: list[dict], samples) -> Cell:
+    records = [samples(r["run_id"]) for r in runs]
+    accuracies = [r["acc"] for r in runs]
+    docs = runs[0].get("docs") or (len(records[0]) if records[0] else None)
+    mean = statistics.fmean(accuracies)
+    cell = Cell(mean, None, None, docs, "none", [r["run_id"] for r in runs], accuracies, untrained(runs[0]["params"]))
+    if docs:
+        cell.low, cell.high = wilson_interval(mean, docs)
+        cell.interval = "Wilson"
+        if len(runs) > 1:
+            low, high = t_interval(accuracies)
+            if high - low > cell.high - cell.low:
+                cell.low, cell.high, cell.interval = max(0.0, low), min(1.0, high), "t"
+    if all(records) and all(s.get("acc") is not None for record in records for s in record):
+        shared = set.intersection(*({s["doc_id"] for s in record} for record in records))
+        per_doc = [{s["doc_id"]: s["acc"] for s in record} for record in records]
+        cell.correct = {doc: statistics.fmean(d[doc] for d in per_doc) for doc in sorted(shared)}
+    predictions = [s["prediction"] for record in records if record for s in record if "prediction" in s]
+    answer, cell.top_share = most_common(predictions)
+    cell.top_answer = None if answer is None else answer_name(answer)
+    return cell
+
+
+def _average_cell(variant: Variant, tasks: list[str], cells: dict) -> Cell | None:
+    """Mean over tasks per seed, then over the seeds every task shares (untrained: its one run per task)."""
+    if any(t not in variant.runs for t in tasks):
+        return None
+    if untrained(variant.params):
+        by_seed = {None: {t: variant.runs[t][0] for t in tasks}}
+    else:
+        seeds = set.intersection(*({r["seed"] for r in variant.runs[t]} for t in tasks))
+        by_seed = {s: {t: next(r for r in variant.runs[t] if r["seed"] == s) for t in tasks} for s in sorted(seeds)}
+    if not by_seed:
+        return None
+    averages = [statistics.fmean(runs[t]["acc"] for t in tasks) for runs in by_seed.values()]
+    task_means = {t: statistics.fmean(runs[t]["acc"] for runs in by_seed.values()) for t in tasks}
+    task_cells = [cells[(variant.label, t)] for t in tasks]
+    mean = statistics.fmean(averages)
+    run_ids = [runs[t]["run_id"] for runs in by_seed.values() for t in tasks]
+    cell = Cell(mean, None, None, None, "none", run_ids, averages, untrained(variant.params))
+    if all(c.docs for c in task_cells):
+        cell.docs = sum(c.docs for c in task_cells)
+        variance = sum(task_means[t] * (1 - task_means[t]) / c.docs for t, c in zip(tasks, task_cells)) / len(tasks) ** 2
+        cell.low, cell.high = normal_interval(mean, variance)
+        cell.interval = "normal"
+        if len(averages) > 1:
+            low, high = t_interval(averages)
+            if high - low > cell.high - cell.low:
+                cell.low, cell.high, cell.interval = max(0.0, low), min(1.0, high), "t"
+    if all(c.seeds == len(by_seed) and c.correct is not None for c in task_cells):  # per-doc values over the same seeds
+        cell.correct = {(t, doc): value for t, c in zip(tasks, task_cells) for doc, value in c.correct.items()}
+        cell.weights = {(t, doc): 1 / (len(tasks) * len(c.correct)) for t, c in zip(tasks, task_cells) for doc in c.correct}
+    return cell
+
+
+def docs_pvalue(a: Cell, b: Cell) -> float | None:
+    """Sign-flip test on the docs both cells scored (exact McNemar with one seed per side)."""
+    if a.correct is None or b.correct is None:
+        return None
+    common = sorted(a.correct.keys() & b.correct.keys())
+    if not common:
+        return None
+    if a.weights is not None:
+        differences = [a.correct[k] - b.correct[k] for k in common]
+        return weighted_sign_flip_pvalue(differences, [a.weights[k] for k in common])
+    scale = math.lcm(a.seeds, b.seeds)  # per-doc means over k seeds are multiples of 1/k
+    return sign_flip_pvalue(round((a.correct[k] - b.correct[k]) * scale) for k in common)
+
+
+def paired_test(a: Cell, b: Cell) -> Paired | None:
+    """Docs always; seeds where both sides' seed-to-seed spread is known (≥ 2 seeds, or untrained)."""
+    p_seeds = None
+    if not (a.constant and b.constant):
+        if b.constant and len(a.seed_values) > 1:
+            p_seeds = seeds_pvalue(a.seed_values, b.mean)
+        elif a.constant and len(b.seed_values) > 1:
+            p_seeds = seeds_pvalue(b.seed_values, a.mean)
+        elif len(a.seed_values) > 1 and len(b.seed_values) > 1:
+            p_seeds = seeds_pvalue(a.seed_values, b.seed_values)
+    p_docs = docs_pvalue(a, b)
+    found = [p for p in (p_docs, p_seeds) if p is not None]
+    return Paired(max(found), p_docs, p_seeds) if found else None
+
+
+def _significance(table: AccuracyTable) -> None:
+    for column in table.columns:
+        present = [(v, table.cells[(v.label, column)]) for v in table.variants if (v.label, column) in table.cells]
+        if len(present) < 2:
             continue
-        if (methods and tags["method"] not in methods) or (tasks and tags["task"] not in tasks):
-            continue
-        rows[key] = {
-            "method": tags["method"],
-            "task": tags["task"],
-            "seed": int(tags["seed"]),
-            "model": tags.get("model"),
-            "protocol": tags.get("protocol"),
-            "config_hash": tags.get("config_hash"),
-            "acc": metrics["eval/acc"],
-            "acc_stderr": metrics.get("eval/acc_stderr"),
-            "train_loss": metrics.get("train/mean_loss"),
-            "trainable_params": metrics.get("params/trainable"),
-            "tokens_per_second": metrics.get("train/tokens_per_second"),
-            "run_id": run.info.run_id,
-        }
-    return sorted(rows.values(), key=lambda r: (r["task"], r["method"], r["seed"]))
+        top = max(c.mean for _, c in present)
+        leaders = [(v, c) for v, c in present if c.mean == top]
+        best_cell = leaders[0][1]
+        for variant, cell in present:
+            cell.best = cell.mean == top
+            if not cell.best:
+                cell.p_best = paired_test(cell, best_cell)
+            reference = table.reference_for(variant)
+            if reference and (reference.label, column) in table.cells:
+                cell.p_base = paired_test(cell, table.cells[(reference.label, column)])
+        others = [c for _, c in present if not c.best]
+        best_cell.bold = len(leaders) == 1 and all(c.p_best is not None and c.p_best.p < ALPHA for c in others)
 
 
-def check_single_model(rows: list[dict]) -> None:
-    """Mixing base models in one table compares apples with pears; make the user pick one."""
-    models = sorted({r["model"] for r in rows if r.get("model")})
-    if len(models) > 1:
-        raise UserError(f"runs from several models ({', '.join(models)}); pick one with --model")
+def _majority(table: AccuracyTable, samples) -> None:
+    """Each column's majority-class rate over the docs its rows scored (labels of one doc agree)."""
+    for task in table.tasks:
+        labels = {}
+        for variant in table.variants:
+            for run in variant.runs.get(task, []):
+                labels.update({s["doc_id"]: s["label"] for s in samples(run["run_id"]) or []})
+        answer, rate = most_common(labels.values())
+        if answer is not None:
+            table.majority[task] = (answer_name(answer), rate, len(labels))
 
 
-def load_published(path: str | Path, model: str | None) -> dict[tuple[str, str], float]:
-    """results/published.yaml: `entries: [{model, method, task, acc, source}]`, acc as a fraction."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    document = yaml.safe_load(path.read_text()) or {}
-    entries = document.get("entries") or []
-    published = {}
-    for number, entry in enumerate(entries, start=1):
-        missing = {"model", "method", "task", "acc", "source"} - set(entry)
-        if missing:
-            raise UserError(f"{path} entry {number} lacks {', '.join(sorted(missing))} (see the schema at the top of the file)")
-        if not 0.0 <= float(entry["acc"]) <= 1.0:
-            raise UserError(f"{path} entry {number}: acc must be a fraction in [0, 1], got {entry['acc']}")
-        if model is None or entry["model"] == model:
-            published[(entry["method"], entry["task"])] = float(entry["acc"])
-    return published
+def build_table(variants: list[Variant], samples=lambda run_id: None, tasks: list[str] | None = None, published=None, model=None) -> AccuracyTable:
+    """variants (results.group_variants) → table; `samples(run_id)` gives a run's per-doc records."""
+    tasks = tasks or list(dict.fromkeys(t for v in variants for t in v.runs))
+    tasks = [t for t in tasks if any(t in v.runs for v in variants)]
+    cells = {(v.label, t): _task_cell(v.runs[t], samples) for v in variants for t in tasks if t in v.runs}
+    if len(tasks) > 1:
+        for variant in variants:
+            average = _average_cell(variant, tasks, cells)
+            if average:
+                cells[(variant.label, AVERAGE)] = average
+    table = AccuracyTable(variants, tasks, cells, published=published or {}, model=model)
+    _majority(table, samples)
+    _significance(table)
+    return table

@@ -1,73 +1,72 @@
-"""A sweep: methods × tasks × seeds, each trial = fresh adapter → train → evaluate → record.
+"""A sweep: grid points × methods × tasks × seeds, each trial = fresh adapter → train → evaluate → record.
 
 Finished trials (same config hash and seed, FINISHED in MLflow) are skipped on re-run; a trial
-that fails is recorded FAILED and the sweep goes on; Ctrl-C marks the current trial and the
-sweep FAILED and loses nothing already finished.
+that fails or diverges is recorded FAILED and the sweep goes on; Ctrl-C or SIGTERM marks the
+current trial and the sweep FAILED and loses nothing already finished. Each trial is claimed
+atomically first (harness/claims.py): a trial another live process holds is waited for, not rerun.
+The trials run here one after another (`--executor local`) or as Ray tasks (harness/ray_executor.py).
 """
 
-import copy
-import tempfile
-import time
-import traceback
-from dataclasses import dataclass, field
-from pathlib import Path
-
 from rich.console import Console
+from rich.markup import escape
 
-from ..methods.registry import build_method, get_method_class
-from ..tasks.sources import TaskData, load_task
+from ..methods.registry import get_method_class
 from . import distributed
 from .config import ExperimentConfig, config_hash, to_dict, trial_config
-from .data import training_examples
-from .errors import UserError
-from .evaluate import evaluate
-from .models import BaseModel, load_base_model, resolve_device
-from .provenance import code_version, eval_protocol_tags, hardware, package_versions
-from .tracking import Tracker
-from .train import peak_memory_mb, set_seed, train
+from .errors import UserError, storage_problem, unknown
+from .grid import applies, grid_points
+from .progress import sweep_progress
+from .provenance import code_version
+from .results import REFERENCE_METHOD
+from .tracking import Tracker, sweep_name
+from .trials import Outcome, Trial, TrialState, attempt, await_trial
 
-
-@dataclass(frozen=True)
-class Trial:
-    method: str
-    task: str  # the task evaluated (one MLflow run per trial)
-    seed: int
-    resolved: dict = field(compare=False, repr=False)
-    config_hash: str = ""
-    train_tasks: tuple[str, ...] = ()  # what the adapter is trained on: (task,), or every task with --mix
-
-    @property
-    def name(self) -> str:
-        mixture = f" (mix: {'+'.join(self.train_tasks)})" if self.train_tasks != (self.task,) else ""
-        return f"{self.method}/{self.task}/seed{self.seed}{mixture}"
-
-
-@dataclass
-class Outcome:
-    trial: Trial
-    status: str  # finished | skipped | failed
-    metrics: dict = field(default_factory=dict)
-    error: str | None = None
-    user_error: bool = False
+EXECUTORS = ("local", "ray")
 
 
 def plan(config: ExperimentConfig) -> list[Trial]:
-    """One trial per (method, task, seed). With `mix`, the trials of one (method, seed) share one
-    adapter trained on every task, so they are planned next to each other."""
+    """One trial per (grid point, method, task, seed), the zero-shot references first. With `mix`, the
+    trials of one (grid point, method, seed) share one adapter trained on every task, so they are planned
+    next to each other. A trial that two grid points share (lora under a grid of adamole options) is planned once."""
+    references, trials = [], []
+    for point in grid_points(config):
+        cfg = point.config
+        trials += _point_trials(cfg, point.values)
+        if cfg.reference and REFERENCE_METHOD not in cfg.methods:
+            references += [_reference_trial(cfg, task, point.values) for task in cfg.tasks]
+    planned, seen = [], set()
+    for trial in references + trials:
+        if (trial.config_hash, trial.seed) not in seen:
+            seen.add((trial.config_hash, trial.seed))
+            planned.append(trial)
+    return planned
+
+
+def _point_trials(config: ExperimentConfig, swept: tuple) -> list[Trial]:
     trials = []
     for task in config.tasks:
         for method in config.methods:
+            trains = get_method_class(method).trains
             resolved = trial_config(config, method, task)
             if config.mix:
                 resolved["train_tasks"] = list(config.tasks)
-            if not get_method_class(method).trains:
+            if not trains:
                 resolved["train"] = None  # untrained baselines don't depend on train settings
             train_tasks = tuple(config.tasks) if config.mix else (task,)
+            mine = tuple((k, v) for k, v in swept if applies(k, method, trains))
             for seed in config.seeds:
-                trials.append(Trial(method, task, seed, resolved, config_hash(resolved), train_tasks))
+                trials.append(Trial(method, task, seed, resolved, config_hash(resolved), train_tasks, mine, config))
     if config.mix:
         trials.sort(key=lambda t: (config.methods.index(t.method), config.seeds.index(t.seed)))  # stable: task order kept
     return trials
+
+
+def _reference_trial(config: ExperimentConfig, task: str, swept: tuple) -> Trial:
+    """The zero-shot base model on a task, the reference row of every table. It does not train, so
+    one seed (always 0, whatever --seeds says) is enough and a later sweep finds it done."""
+    resolved = trial_config(config, REFERENCE_METHOD, task) | {"train": None}
+    mine = tuple((k, v) for k, v in swept if applies(k, REFERENCE_METHOD, False))
+    return Trial(REFERENCE_METHOD, task, 0, resolved, config_hash(resolved), (task,), mine, config)
 
 
 def select_shard(trials: list[Trial], index: int, count: int) -> list[Trial]:
@@ -82,181 +81,75 @@ def run_sweep(
     console: Console,
     tracker: Tracker | None = None,
     shard: tuple[int, int] = (0, 1),
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> list[Outcome]:
+    if executor not in EXECUTORS:
+        raise unknown("executor", executor, EXECUTORS)
     trials = select_shard(plan(config), *shard)  # bad input fails before any run is created
+    state = TrialState(config)
+    state.read_local_data()  # a broken --data-dir file too, before the store is even opened
     tracker = distributed.rank_zero_tracker(tracker, config.experiment)
-    state = _SweepState(config)
-    outcomes: list[Outcome] = []
-    sweep_tags = {"kind": "sweep", "model": config.model, **code_version()}
-    console.print(f"[bold]adamole-bench[/] {len(trials)} trials → MLflow {tracker.uri} (experiment '{config.experiment}')")
-    with tracker.run(f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", sweep_tags) as sweep_id:
-        tracker.log_dict(sweep_id, to_dict(config), "config/experiment.json")
-        for number, trial in enumerate(trials, start=1):
-            console.print(f"[{number}/{len(trials)}] {trial.name}", end=" ")
-            done = tracker.completed_trial(trial.config_hash, trial.seed)
-            if done:
-                console.print("[dim]already done, skipped[/]")
-                outcomes.append(Outcome(trial, "skipped", done))
-                continue
-            console.print()
-            try:
-                with tracker.run(trial.name, _trial_tags(trial, config), parent_id=sweep_id) as run_id:
-                    metrics = run_trial(trial, config, state, tracker, run_id)
-                outcomes.append(Outcome(trial, "finished", metrics))
-                console.print(f"  [green]done[/] acc {metrics.get('eval/acc', float('nan')):.4f}")
-            except UserError as err:
-                outcomes.append(Outcome(trial, "failed", error=str(err), user_error=True))
-                console.print(f"  [red]failed:[/] {err}")
-            except Exception as err:  # a crash in one trial must not lose the others
-                outcomes.append(Outcome(trial, "failed", error=f"{type(err).__name__}: {err}"))
-                console.print(f"  [red]crashed:[/] {type(err).__name__}: {err}")
-                console.print(f"[dim]{traceback.format_exc(limit=-3)}[/]")
-        counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped", "failed")}
-        tracker.log_metrics(sweep_id, {f"trials/{k}": v for k, v in counts.items()})
-        from .report import outcome_rows, render_markdown
+    if executor == "ray":
+        from .ray_executor import RayExecutor  # a missing ray, a cluster that cannot be reached: one line now
 
-        tracker.log_text(sweep_id, render_markdown(outcome_rows(outcomes)), "tables/summary.md")
+        remote = RayExecutor(config, tracker, ray_address, console)
+    if distributed.context().is_main:
+        for name, why in tracker.reconciled:
+            console.print(f"[yellow]marked FAILED[/] {escape(name)} (left RUNNING: {escape(why)})", soft_wrap=True)
+    sweep_tags = {"kind": "sweep", "model": config.model, "executor": executor, **state.precision.tags(), **code_version()}
+    if config.grid:
+        sweep_tags["grid"] = ",".join(config.grid)
+    console.print(f"[bold]adamole-bench[/] {len(trials)} trials → MLflow {tracker.uri} (experiment '{config.experiment}'), {state.precision.describe()}")
+    try:
+        sweep_id = tracker.create_run(sweep_name(config.methods, config.tasks, config.model, config.seeds, config.mix, shard), sweep_tags)
+    except Exception as err:  # noqa: BLE001 - e.g. a server whose database is read-only
+        raise UserError(f"MLflow store {tracker.uri} does not accept new runs ({storage_problem(err) or _first_line(err)})") from None
+    with tracker.running(sweep_id, strict=False):  # a full disk must not cost the table of what finished
+        tracker.log_dict(sweep_id, to_dict(config), "config/experiment.json")
+        if executor == "ray":
+            outcomes = remote.run(trials, sweep_id)
+        else:
+            outcomes = _run_here(trials, state, tracker, sweep_id, console)
+        _record_summary(tracker, sweep_id, config, outcomes, console)
     return outcomes
 
 
-def _trial_tags(trial: Trial, config: ExperimentConfig) -> dict[str, str]:
-    return {
-        "kind": "trial",
-        "method": trial.method,
-        "task": trial.task,
-        "seed": str(trial.seed),
-        "model": config.model,
-        "protocol": config.eval.protocol,
-        "train_tasks": "+".join(trial.train_tasks),
-        "loss_on": config.train.loss_on,
-        "config_hash": trial.config_hash,
-        "eval_batch_size": str(config.eval.batch_size),
-        **code_version(),
-    }
+def _run_here(trials: list[Trial], state: TrialState, tracker: Tracker, sweep_id: str, console: Console) -> list[Outcome]:
+    """The local executor: one trial after another in this process; trials held elsewhere are awaited at the end."""
+    outcomes: list[Outcome] = []
+    elsewhere: list[Trial] = []
+    tags = {"executor": "local"}
+    with sweep_progress(console, len(trials)) as progress:  # a terminal only: trials done/left, ETA
+        for number, trial in enumerate(trials, start=1):
+            progress.trial_started(f"[{number}/{len(trials)}] {escape(trial.name)}")
+            outcome = attempt(trial, state, tracker, sweep_id, console, tags)
+            if outcome is None:
+                console.print("[dim]running in another process: waiting for it at the end[/]")
+                elsewhere.append(trial)
+            else:
+                outcomes.append(outcome)
+                progress.trial_done(outcome.status)
+        for trial in elsewhere:
+            outcomes.append(await_trial(trial, state, tracker, sweep_id, console, tags))
+            progress.trial_done(outcomes[-1].status)
+    return outcomes
 
 
-@dataclass
-class TrainedAdapter:
-    """A trained model and what it was trained on, kept while trials that share it are evaluated."""
+def _record_summary(tracker: Tracker, sweep_id: str, config: ExperimentConfig, outcomes: list[Outcome], console: Console) -> None:
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped", "failed")}
+    try:
+        tracker.log_metrics(sweep_id, {f"trials/{k}": v for k, v in counts.items()})
+    except Exception as err:  # noqa: BLE001 - the results are already in their trial runs
+        console.print(f"[yellow]could not record the sweep summary:[/] {escape(storage_problem(err) or _first_line(err))}", soft_wrap=True)
+        return
+    if distributed.context().is_main:
+        from .report_bundle import log_sweep_summary  # matplotlib and friends, only once trials are done
+        from .sensitivity import log_sweep_sensitivity
 
-    method: object
-    model: object
-    result: object
-    trainable: int
-    total: int
-    train_data: list[TaskData]
-
-
-class _SweepState:
-    """What trials share: the base model (loaded once, copied per trial), each task's data, and the
-    last trained adapter (reused by the next trials of a --mix group)."""
-
-    def __init__(self, config: ExperimentConfig):
-        self.config = config
-        self._base: BaseModel | None = None
-        self._data: dict[str, TaskData] = {}
-        self._trained: tuple[tuple, TrainedAdapter] | None = None
-
-    def base(self) -> BaseModel:
-        if self._base is None:
-            cfg = self.config
-            self._base = load_base_model(cfg.model, dtype=cfg.dtype, device="cpu", trust_remote_code=cfg.trust_remote_code)
-        return self._base
-
-    def data(self, task: str) -> TaskData:
-        if task not in self._data:
-            self._data[task] = load_task(task, self.config.data_dir)
-        return self._data[task]
-
-    def trained(self, trial: Trial) -> TrainedAdapter:
-        key = (trial.method, trial.train_tasks, trial.seed)
-        if self._trained is None or self._trained[0] != key:
-            self._trained = None  # free the previous adapter before training the next
-            self._trained = (key, _train_adapter(trial, self.config, self))
-        return self._trained[1]
+        log_sweep_summary(tracker, sweep_id, config, outcomes, console)
+        log_sweep_sensitivity(tracker, sweep_id, config, outcomes, console)
 
 
-def _train_adapter(trial: Trial, config: ExperimentConfig, state: _SweepState) -> TrainedAdapter:
-    base = state.base()
-    method = build_method(trial.method, config.method_options.get(trial.method))
-    set_seed(trial.seed)  # adapter initialisation depends on the seed
-    device = distributed.context().device(resolve_device(config.device))  # cuda:<local rank> under DDP
-    model = method.apply(copy.deepcopy(base.model).to(device))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-
-    train_data = [state.data(task) for task in trial.train_tasks]
-    examples = []
-    for data in train_data:
-        docs = data.splits["train"][: config.train.max_train_examples]
-        if method.trains and not docs:
-            raise UserError(f"task '{data.spec.name}' has no train split in {data.source}; provide one with --data-dir")
-        examples += training_examples(data.spec, docs, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol)
-    result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id)
-    return TrainedAdapter(method, model, result, trainable, total, train_data)
-
-
-def run_trial(trial: Trial, config: ExperimentConfig, state: _SweepState, tracker: Tracker, run_id: str) -> dict:
-    data = state.data(trial.task)
-    base = state.base()
-    device = distributed.context().device(resolve_device(config.device))
-    tracker.set_tags(
-        run_id,
-        {
-            "data_source": data.source,
-            "data_notes": "; ".join(data.notes) or "official splits",
-            **{f"data_fingerprint.{split}": fp for split, fp in data.fingerprints.items()},
-            "model_fingerprint": base.fingerprint,
-            "model_source": base.source,
-            "dtype": config.dtype,
-            "device": str(device),
-            **hardware(device),
-            **{f"version.{k}": v for k, v in package_versions().items()},
-        },
-    )
-    tracker.log_params(run_id, {**trial.resolved, "seed": trial.seed})
-    tracker.log_dict(run_id, {**trial.resolved, "seed": trial.seed, "config_hash": trial.config_hash}, "config/trial.json")
-
-    trained = state.trained(trial)
-    method, model, result = trained.method, trained.model, trained.result
-    tracker.set_tags(run_id, method.tags())
-    if trial.train_tasks != (trial.task,):  # every training set of a mixture, for reproducibility
-        tracker.set_tags(run_id, {f"train_data.{d.spec.name}": f"{d.source} {d.fingerprints['train']}" for d in trained.train_data})
-    tracker.log_history(run_id, "train/loss", result.losses)
-    if any(result.aux_losses):
-        tracker.log_history(run_id, "train/aux_loss", result.aux_losses)
-    if not distributed.context().is_main:
-        return {}  # rank 0 evaluates and records; the other ranks only train
-
-    started = time.perf_counter()
-    with method.statistics(model) as statistics:
-        evaluation = evaluate(model, base.tokenizer, data, config.eval)
-    eval_seconds = time.perf_counter() - started
-
-    metrics = {f"eval/{k}": v for k, v in evaluation.metrics.items()}
-    metrics |= {
-        "eval/seconds": eval_seconds,
-        "eval/docs": len(evaluation.samples),
-        "params/trainable": trained.trainable,
-        "params/total": trained.total,
-        "train/steps": result.steps,
-        "train/seconds": result.seconds,
-        "train/tokens_per_second": result.tokens_per_second,
-        "train/final_loss": result.losses[-1] if result.losses else float("nan"),
-        "train/mean_loss": sum(result.losses) / len(result.losses) if result.losses else float("nan"),
-        "memory/peak_mb": peak_memory_mb(device),
-    }
-    metrics |= statistics.metrics()
-    tracker.log_metrics(run_id, metrics)
-    tracker.set_tags(run_id, eval_protocol_tags(evaluation.results_json))
-    for artifact, figure in statistics.figures().items():
-        tracker.log_figure(run_id, figure, artifact)
-    for artifact, table in statistics.tables().items():
-        tracker.log_dict(run_id, table, artifact)
-    tracker.log_dict(run_id, evaluation.results_json, "lm_eval/results.json")
-    tracker.log_dict(run_id, evaluation.samples, "lm_eval/samples.json")
-    if config.save_adapters and method.trains:
-        with tempfile.TemporaryDirectory() as folder:
-            method.save(model, Path(folder) / "adapter", base.reference())
-            tracker.log_artifacts(run_id, Path(folder) / "adapter", "adapter")
-    return metrics
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .config import TrainConfig
 from . import distributed
 from .data import LengthGroupedBatches
-from .errors import UserError
+from .errors import Diverged, UserError
+from .precision import Precision
+from .progress import phase
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TrainResult:
     aux_losses: list[float] = field(default_factory=list)  # unweighted auxiliary loss per step
     tokens: int = 0  # non-pad tokens processed
     seconds: float = 0.0
+    skipped_steps: int = 0  # fp16: steps the grad scaler skipped (inf/nan gradients), not divergences
 
     @property
     def tokens_per_second(self) -> float:
@@ -49,6 +51,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def check_finite(step: int, loss: float, aux_loss: float, grad_norm: float, grads_scaled: bool = False) -> None:
+    """Stop a diverged trial before a NaN/inf reaches the weights (the sweep records it FAILED).
+
+    With an fp16 GradScaler (`grads_scaled`), an inf/NaN gradient norm is the scaler's overflow signal:
+    it skips that optimizer step and lowers its scale, which is normal operation, not divergence, so
+    only the losses are checked then.
+    """
+    checks = {"loss": loss, "aux loss": aux_loss} | ({} if grads_scaled else {"grad norm": grad_norm})
+    for what, value in checks.items():
+        if not math.isfinite(value):
+            raise Diverged(step, what, value)
+
+
 def _endless(loader) -> Iterator[dict]:
     while True:  # each pass over the DataLoader reshuffles from its seeded generator
         yield from loader
@@ -61,12 +76,14 @@ def train(
     config: TrainConfig,
     seed: int,
     pad_id: int,
+    precision: Precision | None = None,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> TrainResult:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or not examples:
         return TrainResult()  # e.g. the `base` method: nothing to train
     device = params[0].device
+    precision = precision or Precision("fp32", device.type)
     set_seed(seed)
 
     # Data: a seeded shuffle (optionally grouped by length), dynamic padding; with several
@@ -90,13 +107,12 @@ def train(
 
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     scheduler = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=steps)
+    scaler = precision.grad_scaler()  # fp16 on CUDA: loss scaling; otherwise every call is a pass-through
 
     result = TrainResult()
     model.train()
     started = time.perf_counter()
-    columns = (TextColumn("  train"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as progress:
-        bar = progress.add_task("train", total=steps, loss=float("nan"))
+    with phase("  train", total=steps, kind="train", loss=float("nan")) as bar:  # a terminal only (harness/progress.py)
         for step in range(1, steps + 1):
             task_loss = aux_total = 0.0
             for micro in range(config.grad_accum):
@@ -105,23 +121,31 @@ def train(
                 # Multi-process: sum over this slice / (global tokens / world) → DDP's average is the global mean.
                 scale = {"num_items_in_batch": label_tokens / ctx.world_size} if ctx.enabled else {}
                 with distributed.gradient_sync(train_model, last_micro_step=micro == config.grad_accum - 1):
-                    loss = train_model(**batch, **scale).loss
-                    aux = method.aux_loss(model)
-                    total = loss if aux is None else loss + method.aux_loss_coeff * aux
-                    (total / config.grad_accum).backward()
+                    with precision.autocast():  # the loss comes out fp32 (transformers upcasts the logits)
+                        loss = train_model(**batch, **scale).loss
+                        aux = method.aux_loss(model)
+                    total = loss if aux is None else loss + method.aux_loss_coeff * aux.float()
+                    scaler.scale(total / config.grad_accum).backward()
                 task_loss += ctx.mean(loss) / config.grad_accum
                 aux_total += 0.0 if aux is None else ctx.mean(aux) / config.grad_accum
                 result.tokens += int(batch["attention_mask"].sum())
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            check_finite(step, task_loss, aux_total, float(grad_norm), grads_scaled=scaler.is_enabled())
+            loss_scale = scaler.get_scale()
+            scaler.step(optimizer)  # skipped when a scaled gradient overflowed; the scale then drops
+            scaler.update()
+            skipped = scaler.get_scale() < loss_scale
+            result.skipped_steps += skipped
+            if not skipped:  # the schedule counts applied updates (as HF Trainer does)
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
             result.losses.append(task_loss)
             result.aux_losses.append(aux_total)
             if on_step:
                 on_step(step, {"train/loss": task_loss, "train/aux_loss": aux_total, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)})
-            progress.update(bar, advance=1, loss=task_loss)
+            bar.update(advance=1, loss=task_loss)
     result.steps = steps
     result.tokens = ctx.total(result.tokens)
     result.seconds = time.perf_counter() - started

@@ -170,12 +170,31 @@ def usage_heatmap(rows: list[dict]):
     from matplotlib.figure import Figure  # object API: no pyplot, no global backend switch
 
     fractions = [row["fraction"] for row in rows]
-    figure = Figure(figsize=(1.2 + 0.5 * len(fractions[0]), 1.5 + 0.22 * len(rows)), layout="constrained")
+    figure = Figure(figsize=(2.4 + 0.55 * len(fractions[0]), 1.4 + 0.24 * len(rows)), layout="constrained")
     axes = figure.subplots()
     image = axes.imshow(fractions, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
     axes.set_xticks(range(len(fractions[0])))
-    axes.set_yticks(range(len(rows)), [row["module"].removeprefix("base_model.").removeprefix("model.") for row in rows], fontsize=6)
+    axes.set_yticks(range(len(rows)), [module_label(row["module"]) for row in rows], fontsize=8)
     axes.set_xlabel("expert")
-    axes.set_title("share of tokens routed to each expert")
+    axes.set_title("share of tokens routed to each expert", fontsize="medium")
+    annotate_cells(axes, fractions)
     figure.colorbar(image, ax=axes, label="token fraction")
     return figure
+
+
+def module_label(name: str) -> str:
+    """`base_model.model.model.layers.3.self_attn.q_proj` → `L3 q_proj`: short enough to read at a glance."""
+    layer = _layer_of(name)
+    return f"L{layer} {name.rsplit('.', 1)[-1]}" if layer.isdigit() else name.removeprefix("base_model.").removeprefix("model.")
+
+
+MAX_ANNOTATED_CELLS = 160  # beyond this (e.g. 30 layers × 4 modules × 8 experts) values would not fit their cells
+
+
+def annotate_cells(axes, values) -> None:
+    """Each cell's value (2 decimals) on a heatmap of values in [0, 1], dark text on light cells."""
+    if sum(len(row) for row in values) > MAX_ANNOTATED_CELLS:
+        return
+    for y, row in enumerate(values):
+        for x, value in enumerate(row):
+            axes.text(x, y, f"{value:.2f}", ha="center", va="center", fontsize=7, color="black" if value > 0.6 else "white")

@@ -9,7 +9,7 @@ calling `register` itself before running.
 import dataclasses
 import json
 import typing
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
@@ -70,6 +70,11 @@ class Method:
 
     def statistics(self, model: nn.Module) -> StatisticsRecorder:
         return StatisticsRecorder()
+
+    def scoring(self, model: nn.Module, compute_dtype: torch.dtype = torch.float32) -> AbstractContextManager[nn.Module]:
+        """The model as evaluation runs it at `compute_dtype` (e.g. LoRA merged into its base
+        weights); the model is exactly as before when the context exits."""
+        return nullcontext(model)
 
     def tags(self) -> dict[str, str]:
         """Facts worth filtering runs by (e.g. which routing variant); logged as MLflow tags."""

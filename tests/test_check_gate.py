@@ -18,6 +18,7 @@ LEARNS_FAST = {  # LoRA reaches ~98% on fruit_or_color in 100 steps; untrained i
     "tasks": ["fruit_or_color"],
     "seeds": [0],
     "save_adapters": False,
+    "reference": False,  # the suites record one method; no zero-shot base row needed
     "method_options": {"lora": {"dropout": 0.0}},
     "train": {"max_steps": 100, "lr": 3e-3, "batch_size": 16, "warmup_steps": 0},
     "eval": {"limit": 64, "batch_size": 32},

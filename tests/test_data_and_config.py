@@ -6,6 +6,7 @@ from adamole_bench.harness.config import config_hash, load_config, parse_overrid
 from adamole_bench.harness.data import collate, encode_example
 from adamole_bench.harness.errors import UserError
 from adamole_bench.harness.models import byte_level_tokenizer
+from adamole_bench.harness.paths import package_root
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,26 @@ def test_hash_identifies_what_changes_results():
         if changed != same:
             assert config_hash(changed) != config_hash(same), override
     assert config_hash(trial_config(base, "lora", "boolq")) != config_hash(same)
+
+
+def test_config_layering_and_validation(tmp_path):
+    reference = load_config(package_root() / "configs" / "adamole-reference.yaml", ["methods=[lora]"])
+    assert (reference.model, reference.train.lr, reference.train.grad_accum, reference.train.loss_on) == ("meta-llama/Llama-2-7b-hf", 1e-4, 4, "full")
+    smoke = load_config(package_root() / "configs" / "smoke.yaml", ["train.lr=0.5"], seeds=[7])
+    assert smoke.train.lr == 0.5 and smoke.seeds == [7] and smoke.model == "tiny-llama"  # file ← flags ← key=value
+    for override, message in (("train.lr=-1", "train.lr must be > 0"), ("train.lrr=1", "did you mean 'train.lr'"), ("tasks=[copx]", "unknown task")):
+        with pytest.raises(UserError, match=message):
+            load_config(package_root() / "configs" / "smoke.yaml", [override])
+    (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_hash_covers_what_changes_results_and_nothing_else():
+    base = load_config(None, [], model="tiny-llama", tasks=["fruit_or_color"])
+    same = load_config(None, ["seeds=[5]", "experiment=other", "save_adapters=false"], model="tiny-llama", tasks=["fruit_or_color"])
+    other = load_config(None, ["train.lr=1e-3"], model="tiny-llama", tasks=["fruit_or_color"])
+    lora_hash = config_hash(trial_config(base, "lora", "fruit_or_color"))
+    assert config_hash(trial_config(same, "lora", "fruit_or_color")) == lora_hash
+    assert config_hash(trial_config(other, "lora", "fruit_or_color")) != lora_hash
+    assert config_hash(trial_config(load_config(None, ["lora.rank=4"], model="tiny-llama"), "lora", "fruit_or_color")) != lora_hash

@@ -292,7 +292,7 @@ def test_sweep_logs_expert_statistics_to_mlflow(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["run", "--model", "tiny-llama", "--methods", "soft-moa,sparse-moa",
-                                      "--tasks", "fruit_or_color", "--max-steps", "3", "--limit", "16"])
+                                      "--tasks", "fruit_or_color", "--max-steps", "3", "--limit", "16", "reference=false"])
     assert result.exit_code == 0, result.output
 
     from mlflow.tracking import MlflowClient

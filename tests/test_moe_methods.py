@@ -335,7 +335,7 @@ def test_cli_sweep_logs_expert_statistics_to_mlflow(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    args = ["run", "--model", "tiny-llama", "--methods", "mole,adamole", "--tasks", "fruit_or_color", "--max-steps", "3", "--limit", "4", "train.batch_size=2"]
+    args = ["run", "--model", "tiny-llama", "--methods", "mole,adamole", "--tasks", "fruit_or_color", "--max-steps", "3", "--limit", "4", "train.batch_size=2", "reference=false"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
 

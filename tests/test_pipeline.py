@@ -91,16 +91,16 @@ def test_rerun_skips_finished_trials(finished_sweep, cli, search_runs):
 
 
 def test_crash_marks_run_failed_and_sweep_continues(cli, runs_dir, monkeypatch):
-    from adamole_bench.harness import sweep
+    from adamole_bench.harness import trials
 
-    real_train = sweep.train
+    real_train = trials.train
 
     def train_or_crash(model, method, *args, **kwargs):
         if method.name == "lora":
             raise RuntimeError("simulated crash")
         return real_train(model, method, *args, **kwargs)
 
-    monkeypatch.setattr(sweep, "train", train_or_crash)
+    monkeypatch.setattr(trials, "train", train_or_crash)
     result = cli("run", *TINY, "--methods", "lora,base", "--tasks", "fruit_or_color", "--max-steps", "2")
     assert result.exit_code == 1
     assert "simulated crash" in result.output
@@ -114,7 +114,7 @@ def test_same_seed_and_config_give_identical_metrics(cli, tmp_path, monkeypatch)
     for attempt in ("a", "b"):
         monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / attempt))
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        result = cli("run", *TINY, "--methods", "lora", "--tasks", "fruit_or_color", "--max-steps", "5", "--seeds", "3")
+        result = cli("run", *TINY, "--methods", "lora", "--tasks", "fruit_or_color", "--max-steps", "5", "--seeds", "3", "reference=false")
         assert result.exit_code == 0, result.output
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / attempt / 'mlflow.db'}")
         run = mlflow.search_runs(experiment_names=["adamole-bench"], filter_string="tags.kind = 'trial'").iloc[0]

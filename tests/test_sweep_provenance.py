@@ -13,6 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from adamole_bench.harness import regression, sweep
+from adamole_bench.harness import trials as trial_runner
 from adamole_bench.harness.config import load_config
 from adamole_bench.harness.tracking import Tracker
 
@@ -28,7 +29,7 @@ SWEEP = {
 }
 
 
-REAL_RUN_TRIAL = sweep.run_trial
+REAL_RUN_TRIAL = trial_runner.run_trial
 
 
 def _failing_at(trial_name: str, error: BaseException):
@@ -70,13 +71,13 @@ def store(tmp_path_factory):
         config = load_config(config_file)
         console = Console(quiet=True)
         phases = {}
-        patch.setattr(sweep, "run_trial", _failing_at("lora/fruit_or_color/seed0", KeyboardInterrupt()))
+        patch.setattr(trial_runner, "run_trial", _failing_at("lora/fruit_or_color/seed0", KeyboardInterrupt()))
         with pytest.raises(KeyboardInterrupt):
             sweep.run_sweep(config, console)
         phases["interrupted"] = _statuses(config.experiment)
-        patch.setattr(sweep, "run_trial", _failing_at("lora/fruit_or_color/seed1", RuntimeError("simulated crash")))
+        patch.setattr(trial_runner, "run_trial", _failing_at("lora/fruit_or_color/seed1", RuntimeError("simulated crash")))
         phases["crashed"] = {o.trial.name: o.status for o in sweep.run_sweep(config, console)}
-        patch.setattr(sweep, "run_trial", REAL_RUN_TRIAL)
+        patch.setattr(trial_runner, "run_trial", REAL_RUN_TRIAL)
         phases["resumed"] = {o.trial.name: o.status for o in sweep.run_sweep(config, console)}
         yield {"root": root, "config": config, "config_file": config_file, "phases": phases, "tracker": Tracker(config.experiment)}
         torch.set_num_threads(threads)
@@ -121,7 +122,7 @@ def test_provenance_is_readable_with_search_runs(store, tmp_path):
     runs = _search_runs(store["tracker"].uri, experiment_names=[store["config"].experiment], filter_string="tags.kind = 'trial' and attributes.status = 'FINISHED'")
     assert len(runs) == 4
     run = runs.iloc[0]
-    for tag in ("git_commit", "git_dirty", "mlflow.source.git.commit", "model", "model_source", "model_fingerprint", "dtype",
+    for tag in ("git_commit", "git_dirty", "mlflow.source.git.commit", "model", "model_source", "model_fingerprint", "precision",
                 "data_fingerprint.train", "data_fingerprint.eval", "data_source", "protocol", "eval_batch_size", "config_hash",
                 "eval_task_hash.fruit_or_color_letter", "cpu", "platform", "python", "torch_threads", "device"):
         value = run[f"tags.{tag}"]
@@ -130,6 +131,7 @@ def test_provenance_is_readable_with_search_runs(store, tmp_path):
         assert run[f"tags.version.{package}"][0].isdigit()
     assert run["tags.git_dirty"] in ("true", "false")
     assert run["tags.torch_threads"] == "1"
+    assert run["tags.precision"] == run["params.precision"] == "fp32"  # tiny-llama: auto resolves to fp32
     assert run["params.model"] == "tiny-llama" and run["params.eval.limit"] == "16"
     resolved = json.loads(Path(store["tracker"].client.download_artifacts(run["run_id"], "config/trial.json", str(tmp_path))).read_text())
     assert resolved["config_hash"] == run["tags.config_hash"] and resolved["seed"] == int(run["tags.seed"])
@@ -139,7 +141,7 @@ def test_same_config_and_seed_give_identical_numbers(store, tmp_path, monkeypatc
     """Bitwise on CPU: accuracy, the whole loss curve and every lm-eval log-likelihood."""
     monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path))
     first = store["tracker"]
-    config = load_config(store["config_file"], ["methods=[lora]", "seeds=[0]"])
+    config = load_config(store["config_file"], ["methods=[lora]", "seeds=[0]", "reference=false"])
     again = Tracker(config.experiment)
     outcomes = sweep.run_sweep(config, Console(quiet=True), again)
     assert [o.status for o in outcomes] == ["finished"] and again.uri != store["tracker"].uri
@@ -170,7 +172,7 @@ def test_report_reads_mlflow_and_writes_every_format(store, tmp_path):
     env = {"ADAMOLE_BENCH_RUNS": str(store["root"])}
     result = CliRunner().invoke(app, ["report", "--experiment", "sweep-test", "--format", "markdown", "--output", str(output)], env=env)
     assert result.exit_code == 0, result.output
-    assert "| lora |" in result.output and "| base |" in result.output
+    assert "| lora |" in result.output and "| base (zero-shot) |" in result.output
     assert {p.name for p in output.iterdir()} >= {"accuracy.md", "accuracy.csv", "accuracy.tex", "accuracy.html", "plots"}
     assert (output / "plots" / "accuracy_bars.png").stat().st_size > 1000
     assert (output / "plots" / "accuracy_vs_params_vs_speed.png").stat().st_size > 1000

@@ -1,142 +1,170 @@
-"""Pure functions: table aggregation and rendering, the paired comparison, published numbers,
-config layering and validation. Hand-made rows with known answers; no model, no MLflow."""
+"""Tables from hand-made runs with known per-doc answers: intervals, n, paired tests against base and
+the best row, collapsed predictors, bold only where a test supports it, every format, the verdict."""
 
-import statistics
+import csv
+import io
+import json
+import math
 
 import pytest
-import yaml
 from scipy import stats
 
-from adamole_bench.harness.compare import compare_methods, render_comparison
-from adamole_bench.harness.config import config_hash, load_config, trial_config
-from adamole_bench.harness.errors import UserError
-from adamole_bench.harness.paths import package_root
 from adamole_bench.harness.plots import pareto_front
-from adamole_bench.harness.report import (
-    AVERAGE,
-    accuracy_table,
-    check_single_model,
-    load_published,
-    render_csv,
-    render_html,
-    render_latex,
-    render_markdown,
-    render_rich,
-)
+from adamole_bench.harness.render import render_csv, render_html, render_json, render_latex, render_markdown, render_rich
+from adamole_bench.harness.report import AVERAGE, build_table
+from adamole_bench.harness.results import group_variants
+from adamole_bench.harness.stats import normal_interval, t_interval, wilson_interval
+from adamole_bench.harness.verdict import verdict
+from adamole_bench.tests.hand_runs import labels, right_on, run
 
-ACC = {  # (method, task) → accuracy per seed 0, 1, 2
-    ("lora", "copa"): [0.60, 0.64, 0.62],
-    ("lora", "boolq"): [0.70, 0.72, 0.71],
-    ("adamole", "copa"): [0.66, 0.65, 0.70],
-    ("adamole", "boolq"): [0.69, 0.70, 0.71],
-}
+COPA = labels(32, 18)  # the offline COPA eval set: 50 docs, 64% "A"
 
 
-def _rows(acc=ACC):
-    return [{"method": m, "task": t, "seed": s, "acc": v, "model": "m"} for (m, t), values in acc.items() for s, v in enumerate(values)]
+def _table(rows, samples, **kwargs):
+    return build_table(group_variants(rows), samples.get, **kwargs)
 
 
-def test_cells_are_mean_and_sd_over_seeds_and_average_is_per_seed_task_mean():
-    table = accuracy_table(_rows())
-    assert table.columns == ["copa", "boolq", AVERAGE]
-    assert table.cells[("lora", "copa")].mean == pytest.approx(0.62)
-    assert table.cells[("lora", "copa")].spread == pytest.approx(statistics.stdev([0.60, 0.64, 0.62]))
-    per_seed = [(0.66 + 0.69) / 2, (0.65 + 0.70) / 2, (0.70 + 0.71) / 2]
-    assert table.cells[("adamole", AVERAGE)].mean == pytest.approx(statistics.fmean(per_seed))
-    assert table.cells[("adamole", AVERAGE)].spread == pytest.approx(statistics.stdev(per_seed))
-    assert table.best("copa") == {"adamole"} and table.best("boolq") == {"lora"} and table.best(AVERAGE) == {"adamole"}
+@pytest.fixture
+def copa_table():
+    """base always answers A (64%), adamole always B (36%), lora gets the first 45 docs right (90%)."""
+    samples = {}
+    rows = [
+        run("base", "copa", 0, [0] * 50, COPA, samples),
+        run("adamole", "copa", 0, [1] * 50, COPA, samples),
+        run("lora", "copa", 0, right_on(COPA, 45), COPA, samples),
+    ]
+    return _table(rows, samples)
 
 
-def test_average_needs_the_same_seeds_on_every_task():
-    table = accuracy_table(_rows({("lora", "copa"): [0.6, 0.7], ("lora", "boolq"): [0.8], ("base", "copa"): [0.5], ("base", "boolq"): [0.5]}))
-    assert (("lora", AVERAGE) in table.cells) and table.cells[("lora", AVERAGE)].seeds == 1  # only seed 0 is shared
-    table = accuracy_table(_rows({("lora", "copa"): [0.6, 0.7], ("base", "boolq"): [0.5]}))
-    assert AVERAGE not in table.columns  # no method has every task
+def test_one_seed_cells_have_a_wilson_interval_n_and_exact_mcnemar_tests(copa_table):
+    base, adamole, lora = (copa_table.cells[(label, "copa")] for label in ("base (zero-shot)", "adamole", "lora"))
+    assert (lora.mean, lora.docs, lora.seeds, lora.interval) == (0.9, 50, 1, "Wilson")
+    assert (lora.low, lora.high) == pytest.approx((0.7864, 0.9565), abs=1e-4)  # by hand, see test_stats
+    # lora is right where base is wrong on docs 32-44 and never the other way round: 13 vs 0 discordant docs.
+    assert lora.p_base.p == pytest.approx(stats.binomtest(13, 13).pvalue) == pytest.approx(2 * 0.5**13)
+    # Always-B against always-A: every doc is discordant, 18 for adamole and 32 for base: p = 0.065, not significant.
+    assert adamole.p_base.p == pytest.approx(stats.binomtest(18, 50).pvalue) and adamole.p_base.p > 0.05
+    assert adamole.p_base.p_seeds is None  # one trained seed: its seed-to-seed spread is unknown
+    # lora is the best and beats every other row (adamole: 32 vs 5 discordant docs), so it is bold.
+    assert lora.best and lora.bold and adamole.p_best.p == pytest.approx(stats.binomtest(5, 37).pvalue)
+    assert (base.top_answer, base.top_share, adamole.top_answer, adamole.collapsed, lora.collapsed) == ("A", 1.0, "B", True, False)
+    assert copa_table.majority["copa"] == ("A", 0.64, 50)
+    assert adamole.flags() == ["always B", "n.s. vs base"]
 
 
-def test_every_format_marks_the_best_cell_and_shows_published_rows():
-    table = accuracy_table(_rows(), published={("adamole", "copa"): 0.731})
-    markdown = render_markdown(table)
-    assert "| lora | 62.0 ± 2.0 | **71.0 ± 1.0** |" in markdown
-    assert "| adamole (published) | 73.1 | – | – |" in markdown
-    latex = render_latex(table)
-    assert r"\textbf{67.0 $\pm$ 2.6}" in latex and "±" not in latex and r"adamole (published) & 73.1 & -- & --" in latex
-    assert "<td><b>71.0 ± 1.0</b></td>" in render_html(table)
-    csv_lines = render_csv(table).splitlines()
-    assert csv_lines[0] == "method,column,mean,spread,seeds,best,source"
-    assert any(line.startswith("lora,boolq,0.71") and ",3,True,measured" in line for line in csv_lines)
-    assert csv_lines[-1] == "adamole,copa,0.731,,,False,published"
+def test_no_bold_winner_without_a_significant_test():
+    samples = {}
+    rows = [run("base", "copa", 0, [0] * 50, COPA, samples), run("lora", "copa", 0, right_on(COPA, 34), COPA, samples)]
+    table = _table(rows, samples)
+    lora = table.cells[("lora", "copa")]
+    assert lora.best and not lora.bold and lora.p_base.p == pytest.approx(stats.binomtest(2, 2).pvalue)  # 68% vs 64%: 2 docs
+    assert "n.s. vs base" in lora.flags() and "n.s. vs best" in table.cells[("base (zero-shot)", "copa")].flags()
 
 
-def test_rich_table_turns_tasks_into_rows_when_too_wide():
+def test_several_seeds_use_a_t_interval_and_test_over_docs_and_seeds():
+    samples = {}
+    rows = [run("base", "copa", 0, [0] * 50, COPA, samples)]
+    rows += [run("lora", "copa", seed, right_on(COPA, right), COPA, samples) for seed, right in enumerate((40, 43, 45))]
+    rows += [run("adamole", "copa", seed, [1] * 50, COPA, samples) for seed in (0, 1)]
+    table = _table(rows, samples)
+    lora, adamole = table.cells[("lora", "copa")], table.cells[("adamole", "copa")]
+    accuracies = [0.80, 0.86, 0.90]
+    assert lora.seeds == 3 and lora.interval == "t" and (lora.low, lora.high) == pytest.approx(t_interval(accuracies))
+    assert lora.n_text() == "n=50, 3 seeds"
+    # Over seeds: a one-sample t-test against the untrained base's fixed score; the reported p is the larger one.
+    assert lora.p_base.p_seeds == pytest.approx(stats.ttest_1samp(accuracies, 0.64).pvalue)
+    assert lora.p_base.p == max(lora.p_base.p_docs, lora.p_base.p_seeds)
+    # Docs 32-39 gain a full point on every seed, 40-44 on some: per-doc mean differences in thirds, all positive.
+    assert lora.p_base.p_docs == pytest.approx(2 * 0.5**13)
+    # Two identical always-B seeds: a zero-width t-interval would claim certainty; the docs' Wilson interval stays.
+    assert adamole.interval == "Wilson" and (adamole.low, adamole.high) == pytest.approx(wilson_interval(0.36, 50))
+
+
+def test_average_column_pools_task_variances_and_needs_every_task():
+    samples = {}
+    boolq = labels(60, 40)
+    rows = [
+        run("base", "copa", 0, [0] * 50, COPA, samples),
+        run("base", "boolq", 0, [0] * 100, boolq, samples),
+        run("lora", "copa", 0, right_on(COPA, 45), COPA, samples),
+        run("lora", "boolq", 0, right_on(boolq, 70), boolq, samples),
+        run("mole", "copa", 0, right_on(COPA, 30), COPA, samples),
+    ]
+    table = _table(rows, samples, tasks=["copa", "boolq"])
+    assert table.columns == ["copa", "boolq", AVERAGE] and ("mole", AVERAGE) not in table.cells
+    average = table.cells[("lora", AVERAGE)]
+    variance = (0.9 * 0.1 / 50 + 0.7 * 0.3 / 100) / 4  # independent tasks: Var((p1 + p2) / 2)
+    assert (average.mean, average.docs, average.interval) == (pytest.approx(0.8), 150, "normal")
+    assert (average.low, average.high) == pytest.approx(normal_interval(0.8, variance))
+    assert average.p_base.p < 0.001  # +26 and +10 points, every discordant doc in lora's favour
+
+
+def test_every_format_shows_interval_n_flags_and_p_values(copa_table):
+    markdown = render_markdown(copa_table)
+    assert "| lora | **90.0 [78.6, 95.7]**; n=50 |" in markdown
+    assert "| adamole | 36.0 [24.1, 49.9]; n=50; always B; n.s. vs base |" in markdown
+    assert "| majority class | 64.0 (A); n=50 |" in markdown and "verdict:" in markdown
+    latex = render_latex(copa_table)
+    assert r"\textbf{90.0 [78.6, 95.7]}; n=50 \\" in latex and "≥" not in latex and r"$\geq$" in latex
+    assert "<td><b>90.0 [78.6, 95.7]</b><br>n=50</td>" in render_html(copa_table)
+    records = {(r["row"], r["column"]): r for r in csv.DictReader(io.StringIO(render_csv(copa_table)))}
+    lora = records[("lora", "copa")]
+    assert float(lora["p_vs_base"]) == pytest.approx(2 * 0.5**13) and lora["base_row"] == "base (zero-shot)"
+    assert (lora["docs"], lora["bold"], lora["interval"], float(lora["ci_low"])) == ("50", "True", "Wilson", pytest.approx(0.7864, abs=1e-4))
+    assert records[("adamole", "copa")]["top_share"] == "1.0" and records[("adamole", "copa")]["collapsed"] == "True"
+    document = json.loads(render_json(copa_table))
+    cells = {(c["row"], c["column"]): c for c in document["cells"]}
+    assert cells[("adamole", "copa")]["p_vs_best"] == pytest.approx(stats.binomtest(5, 37).pvalue)
+    assert document["majority"]["copa"] == {"answer": "A", "rate": 0.64, "docs": 50}
+    assert [r["label"] for r in document["rows"]] == ["base (zero-shot)", "adamole", "lora"]
+
+
+def test_verdict_says_what_is_significant_and_how_to_get_power(copa_table):
+    lines = verdict(copa_table)
+    assert lines[0].startswith("copa (n=50): lora +26.0 points vs base (p=0.00024)")
+    assert "lora is significantly better than every other row" in lines[0]
+    assert "collapsed predictors: base (zero-shot) answers A on 100% of docs, adamole answers B on 100% of docs" in lines[0]
+    assert "--seeds 0,1,2" in lines[1] and "copa has only 50 eval docs here (95% CI ±13.4 points)" in lines[1]
+    assert "--data-dir DIR or ADAMOLE_BENCH_ONLINE=1" in lines[1] and "eval.limit=null" not in lines[1]  # 50 < eval.limit 200
+
+
+def test_verdict_suggests_whole_splits_when_the_limit_binds():
+    samples = {}
+    gold = labels(100, 100)
+    rows = [run("base", "boolq", 0, [0] * 200, gold, samples), run("lora", "boolq", 0, right_on(gold, 150), gold, samples)]
+    (power,) = verdict(_table(rows, samples))[1:]
+    assert "eval.limit=null (now boolq: first 200 docs)" in power
+
+
+def test_rich_table_fits_80_columns_and_transposes_when_too_wide():
     from rich.console import Console
 
-    table = accuracy_table(_rows())
+    samples = {}
+    tasks = ("copa", "boolq", "piqa", "siqa", "arc_easy")
+    rows = [run(m, t, 0, right_on(COPA, 30 + i), COPA, samples) for i, m in enumerate(("base", "lora")) for t in tasks]
+    table = _table(rows, samples)
+    assert [c.header for c in render_rich(table, width=200).columns] == ["method", *tasks, "average"]
+    narrow = render_rich(table, width=80)
+    assert [c.header for c in narrow.columns] == ["task", "base (zero-shot)", "lora", "majority class"]
+    assert [c.plain for c in narrow.columns[0].cells] == [*tasks, "average"]
+    console = Console(width=80, record=True)
+    console.print(narrow)
+    text = console.export_text()
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80 and "[46.2, 72.4]" in text
 
-    def header_and_labels(width):
-        rich_table = render_rich(table, width=width)
-        return [c.header for c in rich_table.columns], list(rich_table.columns[0].cells)
 
-    assert header_and_labels(200) == (["method", "copa", "boolq", "average"], ["lora", "adamole"])
-    header, labels = header_and_labels(45)
-    assert header == ["task", "lora", "adamole"] and labels == ["copa", "boolq", "average"]
-    console = Console(width=45, record=True)
-    console.print(render_rich(table, width=45))
-    assert "…" not in console.export_text()  # nothing truncated
-
-
-def test_paired_comparison_matches_scipy_and_reports_small_n():
-    result = compare_methods(_rows(), "adamole", "lora")
-    a = [0.69, 0.70, 0.71, 0.66, 0.65, 0.70]  # pairs sorted by (task, seed): boolq, then copa
-    b = [0.70, 0.72, 0.71, 0.60, 0.64, 0.62]
-    expected = stats.ttest_rel(a, b)
-    assert result.n == 6 and result.t_pvalue == pytest.approx(expected.pvalue)
-    assert result.mean_difference == pytest.approx(statistics.fmean(x - y for x, y in zip(a, b)))
-    assert (result.wins, result.losses) == (3, 2)  # boolq seed 2 is a tie, left out of the sign test
-    assert result.sign_pvalue == pytest.approx(stats.binomtest(3, 5).pvalue)
-    assert result.ci_low < result.mean_difference < result.ci_high
-    assert "paired t-test" in render_comparison(result)
-
-    tiny = compare_methods(_rows({("x", "copa"): [0.5, 0.6], ("y", "copa"): [0.4, 0.5]}), "x", "y")
-    assert tiny.t_pvalue is None and "too small" in tiny.verdict()
-    with pytest.raises(UserError, match="share no"):
-        compare_methods(_rows({("x", "copa"): [0.5], ("y", "boolq"): [0.4]}), "x", "y")
+def test_published_rows_and_untested_cells():
+    samples = {}
+    rows = [run("lora", "copa", 0, right_on(COPA, 45), COPA, samples)]
+    del samples[rows[0]["run_id"]]  # a run logged before per-doc samples existed
+    table = _table(rows, samples, published={("adamole", "copa"): 0.731})
+    assert "| adamole (published) | 73.1 |" in render_markdown(table)
+    assert table.cells[("lora", "copa")].flags() == ["untested (no per-doc samples)"]
+    assert table.majority == {}
 
 
 def test_pareto_front_keeps_only_undominated_points():
     points = [(1.0, 50.0), (2.0, 60.0), (3.0, 55.0), (4.0, 70.0)]  # (cost, accuracy)
     assert pareto_front(points, cost_is_high=False) == [(1.0, 50.0), (2.0, 60.0), (4.0, 70.0)]
     assert pareto_front(points, cost_is_high=True) == [(4.0, 70.0)]  # e.g. tokens/s: more is better
-
-
-def test_published_file_ships_empty_and_is_validated(tmp_path):
-    assert load_published(package_root() / "results" / "published.yaml", None) == {}
-    bad = tmp_path / "published.yaml"
-    bad.write_text(yaml.safe_dump({"entries": [{"model": "m", "method": "lora", "task": "copa", "acc": 73.1, "source": "t1"}]}))
-    with pytest.raises(UserError, match="fraction"):
-        load_published(bad, None)
-    with pytest.raises(UserError, match="several models"):
-        check_single_model([{"model": "a"}, {"model": "b"}])
-
-
-def test_config_layering_and_validation(tmp_path):
-    reference = load_config(package_root() / "configs" / "adamole-reference.yaml", ["methods=[lora]"])
-    assert (reference.model, reference.train.lr, reference.train.grad_accum, reference.train.loss_on) == ("meta-llama/Llama-2-7b-hf", 1e-4, 4, "full")
-    smoke = load_config(package_root() / "configs" / "smoke.yaml", ["train.lr=0.5"], seeds=[7])
-    assert smoke.train.lr == 0.5 and smoke.seeds == [7] and smoke.model == "tiny-llama"  # file ← flags ← key=value
-    for override, message in (("train.lr=-1", "train.lr must be > 0"), ("train.lrr=1", "did you mean 'train.lr'"), ("tasks=[copx]", "unknown task")):
-        with pytest.raises(UserError, match=message):
-            load_config(package_root() / "configs" / "smoke.yaml", [override])
-    (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
-    with pytest.raises(UserError, match="not valid YAML"):
-        load_config(tmp_path / "bad.yaml")
-
-
-def test_hash_covers_what_changes_results_and_nothing_else():
-    base = load_config(None, [], model="tiny-llama", tasks=["fruit_or_color"])
-    same = load_config(None, ["seeds=[5]", "experiment=other", "save_adapters=false"], model="tiny-llama", tasks=["fruit_or_color"])
-    other = load_config(None, ["train.lr=1e-3"], model="tiny-llama", tasks=["fruit_or_color"])
-    lora_hash = config_hash(trial_config(base, "lora", "fruit_or_color"))
-    assert config_hash(trial_config(same, "lora", "fruit_or_color")) == lora_hash
-    assert config_hash(trial_config(other, "lora", "fruit_or_color")) != lora_hash
-    assert config_hash(trial_config(load_config(None, ["lora.rank=4"], model="tiny-llama"), "lora", "fruit_or_color")) != lora_hash
+    assert math.isclose(wilson_interval(0.5, 50)[1] - 0.5, 0.1336, abs_tol=1e-4)  # the ±13.4 the verdict quotes

@@ -17,7 +17,6 @@ from adamole_bench.harness.data import training_examples
 from adamole_bench.harness.errors import UserError
 from adamole_bench.harness.evaluate import evaluate
 from adamole_bench.harness.models import load_base_model
-from adamole_bench.tasks import sources
 from adamole_bench.tasks.lm_eval.loader import extract_letter
 from adamole_bench.tasks.registry import (
     LM_EVAL_DIR,
@@ -278,27 +277,29 @@ def test_extract_letter():
 def test_mix_trains_once_and_reports_per_task(monkeypatch, tmp_path):
     from rich.console import Console
 
-    from adamole_bench.harness import sweep
+    from adamole_bench.harness import sweep, trials
     from adamole_bench.harness.config import load_config
-    from adamole_bench.harness.report import outcome_rows, rows_from_mlflow
+    from adamole_bench.harness.results import rows_from_mlflow
     from adamole_bench.harness.tracking import Tracker
 
     trained_on = []
-    real_train = sweep.train
+    real_train = trials.train
 
     def counting_train(model, method, examples, *args, **kwargs):
-        trained_on.append(len(examples))
+        trained_on.append((method.name, len(examples)))
         return real_train(model, method, examples, *args, **kwargs)
 
-    monkeypatch.setattr(sweep, "train", counting_train)
+    monkeypatch.setattr(trials, "train", counting_train)
     config = load_config(None, ["train.batch_size=4", "save_adapters=false"], model="tiny-llama", methods=["lora"],
                          tasks=["copa", "fruit_or_color"], mix=True, train__max_steps=2, eval__limit=4)
     tracker = Tracker("mix-test", uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     outcomes = sweep.run_sweep(config, Console(quiet=True), tracker)
-    assert [o.status for o in outcomes] == ["finished", "finished"]
-    assert trained_on == [50 + 512]  # one adapter, trained on both train splits
-    assert {(r["task"], r["method"], r["seed"]) for r in outcome_rows(outcomes)} == {("copa", "lora", 0), ("fruit_or_color", "lora", 0)}
-    rows = rows_from_mlflow(tracker)
+    # The zero-shot base reference of each task comes first, then the mixture's trials.
+    assert [(o.trial.method, o.trial.task, o.status) for o in outcomes] == [
+        ("base", "copa", "finished"), ("base", "fruit_or_color", "finished"), ("lora", "copa", "finished"), ("lora", "fruit_or_color", "finished"),
+    ]  # fmt: skip
+    assert trained_on == [("base", 0), ("base", 0), ("lora", 50 + 512)]  # one adapter, trained on both train splits
+    rows = [r for r in rows_from_mlflow(tracker) if r["method"] == "lora"]
     assert {r["task"] for r in rows} == {"copa", "fruit_or_color"} and all(0 <= r["acc"] <= 1 for r in rows)
     run = tracker.client.get_run(rows[0]["run_id"])
     assert run.data.tags["train_tasks"] == "copa+fruit_or_color" and "train_data.fruit_or_color" in run.data.tags

@@ -1,3 +1,7 @@
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
 from torch import nn
 
 from ..registry import Method, register
@@ -24,3 +28,28 @@ class Lora(Method):
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, peft_config)
+
+    @contextmanager
+    def scoring(self, model: nn.Module, compute_dtype: torch.dtype = torch.float32) -> Iterator[nn.Module]:
+        """Merged into the base weights (one GEMM per layer instead of three) when scoring in fp32.
+
+        Restored bit for bit on exit from a copy of the original weights (PEFT's unmerge subtracts,
+        which does not give them back exactly). In bf16/fp16 the adapter stays separate: the merged
+        weight would be rounded to 8 (or 11) mantissa bits, which rounds part of a small update
+        away (docs/performance.md, "Mixed precision").
+        """
+        from peft.tuners.lora import LoraLayer
+
+        if compute_dtype != torch.float32:
+            yield model
+            return
+        bases = [module.get_base_layer() for module in model.modules() if isinstance(module, LoraLayer)]
+        originals = [base.weight.detach().to("cpu", copy=True) for base in bases]  # host RAM, not GPU memory
+        model.merge_adapter()
+        try:
+            yield model
+        finally:
+            model.unmerge_adapter()
+            with torch.no_grad():
+                for base, weight in zip(bases, originals):
+                    base.weight.copy_(weight)

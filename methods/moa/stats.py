@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from ..expert_stats import annotate_cells
 from ..registry import StatisticsRecorder
 
 
@@ -100,12 +101,15 @@ class MoaStatistics(StatisticsRecorder):
         import matplotlib.pyplot as plt
 
         panels = self.per_layer()
-        figure, axes = plt.subplots(1, 2, figsize=(2 + 1.4 * len(self.expert_names), 1.5 + 0.25 * len(self.blocks)), squeeze=False)
+        layers = len(self.blocks)
+        figure, axes = plt.subplots(1, 2, figsize=(3 + 1.5 * len(self.expert_names), 1.8 + 0.3 * layers), squeeze=False, layout="constrained")
         for axis, (key, title) in zip(axes[0], [("activation", "activation rate"), ("router_weight", "mean router weight σ(Rx)")]):
-            image = axis.imshow(panels[key].numpy(), aspect="auto", vmin=0.0, vmax=1.0, cmap="viridis")
-            axis.set_title(f"{self.variant} MoA: {title}")
-            axis.set_xticks(range(len(self.expert_names)), self.expert_names, rotation=45, ha="right")
+            values = panels[key].numpy()
+            image = axis.imshow(values, aspect="auto", vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
+            axis.set_title(f"{self.variant} MoA: {title}", fontsize="medium")
+            axis.set_xticks(range(len(self.expert_names)), self.expert_names, rotation=30, ha="right", fontsize=8)
+            axis.set_yticks(range(layers), [f"L{layer}" for layer in range(layers)], fontsize=8)
             axis.set_ylabel("layer")
-            figure.colorbar(image, ax=axis)
-        figure.tight_layout()
+            annotate_cells(axis, values.tolist())
+        figure.colorbar(image, ax=axes[0].tolist(), label="fraction / weight", shrink=0.9)
         return {"experts/usage_heatmap.png": figure}

@@ -1,0 +1,291 @@
+"""One trial in this process: skip it if done, claim it, train, evaluate, record; what both executors run.
+
+A trial that fails or diverges is recorded FAILED and returned as a failed Outcome; Ctrl-C or SIGTERM
+marks it FAILED and propagates. A trial another live process holds is waited for, and taken over if
+that process dies (harness/claims.py).
+"""
+
+import copy
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from ..methods.registry import StatisticsRecorder, build_method
+from ..tasks.sources import TaskData, load_task
+from . import distributed
+from .config import ExperimentConfig
+from .data import training_examples
+from .errors import Diverged, UserError, storage_problem
+from .evaluate import evaluate
+from .grid import value_text
+from .models import BaseModel, load_base_model, resolve_device
+from .progress import end_header
+from .provenance import code_version, eval_protocol_tags, hardware, package_versions
+from .tracking import Tracker
+from .train import peak_memory_mb, set_seed, train
+
+
+@dataclass(frozen=True)
+class Trial:
+    method: str
+    task: str  # the task evaluated (one MLflow run per trial)
+    seed: int
+    resolved: dict = field(compare=False, repr=False)
+    config_hash: str = ""
+    train_tasks: tuple[str, ...] = ()  # what the adapter is trained on: (task,), or every task with --mix
+    grid: tuple[tuple[str, object], ...] = field(default=(), compare=False)  # the swept values that apply to it
+    settings: ExperimentConfig | None = field(default=None, compare=False, repr=False)  # its grid point's config
+
+    @property
+    def name(self) -> str:
+        details = [f"{key}={value_text(value)}" for key, value in self.grid]
+        details = [", ".join(details)] if details else []
+        if self.train_tasks != (self.task,):
+            details.append(f"mix: {'+'.join(self.train_tasks)}")
+        return f"{self.method}/{self.task}/seed{self.seed}" + (f" ({'; '.join(details)})" if details else "")
+
+    @property
+    def adapter_key(self) -> tuple:
+        """Trials with equal keys share one trained adapter (a --mix group); eval settings do not change it."""
+        trained_with = tuple((k, value_text(v)) for k, v in self.grid if not k.startswith("eval."))
+        return (self.method, self.train_tasks, self.seed, trained_with)
+
+
+FAILURES = ("user", "disk", "diverged", "crashed")  # what failed a trial; decides the exit code (cli.py)
+
+
+@dataclass
+class Outcome:
+    trial: Trial
+    status: str  # finished | skipped | failed
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+    failure: str | None = None  # one of FAILURES when status is failed
+
+
+def attempt(trial: Trial, state: "TrialState", tracker: Tracker, sweep_id: str, console: Console, tags: dict[str, str] | None = None) -> Outcome | None:
+    """Skip a finished trial, or claim and run it; None when another live process holds it. `tags` go on the
+    trial's run from its creation (e.g. the Ray task that runs it)."""
+    config = trial.settings
+    try:
+        done = tracker.completed_trial(trial.config_hash, trial.seed)
+        if done:
+            console.print("[dim]already done, skipped[/]")
+            return Outcome(trial, "skipped", done)
+        run_id = tracker.claim_trial(trial.config_hash, trial.seed, trial.name, {**trial_tags(trial), **(tags or {})}, parent_id=sweep_id)
+        if run_id is None:
+            return None
+        end_header(console)
+        with tracker.running(run_id):
+            metrics = run_trial(trial, config, state, tracker, run_id)
+    except UserError as err:
+        console.print(f"  [red]failed:[/] {escape(str(err))}", soft_wrap=True)
+        return Outcome(trial, "failed", error=str(err), failure="user")
+    except Diverged as err:
+        console.print(f"  [red]diverged:[/] {escape(str(err))}", soft_wrap=True)
+        return Outcome(trial, "failed", error=str(err), failure="diverged")
+    except Exception as err:  # a crash in one trial must not lose the others
+        problem = storage_problem(err)
+        if problem:
+            message = f"{problem}: free space and run the same command again (finished trials are kept)"
+            console.print(f"  [red]failed:[/] {escape(message)}", soft_wrap=True)
+            return Outcome(trial, "failed", error=message, failure="disk")
+        console.print(f"  [red]crashed:[/] {type(err).__name__}: {escape(str(err))}")
+        console.print(f"[dim]{escape(traceback.format_exc(limit=-3))}[/]")
+        return Outcome(trial, "failed", error=f"{type(err).__name__}: {err}", failure="crashed")
+    console.print(f"  [green]done[/] acc {metrics.get('eval/acc', float('nan')):.4f}")
+    return Outcome(trial, "finished", metrics)
+
+
+DIED = ("stale", "terminated", "interrupted")  # failures of another process that are worth retrying here
+
+
+def await_trial(trial: Trial, state: "TrialState", tracker: Tracker, sweep_id: str, console: Console, tags: dict[str, str] | None = None) -> Outcome:
+    """Wait for a trial another process runs; if that process dies, claim the trial and run it here."""
+    console.print(f"waiting for {trial.name} (running in another process)")
+    status, info = tracker.wait_for_trial(trial.config_hash, trial.seed)
+    if status == "failed" and info["failure"] in DIED:
+        console.print(f"  the other process stopped ({escape(info['error'])}); retrying here", soft_wrap=True)
+        outcome = attempt(trial, state, tracker, sweep_id, console, tags)
+        if outcome is not None:
+            return outcome
+        status, info = tracker.wait_for_trial(trial.config_hash, trial.seed)  # a third process took it over
+    if status == "finished":
+        console.print(f"  [green]done elsewhere[/] acc {info.get('eval/acc', float('nan')):.4f}")
+        return Outcome(trial, "skipped", info)
+    console.print(f"  [red]failed elsewhere:[/] {escape(info['error'])}", soft_wrap=True)
+    return Outcome(trial, "failed", error=info["error"], failure=info["failure"] if info["failure"] in FAILURES else "crashed")
+
+
+def trial_tags(trial: Trial) -> dict[str, str]:
+    config = trial.settings
+    return {
+        "kind": "trial",
+        "method": trial.method,
+        "task": trial.task,
+        "seed": str(trial.seed),
+        "model": config.model,
+        "protocol": config.eval.protocol,
+        "train_tasks": "+".join(trial.train_tasks),
+        "loss_on": config.train.loss_on,
+        "config_hash": trial.config_hash,
+        "eval_batch_size": str(config.eval.batch_size),
+        **code_version(),
+        **({"grid": ",".join(k for k, _ in trial.grid)} if trial.grid else {}),
+        **{f"grid.{key}": value_text(value) for key, value in trial.grid},
+    }
+
+
+@dataclass
+class TrainedAdapter:
+    """A trained model and what it was trained on, kept while trials that share it are evaluated."""
+
+    method: object
+    model: object
+    result: object
+    trainable: int
+    total: int
+    train_data: list[TaskData]
+
+
+class TrialState:
+    """What trials share: the base model (loaded once, copied per trial), each task's data, and the
+    last trained adapter (reused by the next trials of a --mix group)."""
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config
+        self.precision = config.resolved_precision()
+        self._base: BaseModel | None = None
+        self._data: dict[str, TaskData] = {}
+        self._trained: tuple[tuple, TrainedAdapter | Diverged] | None = None
+
+    def base(self) -> BaseModel:
+        if self._base is None:
+            cfg = self.config
+            self._base = load_base_model(cfg.model, device="cpu", trust_remote_code=cfg.trust_remote_code)
+            self.precision.prepare(self._base.model)  # once; every trial copies the prepared base
+        return self._base
+
+    def data(self, task: str) -> TaskData:
+        if task not in self._data:
+            self._data[task] = load_task(task, self.config.data_dir)
+        return self._data[task]
+
+    def read_local_data(self) -> None:
+        """Read the tasks --data-dir provides now, so a broken file fails in one line before any run."""
+        if self.config.data_dir:
+            for task in self.config.tasks:
+                if (Path(self.config.data_dir) / task).is_dir():
+                    self.data(task)
+
+    def forget_adapter(self) -> None:
+        """Free the last trained adapter (a Ray worker keeps the state for its next task, not the adapter)."""
+        self._trained = None
+
+    def trained(self, trial: Trial) -> TrainedAdapter:
+        """The adapter for this trial; a --mix group whose training diverged fails each of its trials at once."""
+        key = trial.adapter_key
+        if self._trained is None or self._trained[0] != key:
+            self._trained = None  # free the previous adapter before training the next
+            try:
+                self._trained = (key, _train_adapter(trial, trial.settings, self))
+            except Diverged as err:
+                self._trained = (key, err)
+        if isinstance(self._trained[1], Diverged):
+            raise self._trained[1]
+        return self._trained[1]
+
+
+def _train_adapter(trial: Trial, config: ExperimentConfig, state: TrialState) -> TrainedAdapter:
+    base = state.base()
+    method = build_method(trial.method, config.method_options.get(trial.method))
+    set_seed(trial.seed)  # adapter initialisation depends on the seed
+    device = distributed.context().device(resolve_device(config.device))  # cuda:<local rank> under DDP
+    model = method.apply(copy.deepcopy(base.model).to(device))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    train_data = [state.data(task) for task in trial.train_tasks]
+    examples = []
+    for data in train_data:
+        docs = data.splits["train"][: config.train.max_train_examples]
+        if method.trains and not docs:
+            raise UserError(f"task '{data.spec.name}' has no train split in {data.source}; provide one with --data-dir")
+        examples += training_examples(data.spec, docs, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol)
+    result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id, state.precision)
+    return TrainedAdapter(method, model, result, trainable, total, train_data)
+
+
+def run_trial(trial: Trial, config: ExperimentConfig, state: TrialState, tracker: Tracker, run_id: str) -> dict:
+    """Train (or reuse the --mix group's adapter), evaluate and record one claimed trial; `config` is its grid point's."""
+    data = state.data(trial.task)
+    base = state.base()
+    device = distributed.context().device(resolve_device(config.device))
+    tracker.set_tags(
+        run_id,
+        {
+            "data_source": data.source,
+            "data_notes": "; ".join(data.notes) or "official splits",
+            **{f"data_fingerprint.{split}": fp for split, fp in data.fingerprints.items()},
+            "model_fingerprint": base.fingerprint,
+            "model_source": base.source,
+            **state.precision.tags(),
+            "device": str(device),
+            **hardware(device),
+            **{f"version.{k}": v for k, v in package_versions().items()},
+        },
+    )
+    tracker.log_params(run_id, {**trial.resolved, "seed": trial.seed})
+    tracker.log_dict(run_id, {**trial.resolved, "seed": trial.seed, "config_hash": trial.config_hash}, "config/trial.json")
+
+    trained = state.trained(trial)
+    method, model, result = trained.method, trained.model, trained.result
+    tracker.set_tags(run_id, method.tags())
+    if trial.train_tasks != (trial.task,):  # every training set of a mixture, for reproducibility
+        tracker.set_tags(run_id, {f"train_data.{d.spec.name}": f"{d.source} {d.fingerprints['train']}" for d in trained.train_data})
+    tracker.log_history(run_id, "train/loss", result.losses)
+    if any(result.aux_losses):
+        tracker.log_history(run_id, "train/aux_loss", result.aux_losses)
+    if not distributed.context().is_main:
+        return {}  # rank 0 evaluates and records; the other ranks only train
+
+    started = time.perf_counter()
+    recorder = method.statistics(model) if config.eval.expert_stats else StatisticsRecorder()
+    with method.scoring(model, state.precision.compute_dtype) as scored, recorder as statistics:
+        evaluation = evaluate(scored, base.tokenizer, data, config.eval, state.precision)
+    eval_seconds = time.perf_counter() - started
+
+    metrics = {f"eval/{k}": v for k, v in evaluation.metrics.items()}
+    metrics |= {
+        "eval/seconds": eval_seconds,
+        "eval/docs": len(evaluation.samples),
+        "params/trainable": trained.trainable,
+        "params/total": trained.total,
+        "train/steps": result.steps,
+        "train/seconds": result.seconds,
+        "train/tokens_per_second": result.tokens_per_second,
+        "train/final_loss": result.losses[-1] if result.losses else float("nan"),
+        "train/mean_loss": sum(result.losses) / len(result.losses) if result.losses else float("nan"),
+        "memory/peak_mb": peak_memory_mb(device),
+    }
+    if state.precision.name == "fp16":
+        metrics["train/skipped_steps"] = result.skipped_steps  # overflow steps the grad scaler skipped
+    metrics |= statistics.metrics()
+    tracker.log_metrics(run_id, metrics)
+    tracker.set_tags(run_id, eval_protocol_tags(evaluation.results_json))
+    for artifact, figure in statistics.figures().items():
+        tracker.log_figure(run_id, figure, artifact)
+    for artifact, table in statistics.tables().items():
+        tracker.log_dict(run_id, table, artifact)
+    tracker.log_dict(run_id, evaluation.results_json, "lm_eval/results.json")
+    tracker.log_dict(run_id, evaluation.samples, "lm_eval/samples.json")
+    if config.save_adapters and method.trains:
+        with tempfile.TemporaryDirectory() as folder:
+            method.save(model, Path(folder) / "adapter", base.reference())
+            tracker.log_artifacts(run_id, Path(folder) / "adapter", "adapter")
+    return metrics

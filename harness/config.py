@@ -15,7 +15,7 @@ from typing import Literal
 
 import yaml
 
-from .errors import UserError, unknown
+from .errors import UserError
 from .models import DEFAULT_MODEL, check_model_name, resolve_device
 from .precision import Precision, resolve_precision
 

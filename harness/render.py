@@ -106,7 +106,7 @@ def render_markdown(table: AccuracyTable) -> str:
 
 CSV_FIELDS = ("row", "method", "variant", "reference", "column", "mean", "ci_low", "ci_high", "interval", "docs", "seeds",
               "majority_rate", "top_answer", "top_share", "collapsed", "p_vs_base", "p_vs_base_docs", "p_vs_base_seeds", "base_row",
-              "p_vs_best", "p_vs_best_docs", "p_vs_best_seeds", "best_row",
+              "p_vs_best", "p_vs_best_docs", "p_vs_best_seeds", "best_row", "p_vs_majority", "p_vs_majority_docs", "p_vs_majority_seeds",
               "best", "bold", "config_hash", "run_ids", "source")  # fmt: skip
 
 
@@ -126,7 +126,8 @@ def _records(table: AccuracyTable) -> list[dict]:
                 "docs": cell.docs, "seeds": cell.seeds, "majority_rate": table.majority.get(column, (None, None))[1],
                 "top_answer": cell.top_answer, "top_share": cell.top_share, "collapsed": cell.collapsed,
                 **_test_fields("base", cell.p_base), "base_row": reference.label if reference and cell.p_base else None,
-                **_test_fields("best", cell.p_best), "best_row": best if cell.p_best else None, "best": cell.best, "bold": cell.bold,
+                **_test_fields("best", cell.p_best), "best_row": best if cell.p_best else None, **_test_fields("majority", cell.p_majority),
+                "best": cell.best, "bold": cell.bold,
                 "config_hash": variant.config_hashes.get(column), "run_ids": cell.run_ids, "source": "reference" if variant.reference else "measured",
             })  # fmt: skip
     for (method, task), value in table.published.items():

@@ -2,7 +2,8 @@
 
 Every cell carries its evidence: the accuracy with a 95% interval, n eval docs and the seeds
 behind it, a flag when the predictions collapsed onto one answer, and paired tests over per-doc
-correctness against the zero-shot `base` row and against the column's best row.
+correctness against the zero-shot `base` row, the column's best row and the constant predictor that
+always gives the majority answer (what a model that only learned the label prior scores).
 docs/statistics.md explains each number; harness/render.py turns a table into text.
 """
 
@@ -58,8 +59,9 @@ class Cell:
     top_share: float | None = None
     p_base: Paired | None = None  # against the base row of the same eval protocol
     p_best: Paired | None = None  # against the best row of the column
+    p_majority: Paired | None = None  # against always answering the column's majority class
     best: bool = False
-    bold: bool = False  # best and significantly better than every other row
+    bold: bool = False  # best and significantly better than every other row and the majority class
 
     @property
     def seeds(self) -> int:
@@ -84,8 +86,12 @@ class Cell:
             flags.append(f"always {self.top_answer}" if self.top_share == 1 else f"{self.top_share:.0%} {self.top_answer}")
         if self.correct is None:
             flags.append("untested (no per-doc samples)")
-        flags += [f"n.s. vs {name}" for name, test in (("base", self.p_base), ("best", self.p_best)) if test is not None and test.p >= ALPHA]
+        tests = (("base", self.p_base), ("best", self.p_best), ("majority", self.p_majority))
+        flags += [f"n.s. vs {name}" for name, test in tests if test is not None and test.p >= ALPHA]
         return flags
+
+    def beats(self, other: "Cell", test: Paired | None) -> bool:
+        return test is not None and test.p < ALPHA and self.mean > other.mean
 
 
 @dataclass
@@ -94,6 +100,7 @@ class AccuracyTable:
     tasks: list[str]
     cells: dict[tuple[str, str], Cell]  # (row label, task or AVERAGE) → cell
     majority: dict[str, tuple[str, float, int]] = field(default_factory=dict)  # column → (answer, rate, docs)
+    majority_cells: dict[str, Cell] = field(default_factory=dict)  # column → the always-majority predictor
     published: dict[tuple[str, str], float] = field(default_factory=dict)  # (method, task) → paper number
     model: str | None = None
     metric: str = "acc"
@@ -109,8 +116,9 @@ class AccuracyTable:
 
     legend = (
         "[low, high]: 95% CI (1 seed: Wilson over docs; k seeds: t over seeds, at least as wide) · n: eval docs · "
-        "n.s. vs base/best: no significant difference (p ≥ 0.05) in a paired test over docs and seeds · "
-        "bold: significantly better than every other row · "
+        "n.s. vs base/best/majority: no significant difference (p ≥ 0.05) in a paired test over docs and seeds "
+        "(majority: always giving the majority answer) · "
+        "bold: significantly better than every other row and the majority class · "
         f"always X / NN% X: ≥ {COLLAPSED_SHARE:.0%} of answers are X"
     )
 
@@ -224,8 +232,13 @@ def _significance(table: AccuracyTable) -> None:
             reference = table.reference_for(variant)
             if reference and (reference.label, column) in table.cells:
                 cell.p_base = paired_test(cell, table.cells[(reference.label, column)])
+            majority = table.majority_cells.get(column)
+            if majority is not None and not cell.constant:
+                cell.p_majority = paired_test(cell, majority)
         others = [c for _, c in present if not c.best]
-        best_cell.bold = len(leaders) == 1 and all(c.p_best is not None and c.p_best.p < ALPHA for c in others)
+        majority = table.majority_cells.get(column)
+        above_prior = majority is None or best_cell.constant or best_cell.beats(majority, best_cell.p_majority)
+        best_cell.bold = len(leaders) == 1 and above_prior and all(c.p_best is not None and c.p_best.p < ALPHA for c in others)
 
 
 def _majority(table: AccuracyTable, samples) -> None:
@@ -238,6 +251,8 @@ def _majority(table: AccuracyTable, samples) -> None:
         answer, rate = most_common(labels.values())
         if answer is not None:
             table.majority[task] = (answer_name(answer), rate, len(labels))
+            correct = {doc: float(label == answer) for doc, label in sorted(labels.items())}
+            table.majority_cells[task] = Cell(rate, None, None, len(labels), "none", [], [rate], constant=True, correct=correct)
 
 
 def build_table(variants: list[Variant], samples=lambda run_id: None, tasks: list[str] | None = None, published=None, model=None) -> AccuracyTable:

@@ -22,9 +22,10 @@ def verdict(table: AccuracyTable) -> list[str]:
             parts.append(f"no method differs significantly from base (smallest p={c.p_base.p:.2g}, {v.label})")
         elif not tested and any(not v.reference for v, _ in present):
             parts.append("no base reference with per-doc samples to test against")
+        parts += _against_majority(table, column, present)
         bold = [v.label for v, c in present if c.bold]
         if bold:
-            parts.append(f"{bold[0]} is significantly better than every other row")
+            parts.append(f"{bold[0]} is significantly better than every other row and the majority class")
         elif len(present) > 1:
             parts.append("no row is significantly better than all others")
         collapsed = [f"{v.label} answers {c.top_answer} on {c.top_share:.0%} of docs" for v, c in present if c.collapsed]
@@ -32,6 +33,23 @@ def verdict(table: AccuracyTable) -> list[str]:
             parts.append("collapsed predictors: " + ", ".join(collapsed))
         lines.append(f"{column} ({n}): " + "; ".join(parts or ["only one row"]))
     return lines + _more_power(table)
+
+
+def _against_majority(table: AccuracyTable, column: str, present: list) -> list[str]:
+    """Beating a letter-biased base is easy; beating "always the majority answer" is learning the task."""
+    majority = table.majority_cells.get(column)
+    trained = [(v, c) for v, c in present if not c.constant and c.p_majority is not None]
+    if majority is None or not trained:
+        return []
+    answer = table.majority[column][0]
+    above = [f"{v.label} +{(c.mean - majority.mean) * 100:.1f} (p={c.p_majority.p:.2g})" for v, c in trained if c.beats(majority, c.p_majority)]
+    if above:
+        return [f"above the majority class ({answer}, {majority.mean:.1%}): " + ", ".join(above)]
+    v, c = min(trained, key=lambda vc: vc[1].p_majority.p)
+    return [
+        f"no method is significantly better than always answering {answer} ({majority.mean:.1%}; closest {v.label}, "
+        f"{c.mean:.1%}, p={c.p_majority.p:.2g}): a gain over base here is the label prior, not the task"
+    ]
 
 
 def _more_power(table: AccuracyTable) -> list[str]:

@@ -49,7 +49,36 @@ def test_one_seed_cells_have_a_wilson_interval_n_and_exact_mcnemar_tests(copa_ta
     assert lora.best and lora.bold and adamole.p_best.p == pytest.approx(stats.binomtest(5, 37).pvalue)
     assert (base.top_answer, base.top_share, adamole.top_answer, adamole.collapsed, lora.collapsed) == ("A", 1.0, "B", True, False)
     assert copa_table.majority["copa"] == ("A", 0.64, 50)
-    assert adamole.flags() == ["always B", "n.s. vs base"]
+    assert adamole.flags() == ["always B", "n.s. vs base", "n.s. vs majority"]  # 18 vs 32 docs against always-A
+    assert lora.p_majority.p == pytest.approx(2 * 0.5**13) and base.p_majority is None  # base is untrained: no test
+
+
+def test_beating_a_letter_biased_base_is_not_beating_the_majority_class():
+    """BoolQ as the default CPU run saw it: base always answers A (30 of 100 labels), a collapsed
+    adapter answers B on 99 docs. It beats base by 39 points (69 vs 30 discordant docs) and is no
+    better than the constant majority predictor, so it is not bold and the verdict says it learned the prior."""
+    gold, samples = labels(30, 70), {}
+    rows = [run("base", "boolq", 0, [0] * 100, gold, samples), run("mole", "boolq", 0, [1] * 99 + [0], gold, samples)]
+    table = _table(rows, samples)
+    mole = table.cells[("mole", "boolq")]
+    assert mole.p_base.p == pytest.approx(stats.binomtest(30, 99).pvalue) and mole.p_base.p < 0.001
+    assert mole.best and not mole.bold
+    # Against always-B: mole differs only on doc 99 (labelled B, answered A): 0 vs 1 discordant docs.
+    assert mole.p_majority.p == pytest.approx(1.0) and "n.s. vs majority" in mole.flags()
+    line = verdict(table)[0]
+    assert "mole +39.0 points vs base" in line and "no method is significantly better than always answering B (70.0%" in line
+    assert "label prior" in line and "is significantly better than every other row" not in line
+    csv_row = next(r for r in csv.DictReader(io.StringIO(render_csv(table))) if r["row"] == "mole")
+    assert float(csv_row["p_vs_majority"]) == pytest.approx(1.0) and csv_row["bold"] == "False"
+
+    # A method right on the first 95 docs is above the prior: right on the 30 A docs always-B misses,
+    # wrong on 5 B docs it gets: 30 vs 5 discordant docs.
+    rows.append(run("adamole", "boolq", 0, right_on(gold, 95), gold, samples))
+    table = _table(rows, samples)
+    adamole = table.cells[("adamole", "boolq")]
+    assert adamole.p_majority.p == pytest.approx(stats.binomtest(5, 35).pvalue) and adamole.bold
+    line = verdict(table)[0]
+    assert "above the majority class (B, 70.0%): adamole +25.0" in line and "label prior" not in line
 
 
 def test_no_bold_winner_without_a_significant_test():
@@ -102,7 +131,7 @@ def test_average_column_pools_task_variances_and_needs_every_task():
 def test_every_format_shows_interval_n_flags_and_p_values(copa_table):
     markdown = render_markdown(copa_table)
     assert "| lora | **90.0 [78.6, 95.7]**; n=50 |" in markdown
-    assert "| adamole | 36.0 [24.1, 49.9]; n=50; always B; n.s. vs base |" in markdown
+    assert "| adamole | 36.0 [24.1, 49.9]; n=50; always B; n.s. vs base; n.s. vs majority |" in markdown
     assert "| majority class | 64.0 (A); n=50 |" in markdown and "verdict:" in markdown
     latex = render_latex(copa_table)
     assert r"\textbf{90.0 [78.6, 95.7]}; n=50 \\" in latex and "≥" not in latex and r"$\geq$" in latex

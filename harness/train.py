@@ -5,6 +5,7 @@ Our own loop rather than HF Trainer: methods add an auxiliary loss through one h
 change between transformers releases (the reason PEFT's method_comparison avoids it too).
 """
 
+import inspect
 import math
 import random
 import resource
@@ -64,6 +65,26 @@ def check_finite(step: int, loss: float, aux_loss: float, grad_norm: float, grad
             raise Diverged(step, what, value)
 
 
+def keeps_logits(model: torch.nn.Module) -> bool:
+    """Whether the causal LM under any PEFT wrapper can compute logits at chosen positions only."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def supervised_loss(model: torch.nn.Module, batch: dict, num_items: float | None = None) -> torch.Tensor:
+    """transformers' shifted causal-LM cross-entropy, with logits only at positions whose next token is
+    supervised: with answer-only labels that is a few positions per example instead of all, so the
+    49k-wide lm_head and its softmax no longer dominate a small model's step. Mean over supervised
+    tokens, or their sum / `num_items` (multi-process: the global count, as transformers does)."""
+    targets = batch["labels"][:, 1:]
+    keep = (targets != -100).any(dim=0).nonzero().squeeze(1)  # positions any row of the batch needs
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    chosen = targets[:, keep]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 from bf16/fp16, float64 stays
+    total = torch.nn.functional.cross_entropy(logits.flatten(0, 1), chosen.flatten(), ignore_index=-100, reduction="sum")
+    return total / (num_items if num_items is not None else (chosen != -100).sum())
+
+
 def _endless(loader) -> Iterator[dict]:
     while True:  # each pass over the DataLoader reshuffles from its seeded generator
         yield from loader
@@ -101,6 +122,7 @@ def train(
     steps = config.max_steps or math.ceil(len(loader) * config.epochs / config.grad_accum)
     batches = _endless(loader)
     train_model = distributed.wrap(model, method, ctx)
+    sliced = keeps_logits(model)
 
     # Optimizer and schedule: AdamW as in the reference (betas 0.9/0.999, eps 1e-8).
     from transformers import get_scheduler
@@ -119,10 +141,13 @@ def train(
                 batch, label_tokens = next(batches)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 # Multi-process: sum over this slice / (global tokens / world) → DDP's average is the global mean.
-                scale = {"num_items_in_batch": label_tokens / ctx.world_size} if ctx.enabled else {}
+                num_items = label_tokens / ctx.world_size if ctx.enabled else None
                 with distributed.gradient_sync(train_model, last_micro_step=micro == config.grad_accum - 1):
-                    with precision.autocast():  # the loss comes out fp32 (transformers upcasts the logits)
-                        loss = train_model(**batch, **scale).loss
+                    with precision.autocast():  # the loss comes out fp32 (the logits are upcast first)
+                        if sliced:
+                            loss = supervised_loss(train_model, batch, num_items)
+                        else:
+                            loss = train_model(**batch, **({} if num_items is None else {"num_items_in_batch": num_items})).loss
                         aux = method.aux_loss(model)
                     total = loss if aux is None else loss + method.aux_loss_coeff * aux.float()
                     scaler.scale(total / config.grad_accum).backward()

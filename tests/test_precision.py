@@ -339,3 +339,48 @@ def test_smoke_suite_gives_the_same_accuracies_and_loss_curves_in_fp32_and_bf16(
         assert a["loss"] != b["loss"]  # bf16 really ran
     again = _smoke(tmp_path / "bf16-again", "bf16", "[adamole]")["adamole"]
     assert again == bf16["adamole"]  # same seed and config: bitwise the same in bf16 too
+
+
+# --- the loss on supervised positions only ------------------------------------------------------
+
+
+@pytest.mark.parametrize("method_name", ["lora", "adamole"])
+def test_supervised_loss_equals_transformers_shifted_loss_in_value_and_gradient(method_name):
+    """Logits only where a label follows: the same loss and the same gradients (float64), with ragged
+    right padding, answers at different positions per row, and the multi-process num_items scaling."""
+    from adamole_bench.harness.models import tiny_llama
+    from adamole_bench.harness.train import keeps_logits, supervised_loss
+
+    torch.manual_seed(0)
+    model = build_method(method_name, {}).apply(tiny_llama().double()).train()
+    assert keeps_logits(model)
+    lengths, width = [12, 9, 7], 12
+    ids = torch.randint(3, 200, (3, width))
+    mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
+    labels = torch.full_like(ids, -100)
+    for row, n in enumerate(lengths):
+        labels[row, n - 2 - row : n] = ids[row, n - 2 - row : n]  # 2, 3 and 4 answer tokens
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def value_and_grads(loss_fn):
+        set_seed(1)  # the same dropout masks for both
+        loss = loss_fn()
+        grads = torch.autograd.grad(loss, params)
+        return loss, grads
+
+    def shifted_loss(num_items):  # the literal definition, on every position's logits, in float64
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        total = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+        return total / (num_items if num_items is not None else (labels[:, 1:] != -100).sum())
+
+    for num_items in (None, 7.5):
+        expected, expected_grads = value_and_grads(lambda: shifted_loss(num_items))
+        got, got_grads = value_and_grads(lambda: supervised_loss(model, batch, num_items))
+        assert got.dtype == torch.float64 and torch.allclose(got, expected, rtol=1e-12, atol=0)
+        for g, e in zip(got_grads, expected_grads):
+            assert torch.allclose(g, e, rtol=1e-9, atol=1e-12)
+        set_seed(1)  # and transformers' own loss (it computes in float32)
+        scale = {} if num_items is None else {"num_items_in_batch": num_items}
+        assert model(**batch, **scale).loss.item() == pytest.approx(got.item(), rel=1e-6)
+    assert any(g.abs().sum() > 0 for g in got_grads)

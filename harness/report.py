@@ -255,6 +255,17 @@ def _majority(table: AccuracyTable, samples) -> None:
             table.majority_cells[task] = Cell(rate, None, None, len(labels), "none", [], [rate], constant=True, correct=correct)
 
 
+def _average_majority(table: AccuracyTable) -> None:
+    """The majority predictor over every task: each task's constant predictor, weighted as `average` is."""
+    if AVERAGE not in table.columns or any(t not in table.majority_cells for t in table.tasks):
+        return
+    cells = [table.majority_cells[t] for t in table.tasks]
+    mean = statistics.fmean(c.mean for c in cells)
+    correct = {(t, doc): v for t, c in zip(table.tasks, cells) for doc, v in c.correct.items()}
+    weights = {(t, doc): 1 / (len(cells) * len(c.correct)) for t, c in zip(table.tasks, cells) for doc in c.correct}
+    table.majority_cells[AVERAGE] = Cell(mean, None, None, len(correct), "none", [], [mean], constant=True, correct=correct, weights=weights)
+
+
 def build_table(variants: list[Variant], samples=lambda run_id: None, tasks: list[str] | None = None, published=None, model=None) -> AccuracyTable:
     """variants (results.group_variants) → table; `samples(run_id)` gives a run's per-doc records."""
     tasks = tasks or list(dict.fromkeys(t for v in variants for t in v.runs))
@@ -267,5 +278,6 @@ def build_table(variants: list[Variant], samples=lambda run_id: None, tasks: lis
                 cells[(variant.label, AVERAGE)] = average
     table = AccuracyTable(variants, tasks, cells, published=published or {}, model=model)
     _majority(table, samples)
+    _average_majority(table)
     _significance(table)
     return table

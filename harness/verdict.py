@@ -41,15 +41,16 @@ def _against_majority(table: AccuracyTable, column: str, present: list) -> list[
     trained = [(v, c) for v, c in present if not c.constant and c.p_majority is not None]
     if majority is None or not trained:
         return []
-    answer = table.majority[column][0]
+    answer = f"always {table.majority[column][0]}" if column in table.majority else "the majority answers"
     above = [f"{v.label} +{(c.mean - majority.mean) * 100:.1f} (p={c.p_majority.p:.2g})" for v, c in trained if c.beats(majority, c.p_majority)]
     if above:
-        return [f"above the majority class ({answer}, {majority.mean:.1%}): " + ", ".join(above)]
-    v, c = min(trained, key=lambda vc: vc[1].p_majority.p)
-    return [
-        f"no method is significantly better than always answering {answer} ({majority.mean:.1%}; closest {v.label}, "
-        f"{c.mean:.1%}, p={c.p_majority.p:.2g}): a gain over base here is the label prior, not the task"
-    ]
+        return [f"better than {answer} ({majority.mean:.1%}): " + ", ".join(above)]
+    v, c = max(trained, key=lambda vc: vc[1].mean)
+    line = f"no method is significantly better than {answer} ({majority.mean:.1%}; best {v.label}, {c.mean:.1%}, p={c.p_majority.p:.2g})"
+    reference = {v.label: table.reference_for(v) for v, _ in trained}
+    if any(c.p_base is not None and c.beats(table.cells[(reference[v.label].label, column)], c.p_base) for v, c in trained):
+        line += ": the gains over base are the label prior, not the task"
+    return [line]
 
 
 def _more_power(table: AccuracyTable) -> list[str]:

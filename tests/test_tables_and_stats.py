@@ -51,6 +51,8 @@ def test_one_seed_cells_have_a_wilson_interval_n_and_exact_mcnemar_tests(copa_ta
     assert copa_table.majority["copa"] == ("A", 0.64, 50)
     assert adamole.flags() == ["always B", "n.s. vs base", "n.s. vs majority"]  # 18 vs 32 docs against always-A
     assert lora.p_majority.p == pytest.approx(2 * 0.5**13) and base.p_majority is None  # base is untrained: no test
+    # No method beats base except lora, and lora also beats always-A: no "label prior" remark.
+    assert "better than always A (64.0%): lora +26.0" in verdict(copa_table)[0] and "label prior" not in verdict(copa_table)[0]
 
 
 def test_beating_a_letter_biased_base_is_not_beating_the_majority_class():
@@ -66,8 +68,8 @@ def test_beating_a_letter_biased_base_is_not_beating_the_majority_class():
     # Against always-B: mole differs only on doc 99 (labelled B, answered A): 0 vs 1 discordant docs.
     assert mole.p_majority.p == pytest.approx(1.0) and "n.s. vs majority" in mole.flags()
     line = verdict(table)[0]
-    assert "mole +39.0 points vs base" in line and "no method is significantly better than always answering B (70.0%" in line
-    assert "label prior" in line and "is significantly better than every other row" not in line
+    assert "mole +39.0 points vs base" in line and "no method is significantly better than always B (70.0%; best mole, 69.0%, p=1)" in line
+    assert "the gains over base are the label prior" in line and "is significantly better than every other row" not in line
     csv_row = next(r for r in csv.DictReader(io.StringIO(render_csv(table))) if r["row"] == "mole")
     assert float(csv_row["p_vs_majority"]) == pytest.approx(1.0) and csv_row["bold"] == "False"
 
@@ -78,7 +80,7 @@ def test_beating_a_letter_biased_base_is_not_beating_the_majority_class():
     adamole = table.cells[("adamole", "boolq")]
     assert adamole.p_majority.p == pytest.approx(stats.binomtest(5, 35).pvalue) and adamole.bold
     line = verdict(table)[0]
-    assert "above the majority class (B, 70.0%): adamole +25.0" in line and "label prior" not in line
+    assert "better than always B (70.0%): adamole +25.0" in line and "label prior" not in line
 
 
 def test_no_bold_winner_without_a_significant_test():
@@ -126,6 +128,9 @@ def test_average_column_pools_task_variances_and_needs_every_task():
     assert (average.mean, average.docs, average.interval) == (pytest.approx(0.8), 150, "normal")
     assert (average.low, average.high) == pytest.approx(normal_interval(0.8, variance))
     assert average.p_base.p < 0.001  # +26 and +10 points, every discordant doc in lora's favour
+    # Always the majority answer of each task (A on both): (64% + 60%) / 2, tested with the same weights.
+    assert table.majority_cells[AVERAGE].mean == pytest.approx(0.62)
+    assert average.p_majority.p < 0.001 and average.p_majority.p_docs == average.p_majority.p  # 13 + 10 docs, all lora's
 
 
 def test_every_format_shows_interval_n_flags_and_p_values(copa_table):

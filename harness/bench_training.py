@@ -14,6 +14,7 @@ processes on a shared machine hits every row alike; medians are reported.
 """
 
 import copy
+import gc
 import statistics
 import time
 from contextlib import contextmanager, nullcontext
@@ -141,36 +142,33 @@ def _variants(name: str, options: dict) -> list[tuple[str, dict]]:
     return [(name, options), (f"{name} dropout_mode={other}", {**options, "dropout_mode": other})]
 
 
-def build_rows(settings, base: BaseModel, device: torch.device, precisions: list[Precision]) -> list[Row]:
-    rows: list[Row] = []
-    several = len(precisions) > 1
-    for precision in precisions:
-        lr, seed = settings.lr, settings.seed
-        mine: list[Row] = []
-        for name in settings.methods:
-            if not build_method(name, settings.method_options.get(name)).trains:
-                continue
-            for label, options in _variants(name, settings.method_options.get(name) or {}):
-                method = build_method(name, options)
-                mine.append(_make_row(precision_label(label, precision, several), method, base, device, precision, lr, seed))
-        extra: list[Row] = []
-        for row in [r for r in mine if expert_modules(r.model)]:
-            # The same work as the mixture's experts: same modules, same total rank, same dropout rate.
-            total_rank = expert_modules(row.model)[0].lora_A.shape[0]
-            dropout = getattr(row.method.config, "dropout", 0.0)
-            label = precision_label(f"lora r={total_rank}" + (f" p={dropout:g}" if dropout else ""), precision, several)
-            if label not in [r.label for r in mine + extra]:
-                options = {"rank": total_rank, "dropout": dropout}
-                targets = getattr(row.method.config, "target_modules", None)
-                if targets:
-                    options["target_modules"] = list(targets)
-                extra.append(_make_row(label, build_method("lora", options), base, device, precision, lr, seed))
-            row.baseline = label
-            if getattr(row.method.config, "dropout_mode", "per_expert") == "per_expert":
-                # The loop reference shares the mixture row's model and optimizer: same parameters.
-                extra.append(Row(f"{row.label} loop-ref", row.method, row.model, row.optimizer, precision, loop=True, baseline=row.label))
-        rows += mine + extra
-    return rows
+def build_rows(settings, base: BaseModel, device: torch.device, precision: Precision, several: bool = False) -> list[Row]:
+    """Every row of one precision: the methods, their shared-dropout twins, LoRA(N·r) and loop references."""
+    lr, seed = settings.lr, settings.seed
+    mine: list[Row] = []
+    for name in settings.methods:
+        if not build_method(name, settings.method_options.get(name)).trains:
+            continue
+        for label, options in _variants(name, settings.method_options.get(name) or {}):
+            method = build_method(name, options)
+            mine.append(_make_row(precision_label(label, precision, several), method, base, device, precision, lr, seed))
+    extra: list[Row] = []
+    for row in [r for r in mine if expert_modules(r.model)]:
+        # The same work as the mixture's experts: same modules, same total rank, same dropout rate.
+        total_rank = expert_modules(row.model)[0].lora_A.shape[0]
+        dropout = getattr(row.method.config, "dropout", 0.0)
+        label = precision_label(f"lora r={total_rank}" + (f" p={dropout:g}" if dropout else ""), precision, several)
+        if label not in [r.label for r in mine + extra]:
+            options = {"rank": total_rank, "dropout": dropout}
+            targets = getattr(row.method.config, "target_modules", None)
+            if targets:
+                options["target_modules"] = list(targets)
+            extra.append(_make_row(label, build_method("lora", options), base, device, precision, lr, seed))
+        row.baseline = label
+        if getattr(row.method.config, "dropout_mode", "per_expert") == "per_expert":
+            # The loop reference shares the mixture row's model and optimizer: same parameters.
+            extra.append(Row(f"{row.label} loop-ref", row.method, row.model, row.optimizer, precision, loop=True, baseline=row.label))
+    return mine + extra
 
 
 def random_batch(base: BaseModel, settings, device: torch.device) -> dict:
@@ -191,8 +189,19 @@ def loop_max_abs_difference(row: Row, batch: dict) -> float:
 
 
 def measure_training(settings, base: BaseModel, device: torch.device, precisions: list[Precision]) -> list[dict]:
-    rows = build_rows(settings, base, device, precisions)
+    """One precision at a time: each row holds its own model copy and optimizer, and all rows of two
+    precisions at SmolLM2 8 × 128 outgrew 24 GiB. Within a precision the rows are timed round-robin."""
+    results = []
     batch = random_batch(base, settings, device)
+    for precision in precisions:
+        rows = build_rows(settings, base, device, precision, several=len(precisions) > 1)
+        results += _measure_rows(rows, batch, settings, device) + measure_layers(rows, settings, device)
+        del rows
+        gc.collect()
+    return results
+
+
+def _measure_rows(rows: list[Row], batch: dict, settings, device: torch.device) -> list[dict]:
     for row in rows:  # warmup; then one step with the memory probes on
         for _ in range(settings.warmup):
             row.step(batch)
@@ -241,7 +250,6 @@ def measure_training(settings, base: BaseModel, device: torch.device, precisions
             result["max_abs_logit_difference"] = loop_max_abs_difference(row, batch)
             result["outputs_match"] = result["max_abs_logit_difference"] <= LOOP_EQUALITY_TOLERANCE[row.precision.name]
         results.append(result)
-    results += measure_layers(rows, settings, device)
     return results
 
 

@@ -24,7 +24,10 @@ SCHEMA_VERSION = 1  # bump when a change makes old results incomparable (part of
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 40  # optimizer steps; 0 means "run `epochs` over the train split"
+    # Optimizer steps; 0 means "run `epochs` over the train split". 10 keeps the default two-method,
+    # two-task run near 10 min on a 2-core CPU: up to 100 steps it learns no more than the label
+    # prior on BoolQ there (docs/budget.md). Paper configs set their own.
+    max_steps: int = 10
     epochs: float = 1.0
     batch_size: int = 8
     grad_accum: int = 1
@@ -48,9 +51,10 @@ class TrainConfig:
 class EvalConfig:
     protocol: Literal["letter", "cloze", "generate"] = "letter"  # see docs/tasks.md
     batch_size: int = 16
-    # First N eval docs (lm-eval's --limit). 200 keeps a CPU run in minutes (full BoolQ eval on
-    # SmolLM2 is ~45 min here); set eval.limit=null to score whole splits, as the paper configs do.
-    limit: int | None = 200
+    # First N eval docs (lm-eval's --limit). 500 gives a 95% CI of about ±4.3 points, the least that
+    # tells a method from the majority class (docs/budget.md); whole BoolQ on SmolLM2 is ~14 min a
+    # model on a 2-core CPU. eval.limit=null scores whole splits, as the paper configs do.
+    limit: int | None = 500
     # Per-expert usage, routing entropy and threshold statistics of mixtures, logged to MLflow.
     # Costs a little eval time (docs/performance.md); it records more, it never changes a result,
     # so it is left out of the config hash.

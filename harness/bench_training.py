@@ -30,7 +30,7 @@ from .precision import Precision
 from .bench_profile import profile_step, synchronize
 from .train import set_seed
 
-LOOP_EQUALITY_TOLERANCE = {"fp32": 1e-3, "bf16": 0.5, "fp16": 0.5}  # max |logit difference|: summation-order noise
+LOOP_EQUALITY_TOLERANCE = 1e-3  # max |logit difference| in fp32: summation-order noise
 
 
 # --- the loop-over-experts reference ------------------------------------------------------------
@@ -178,13 +178,16 @@ def random_batch(base: BaseModel, settings, device: torch.device) -> dict:
 
 
 def loop_max_abs_difference(row: Row, batch: dict) -> float:
-    """Max |logit difference| between the vectorized forward and the loop reference (eval mode)."""
-    row.model.eval()
-    with torch.no_grad(), row.precision.autocast():
-        vectorized = row.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        with loop_reference(row.model):
-            looped = row.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-    row.model.train()
+    """Max |logit difference| between the vectorized forward and the loop reference, in eval mode on an
+    fp32 copy of the row's model: what is checked is the arithmetic, which fp32 shows to 1e-4. In bf16
+    both paths are equally far from fp32 (mean |Δ| 0.06 and 0.07 over SmolLM2's logits after 4 steps)
+    and the max of their difference over millions of logits is rounding noise, not a check."""
+    model = copy.deepcopy(row.model).float().eval()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        vectorized = model(**inputs).logits
+        with loop_reference(model):
+            looped = model(**inputs).logits
     return float((vectorized - looped).abs().max())
 
 
@@ -248,7 +251,7 @@ def _measure_rows(rows: list[Row], batch: dict, settings, device: torch.device) 
             result["profile"]["gflop_per_second"] = result["profile"]["matmul_gflop"] / median  # profiling slows the step
         if row.loop:
             result["max_abs_logit_difference"] = loop_max_abs_difference(row, batch)
-            result["outputs_match"] = result["max_abs_logit_difference"] <= LOOP_EQUALITY_TOLERANCE[row.precision.name]
+            result["outputs_match"] = result["max_abs_logit_difference"] <= LOOP_EQUALITY_TOLERANCE
         results.append(result)
     return results
 

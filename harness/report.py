@@ -133,6 +133,14 @@ class AccuracyTable:
         return [run_id for v in self.variants for run_id in v.run_ids()]
 
 
+def _widen_over_seeds(cell: Cell, values: list[float]) -> None:
+    """With several seeds, the t-interval over their scores where it is wider than the one over docs."""
+    if len(values) > 1:
+        low, high = t_interval(values)
+        if high - low > cell.high - cell.low:
+            cell.low, cell.high, cell.interval = max(0.0, low), min(1.0, high), "t"
+
+
 def _task_cell(runs: list[dict], samples) -> Cell:
     records = [samples(r["run_id"]) for r in runs]
     accuracies = [r["acc"] for r in runs]
@@ -142,10 +150,7 @@ def _task_cell(runs: list[dict], samples) -> Cell:
     if docs:
         cell.low, cell.high = wilson_interval(mean, docs)
         cell.interval = "Wilson"
-        if len(runs) > 1:
-            low, high = t_interval(accuracies)
-            if high - low > cell.high - cell.low:
-                cell.low, cell.high, cell.interval = max(0.0, low), min(1.0, high), "t"
+        _widen_over_seeds(cell, accuracies)
     if all(records) and all(s.get("acc") is not None for record in records for s in record):
         shared = set.intersection(*({s["doc_id"] for s in record} for record in records))
         per_doc = [{s["doc_id"]: s["acc"] for s in record} for record in records]
@@ -178,10 +183,7 @@ def _average_cell(variant: Variant, tasks: list[str], cells: dict) -> Cell | Non
         variance = sum(task_means[t] * (1 - task_means[t]) / c.docs for t, c in zip(tasks, task_cells)) / len(tasks) ** 2
         cell.low, cell.high = normal_interval(mean, variance)
         cell.interval = "normal"
-        if len(averages) > 1:
-            low, high = t_interval(averages)
-            if high - low > cell.high - cell.low:
-                cell.low, cell.high, cell.interval = max(0.0, low), min(1.0, high), "t"
+        _widen_over_seeds(cell, averages)
     if all(c.seeds == len(by_seed) and c.correct is not None for c in task_cells):  # per-doc values over the same seeds
         cell.correct = {(t, doc): value for t, c in zip(tasks, task_cells) for doc, value in c.correct.items()}
         cell.weights = {(t, doc): 1 / (len(tasks) * len(c.correct)) for t, c in zip(tasks, task_cells) for doc in c.correct}

@@ -142,12 +142,10 @@ def train(
                 batch = {k: v.to(device) for k, v in batch.items()}
                 # Multi-process: sum over this slice / (global tokens / world) → DDP's average is the global mean.
                 num_items = label_tokens / ctx.world_size if ctx.enabled else None
+                scale = {} if num_items is None else {"num_items_in_batch": num_items}
                 with distributed.gradient_sync(train_model, last_micro_step=micro == config.grad_accum - 1):
                     with precision.autocast():  # the loss comes out fp32 (the logits are upcast first)
-                        if sliced:
-                            loss = supervised_loss(train_model, batch, num_items)
-                        else:
-                            loss = train_model(**batch, **({} if num_items is None else {"num_items_in_batch": num_items})).loss
+                        loss = supervised_loss(train_model, batch, num_items) if sliced else train_model(**batch, **scale).loss
                         aux = method.aux_loss(model)
                     total = loss if aux is None else loss + method.aux_loss_coeff * aux.float()
                     scaler.scale(total / config.grad_accum).backward()

@@ -47,8 +47,7 @@ def _against_majority(table: AccuracyTable, column: str, present: list) -> list[
         return [f"better than {answer} ({majority.mean:.1%}): " + ", ".join(above)]
     v, c = max(trained, key=lambda vc: vc[1].mean)
     line = f"no method is significantly better than {answer} ({majority.mean:.1%}; best {v.label}, {c.mean:.1%}, p={c.p_majority.p:.2g})"
-    reference = {v.label: table.reference_for(v) for v, _ in trained}
-    if any(c.p_base is not None and c.beats(table.cells[(reference[v.label].label, column)], c.p_base) for v, c in trained):
+    if any(c.p_base is not None and c.beats(table.cells[(table.reference_for(v).label, column)], c.p_base) for v, c in trained):
         line += ": the gains over base are the label prior, not the task"
     return [line]
 

@@ -1,5 +1,8 @@
 """Training examples: the task's prompt + " " + answer for the run's protocol, tokenized as lm-eval does."""
 
+import functools
+from collections.abc import Callable, Sequence
+
 import torch
 
 from ..tasks.registry import TaskSpec, training_pair
@@ -23,11 +26,31 @@ def encode_example(tokenizer, prompt: str, answer: str, max_length: int, loss_on
     return {"input_ids": ids, "labels": labels}
 
 
-def training_examples(
-    spec: TaskSpec, docs: list[dict], tokenizer, max_length: int, loss_on: str, protocol: str = "letter"
-) -> list[dict]:
-    """The registry decides prompt and target per protocol (letters, or answer texts for cloze)."""
-    return [encode_example(tokenizer, *training_pair(spec, doc, protocol), max_length, loss_on) for doc in docs]
+class EncodedExamples(Sequence):
+    """Training examples, tokenized when first read. A short run reads a few hundred of BoolQ's 9,427
+    (10 steps of 8, plus the length-sorted groups they come from): encoding them all up front cost
+    more than the training did. The registry decides prompt and target per protocol."""
+
+    def __init__(self, sources: list[tuple[TaskSpec, list[dict]]], tokenizer, max_length: int, loss_on: str, protocol: str = "letter"):
+        self._docs = [(spec, doc) for spec, docs in sources for doc in docs]
+        self._encode = functools.partial(encode_example, tokenizer, max_length=max_length, loss_on=loss_on)
+        self._protocol = protocol
+        self._encoded: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def __getitem__(self, index: int) -> dict:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]  # negative indices; IndexError past the end
+        if index not in self._encoded:
+            spec, doc = self._docs[index]
+            self._encoded[index] = self._encode(*training_pair(spec, doc, self._protocol))
+        return self._encoded[index]
+
+    def length(self, index: int) -> int:
+        return len(self[index]["input_ids"])
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -52,21 +75,28 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
 
     GROUP = 16  # batches per sorted group: larger pads less but makes batches less random
 
-    def __init__(self, lengths: list[int], batch_size: int, generator: torch.Generator, drop_last: bool = False):
-        self.lengths, self.batch_size, self.generator, self.drop_last = lengths, batch_size, generator, drop_last
+    def __init__(self, length: Callable[[int], int], count: int, batch_size: int, generator: torch.Generator, drop_last: bool = False):
+        self.length, self.count, self.batch_size, self.generator, self.drop_last = length, count, batch_size, generator, drop_last
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.lengths), self.batch_size)
+        full, rest = divmod(self.count, self.batch_size)
         return full + (0 if self.drop_last or not rest else 1)
 
     def __iter__(self):
-        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        order = torch.randperm(self.count, generator=self.generator).tolist()
         size = self.batch_size * self.GROUP
-        batches = []
-        for start in range(0, len(order), size):
-            group = sorted(order[start : start + size], key=self.lengths.__getitem__, reverse=True)
-            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
-        if self.drop_last:
-            batches = [batch for batch in batches if len(batch) == self.batch_size]
+        groups = [order[start : start + size] for start in range(0, self.count, size)]
+        # Batch sizes do not depend on lengths, so the batch order is drawn first and a group is
+        # sorted (its lengths read) only when one of its batches comes up.
+        batches = [
+            (group, start)
+            for group, members in enumerate(groups)
+            for start in range(0, len(members), self.batch_size)
+            if not self.drop_last or len(members) - start >= self.batch_size
+        ]
+        by_length = {}
         for index in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[index]
+            group, start = batches[index]
+            if group not in by_length:
+                by_length[group] = sorted(groups[group], key=self.length, reverse=True)
+            yield by_length[group][start : start + self.batch_size]

@@ -1,6 +1,7 @@
 """Base models: the embedded SmolLM2 default, a tiny random Llama for tests, or any HF id / local path."""
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -108,6 +109,12 @@ def tiny_llama(vocab_size: int = 259, hidden: int = 64, layers: int = 2, heads: 
     model = LlamaForCausalLM(config)
     torch.random.set_rng_state(generator_state)
     return model
+
+
+def keeps_logits(model: torch.nn.Module) -> bool:
+    """Whether the causal LM under any PEFT wrapper can compute logits at chosen positions only."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def _state_fingerprint(model: torch.nn.Module) -> str:

@@ -5,7 +5,6 @@ Our own loop rather than HF Trainer: methods add an auxiliary loss through one h
 change between transformers releases (the reason PEFT's method_comparison avoids it too).
 """
 
-import inspect
 import math
 import random
 import resource
@@ -18,8 +17,9 @@ import torch
 
 from .config import TrainConfig
 from . import distributed
-from .data import LengthGroupedBatches
+from .data import EncodedExamples, LengthGroupedBatches
 from .errors import Diverged, UserError
+from .models import keeps_logits
 from .precision import Precision
 from .progress import phase
 
@@ -65,12 +65,6 @@ def check_finite(step: int, loss: float, aux_loss: float, grad_norm: float, grad
             raise Diverged(step, what, value)
 
 
-def keeps_logits(model: torch.nn.Module) -> bool:
-    """Whether the causal LM under any PEFT wrapper can compute logits at chosen positions only."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
 def supervised_loss(model: torch.nn.Module, batch: dict, num_items: float | None = None) -> torch.Tensor:
     """transformers' shifted causal-LM cross-entropy, with logits only at positions whose next token is
     supervised: with answer-only labels that is a few positions per example instead of all, so the
@@ -83,6 +77,11 @@ def supervised_loss(model: torch.nn.Module, batch: dict, num_items: float | None
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 from bf16/fp16, float64 stays
     total = torch.nn.functional.cross_entropy(logits.flatten(0, 1), chosen.flatten(), ignore_index=-100, reduction="sum")
     return total / (num_items if num_items is not None else (chosen != -100).sum())
+
+
+def _length_of(examples) -> Callable[[int], int]:
+    """EncodedExamples tokenize only the examples whose length is asked for; plain lists are read."""
+    return examples.length if isinstance(examples, EncodedExamples) else lambda index: len(examples[index]["input_ids"])
 
 
 def _endless(loader) -> Iterator[dict]:
@@ -113,7 +112,7 @@ def train(
     global_batch = config.batch_size * ctx.world_size
     generator = torch.Generator().manual_seed(seed)
     if config.group_by_length:
-        order = {"batch_sampler": LengthGroupedBatches([len(e["input_ids"]) for e in examples], global_batch, generator, drop_last=ctx.enabled)}
+        order = {"batch_sampler": LengthGroupedBatches(_length_of(examples), len(examples), global_batch, generator, drop_last=ctx.enabled)}
     else:
         order = {"batch_size": global_batch, "shuffle": True, "generator": generator, "drop_last": ctx.enabled}
     loader = torch.utils.data.DataLoader(examples, collate_fn=distributed.ShardedCollate(pad_id, ctx), **order)

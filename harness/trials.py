@@ -19,7 +19,7 @@ from ..methods.registry import StatisticsRecorder, build_method
 from ..tasks.sources import TaskData, load_task
 from . import distributed
 from .config import ExperimentConfig
-from .data import training_examples
+from .data import EncodedExamples
 from .errors import Diverged, UserError, storage_problem
 from .evaluate import evaluate
 from .grid import value_text
@@ -211,12 +211,11 @@ def _train_adapter(trial: Trial, config: ExperimentConfig, state: TrialState) ->
     total = sum(p.numel() for p in model.parameters())
 
     train_data = [state.data(task) for task in trial.train_tasks]
-    examples = []
-    for data in train_data:
-        docs = data.splits["train"][: config.train.max_train_examples]
+    sources = [(data.spec, data.splits["train"][: config.train.max_train_examples]) for data in train_data]
+    for data, (_, docs) in zip(train_data, sources):
         if method.trains and not docs:
             raise UserError(f"task '{data.spec.name}' has no train split in {data.source}; provide one with --data-dir")
-        examples += training_examples(data.spec, docs, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol)
+    examples = EncodedExamples(sources, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol)
     result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id, state.precision)
     return TrainedAdapter(method, model, result, trainable, total, train_data)
 

@@ -1,12 +1,15 @@
 """Training tokens match lm-eval's scoring split; config layering, validation and hashing."""
 
 import pytest
+import torch
 
 from adamole_bench.harness.config import config_hash, load_config, parse_override, trial_config
-from adamole_bench.harness.data import collate, encode_example
+from adamole_bench.harness.data import EncodedExamples, LengthGroupedBatches, collate, encode_example
 from adamole_bench.harness.errors import UserError
 from adamole_bench.harness.models import byte_level_tokenizer
 from adamole_bench.harness.paths import package_root
+from adamole_bench.tasks.registry import training_pair
+from adamole_bench.tasks.sources import load_task
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +36,48 @@ def test_full_sequence_loss_and_left_truncation_keep_the_answer(tokenizer):
     assert len(short["input_ids"]) == 16
     assert tokenizer.decode(short["input_ids"][-3:-1]) == " B"
     assert sum(label != -100 for label in short["labels"]) == 3  # " ", "B", EOS
+
+
+def test_examples_are_encoded_when_read_and_equal_the_eager_encoding(tokenizer):
+    data = load_task("fruit_or_color")
+    docs = data.splits["train"][:40]
+    examples = EncodedExamples([(data.spec, docs[:30]), (data.spec, docs[30:])], tokenizer, 64, "answer", "letter")
+    assert len(examples) == 40 and not examples._encoded
+    eager = [encode_example(tokenizer, *training_pair(data.spec, doc, "letter"), 64, "answer") for doc in docs]
+    assert examples[35] == eager[35] and examples[-1] == eager[-1] and examples.length(3) == len(eager[3]["input_ids"])
+    assert sorted(examples._encoded) == [3, 35, 39]  # only what was read
+    assert examples[:] == eager
+    with pytest.raises(IndexError):
+        examples[40]
+
+
+def _eager_length_grouped_batches(lengths, batch_size, generator, drop_last):
+    """The sampler's law written out: sort every group of 16 batches by length up front, then shuffle."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    size, batches = batch_size * LengthGroupedBatches.GROUP, []
+    for start in range(0, len(order), size):
+        group = sorted(order[start : start + size], key=lengths.__getitem__, reverse=True)
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    batches = [batch for batch in batches if len(batch) == batch_size] if drop_last else batches
+    return [batches[index] for index in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+@pytest.mark.parametrize("count, batch_size, drop_last", [(1000, 8, False), (1000, 8, True), (77, 5, False), (77, 5, True), (3, 8, False)])
+def test_length_grouped_batches_read_lengths_lazily_and_equal_the_eager_law(count, batch_size, drop_last):
+    lengths = torch.randint(1, 300, (count,), generator=torch.Generator().manual_seed(count)).tolist()
+    read = set()
+
+    def length(index):
+        read.add(index)
+        return lengths[index]
+
+    sampler = LengthGroupedBatches(length, count, batch_size, torch.Generator().manual_seed(7), drop_last)
+    expected = _eager_length_grouped_batches(lengths, batch_size, torch.Generator().manual_seed(7), drop_last)
+    batches = iter(sampler)
+    first = next(batches, None)
+    group = batch_size * LengthGroupedBatches.GROUP
+    assert len(read) <= group  # one batch drawn: one group's lengths read
+    assert [first, *batches] == expected and len(expected) == len(sampler)
 
 
 def test_collate_pads_right_and_masks_pads(tokenizer):

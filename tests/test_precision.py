@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from adamole_bench.harness.config import EvalConfig, TrainConfig, load_config, trial_config
-from adamole_bench.harness.data import training_examples
+from adamole_bench.harness.data import EncodedExamples
 from adamole_bench.harness.errors import UserError
 from adamole_bench.harness.evaluate import evaluate
 from adamole_bench.harness.models import load_base_model
@@ -142,7 +142,7 @@ def test_bf16_training_keeps_master_weights_and_optimizer_state_fp32_with_an_fp3
     assert output.logits.dtype == torch.bfloat16  # autocast really ran the base in bf16
     assert output.loss.dtype == torch.float32
 
-    examples = training_examples(task.spec, task.splits["train"][:32], tiny.tokenizer, 64, "answer", "letter")
+    examples = EncodedExamples([(task.spec, task.splits["train"][:32])], tiny.tokenizer, 64, "answer", "letter")
     optimizers = []
     original_step = torch.optim.AdamW.step
 
@@ -167,7 +167,7 @@ def test_fp16_grad_scaler_unscales_before_clipping_and_skips_overflow_steps(tiny
     method = build_method("lora")
     set_seed(0)
     model = method.apply(fp16.prepare(copy.deepcopy(tiny.model)))
-    examples = training_examples(task.spec, task.splits["train"][:64], tiny.tokenizer, 64, "answer", "letter")
+    examples = EncodedExamples([(task.spec, task.splits["train"][:64])], tiny.tokenizer, 64, "answer", "letter")
     norms = []
     result = train(model, method, examples, TrainConfig(max_steps=20, batch_size=8, warmup_steps=0, lr=1e-2), 0, tiny.tokenizer.pad_token_id,
                    fp16, on_step=lambda step, metrics: norms.append(metrics["train/grad_norm"]))  # fmt: skip
@@ -349,7 +349,8 @@ def test_supervised_loss_equals_transformers_shifted_loss_in_value_and_gradient(
     """Logits only where a label follows: the same loss and the same gradients (float64), with ragged
     right padding, answers at different positions per row, and the multi-process num_items scaling."""
     from adamole_bench.harness.models import tiny_llama
-    from adamole_bench.harness.train import keeps_logits, supervised_loss
+    from adamole_bench.harness.models import keeps_logits
+    from adamole_bench.harness.train import supervised_loss
 
     torch.manual_seed(0)
     model = build_method(method_name, {}).apply(tiny_llama().double()).train()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from adamole_bench.harness.config import EvalConfig
-from adamole_bench.harness.data import training_examples
+from adamole_bench.harness.data import EncodedExamples
 from adamole_bench.harness.errors import UserError
 from adamole_bench.harness.evaluate import evaluate
 from adamole_bench.harness.models import load_base_model
@@ -170,7 +170,7 @@ def test_training_targets_follow_the_protocol(tiny):
     assert training_pair(spec, doc, "letter") == (eval_row(spec, doc)["prompt"], "B")
     assert training_pair(spec, doc, "generate")[1] == "B"
     assert training_pair(spec, doc, "cloze") == (eval_row(spec, doc)["cloze_prompt"], "Yes indeed.")
-    example = training_examples(spec, [doc], tiny.tokenizer, 256, "answer", "cloze")[0]
+    example = EncodedExamples([(spec, [doc])], tiny.tokenizer, 256, "answer", "cloze")[0]
     supervised = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100]
     assert tiny.tokenizer.decode(supervised).startswith(" Yes indeed.")
 

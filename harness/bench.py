@@ -43,7 +43,7 @@ class BenchSettings:
     threads: int | None = None
     eval_task: str | None = "copa"  # None skips the evaluation comparison
     eval_limit: int = 50
-    eval_batch_size: int = 16
+    eval_batch_size: int = 8  # the eval default (harness/config.py)
     lm_eval_cli: bool = True  # also time `python -m lm_eval` on the same model and task
     profile: bool = False  # one extra step per row under torch.profiler: where the time goes
 

@@ -30,7 +30,7 @@ from .precision import Precision
 from .bench_profile import profile_step, synchronize
 from .train import set_seed
 
-LOOP_EQUALITY_TOLERANCE = 1e-3  # max |logit difference| in fp32: summation-order noise
+LOOP_EQUALITY_TOLERANCE = 1e-4  # max |logit difference| on a float64 copy: 4e-6-8e-6 measured (HF's RMSNorm computes in fp32)
 
 
 # --- the loop-over-experts reference ------------------------------------------------------------
@@ -178,16 +178,18 @@ def random_batch(base: BaseModel, settings, device: torch.device) -> dict:
 
 
 def loop_max_abs_difference(row: Row, batch: dict) -> float:
-    """Max |logit difference| between the vectorized forward and the loop reference, in eval mode on an
-    fp32 copy of the row's model: what is checked is the arithmetic, which fp32 shows to 1e-4. In bf16
-    both paths are equally far from fp32 (mean |Δ| 0.06 and 0.07 over SmolLM2's logits after 4 steps)
-    and the max of their difference over millions of logits is rounding noise, not a check."""
+    """Max |logit difference| between the vectorized forward and the loop reference, in eval mode on a
+    float64 copy of the row's model: what is checked is the arithmetic. On an fp32 copy the two paths
+    differ by ~3e-4 (summation order), enough to flip a top-k choice whose two gate scores tie that
+    closely in a later layer, one decision among ~120k at 8 × 128: one bf16 MoLE bench run showed a
+    0.2 difference that reruns of the same row did not. float64 shrinks the differences ~100×
+    (transformers' RMSNorm still computes in fp32), and the odds of a flip with them."""
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     row.model.eval()
     with torch.no_grad(), row.precision.autocast():
         row.model(**inputs)  # an eval forward drops the last step's aux loss, a graph tensor deepcopy refuses
     row.model.train()
-    model = copy.deepcopy(row.model).float().eval()
+    model = copy.deepcopy(row.model).double().eval()
     with torch.no_grad():
         vectorized = model(**inputs).logits
         with loop_reference(model):

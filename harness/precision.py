@@ -101,14 +101,15 @@ class Precision:
 
 @functools.cache
 def _register_fp32_attention() -> None:
-    """transformers' SDPA attention with fp32 inputs and autocast off; same masks as "sdpa"."""
+    """transformers' SDPA attention with inputs of at least fp32 (float64 stays) and autocast off; same masks as "sdpa"."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     def attention(module, query, key, value, attention_mask, **kwargs):
+        dtype = torch.promote_types(query.dtype, torch.float32)
         with full_precision(query.device.type):
-            return sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+            return sdpa_attention_forward(module, query.to(dtype), key.to(dtype), value.to(dtype), attention_mask, **kwargs)
 
     AttentionInterface.register(FP32_ATTENTION, attention)
     AttentionMaskInterface.register(FP32_ATTENTION, sdpa_mask)

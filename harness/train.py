@@ -79,11 +79,6 @@ def supervised_loss(model: torch.nn.Module, batch: dict, num_items: float | None
     return total / (num_items if num_items is not None else (chosen != -100).sum())
 
 
-def _length_of(examples) -> Callable[[int], int]:
-    """EncodedExamples tokenize only the examples whose length is asked for; plain lists are read."""
-    return examples.length if isinstance(examples, EncodedExamples) else lambda index: len(examples[index]["input_ids"])
-
-
 def _endless(loader) -> Iterator[dict]:
     while True:  # each pass over the DataLoader reshuffles from its seeded generator
         yield from loader
@@ -92,7 +87,7 @@ def _endless(loader) -> Iterator[dict]:
 def train(
     model: torch.nn.Module,
     method,
-    examples: list[dict],
+    examples: EncodedExamples,
     config: TrainConfig,
     seed: int,
     pad_id: int,
@@ -112,7 +107,7 @@ def train(
     global_batch = config.batch_size * ctx.world_size
     generator = torch.Generator().manual_seed(seed)
     if config.group_by_length:
-        order = {"batch_sampler": LengthGroupedBatches(_length_of(examples), len(examples), global_batch, generator, drop_last=ctx.enabled)}
+        order = {"batch_sampler": LengthGroupedBatches(examples.length, len(examples), global_batch, generator, drop_last=ctx.enabled)}
     else:
         order = {"batch_size": global_batch, "shuffle": True, "generator": generator, "drop_last": ctx.enabled}
     loader = torch.utils.data.DataLoader(examples, collate_fn=distributed.ShardedCollate(pad_id, ctx), **order)

@@ -10,7 +10,9 @@ Rows, per precision:
   its own dropout on those rows, two skinny GEMMs and an `index_add`), checked to give the same
   logits as the vectorized core.
 Steps are timed round-robin (one step of every row, then the next round), so load from other
-processes on a shared machine hits every row alike; medians are reported.
+processes on a shared machine hits every row alike. A row's ratio to its baseline is taken per
+round (the two steps ran seconds apart) and reported as the median with the rounds' range: on a
+shared VM single steps vary by 30%, and the range says whether a target is met, missed or unclear.
 """
 
 import copy
@@ -232,10 +234,9 @@ def _measure_rows(rows: list[Row], batch: dict, settings, device: torch.device) 
 
     tokens = settings.batch_size * settings.seq_len
     by_label = {row.label: row for row in rows}
-    medians = {row.label: statistics.median(row.seconds) for row in rows}
     results = []
     for row in rows:
-        median = medians[row.label]
+        median = statistics.median(row.seconds)
         result = {
             "label": row.label,
             "method": row.method.name,
@@ -249,7 +250,7 @@ def _measure_rows(rows: list[Row], batch: dict, settings, device: torch.device) 
             "peak_cuda_mb": row.peak_cuda_mb,
             "trainable_parameters": sum(p.numel() for p in row.model.parameters() if p.requires_grad),
             "baseline": row.baseline,
-            "ratio_to_baseline": median / medians[row.baseline] if row.baseline else None,
+            **(paired_ratios(row.seconds, by_label[row.baseline].seconds) if row.baseline else {"ratio_to_baseline": None}),
             "saved_ratio_to_baseline": row.saved_activations_mb / by_label[row.baseline].saved_activations_mb if row.baseline else None,
         }
         if settings.profile:
@@ -260,6 +261,12 @@ def _measure_rows(rows: list[Row], batch: dict, settings, device: torch.device) 
             result["outputs_match"] = result["max_abs_logit_difference"] <= LOOP_EQUALITY_TOLERANCE
         results.append(result)
     return results
+
+
+def paired_ratios(seconds: list[float], baseline_seconds: list[float]) -> dict:
+    """Round-by-round ratios of a row to its baseline: their median and range."""
+    ratios = [mine / theirs for mine, theirs in zip(seconds, baseline_seconds, strict=True)]
+    return {"ratio_to_baseline": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
 
 
 # --- one adapted layer alone --------------------------------------------------------------------
@@ -308,7 +315,6 @@ def measure_layers(rows: list[Row], settings, device: torch.device) -> list[dict
             run(row)
             synchronize(device)
             times[row.label].append(time.perf_counter() - started)
-    medians = {label: statistics.median(values) for label, values in times.items()}
     return [
         {
             "label": f"{row.label} (one layer)",
@@ -317,9 +323,9 @@ def measure_layers(rows: list[Row], settings, device: torch.device) -> list[dict
             "precision": row.precision.name,
             "dropout_mode": getattr(row.method.config, "dropout_mode", None),
             "loop_reference": row.loop,
-            "step_ms_median": 1000 * medians[row.label],
+            "step_ms_median": 1000 * statistics.median(times[row.label]),
             "baseline": f"{row.baseline} (one layer)" if row.baseline else None,
-            "ratio_to_baseline": medians[row.label] / medians[row.baseline] if row.baseline else None,
+            **(paired_ratios(times[row.label], times[row.baseline]) if row.baseline else {"ratio_to_baseline": None}),
         }
         for row in standalone
     ]

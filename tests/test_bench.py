@@ -127,6 +127,26 @@ def test_bench_compares_dropout_modes_precisions_layers_and_saved_bytes(tmp_path
         assert layer["layer"] and layer["baseline"] == f"mole [{precision}] (one layer)" and layer["ratio_to_baseline"] > 0
         verdict = results["verdicts"][f"mole [{precision}]"]
         assert {"vs_lora", "saved_vs_lora", "layer_loop_speedup", "step_loop_speedup"} <= set(verdict)
+        low, high = verdict["vs_lora_range"]  # the per-round ratios of the two timed rounds
+        steps, lora_steps = faithful["step_ms_all"], rows[faithful["baseline"]]["step_ms_all"]
+        assert sorted([steps[0] / lora_steps[0], steps[1] / lora_steps[1]]) == pytest.approx([low, high])
+        assert verdict["vs_lora"] == pytest.approx((low + high) / 2)
+        assert verdict["lora_target"] in {"met", "missed", "unclear"} and verdict["loop_target"] in {"met", "missed", "unclear"}
         assert results["verdicts"][f"mole dropout_mode=shared [{precision}]"]["vs_lora_limit"] == 1.1
     assert set(results["bf16_speedups"]) == {"mole", "mole dropout_mode=shared", "lora r=16 p=0.05", "mole loop-ref"}
-    assert all(v["speedup"] > 0 for v in results["bf16_speedups"].values())
+    for v in results["bf16_speedups"].values():
+        assert v["range"][0] <= v["speedup"] <= v["range"][1] and v["target"] in {"met", "missed", "unclear"}
+
+
+def test_a_target_is_met_only_when_every_round_meets_it():
+    from adamole_bench.harness.bench import judged
+    from adamole_bench.harness.bench_training import paired_ratios
+
+    assert judged([1.1, 1.25], 1.3) == "met" and judged([1.35, 1.6], 1.3) == "missed"
+    assert judged([1.2, 1.4], 1.3) == "unclear"  # one round under, one over: no verdict
+    assert judged([2.3, 2.9], 2.0, at_least=True) == "met" and judged([1.9, 2.1], 2.0, at_least=True) == "unclear"
+    # rounds are paired: a slow round slows both rows and leaves their ratio alone
+    paired = paired_ratios([1.2, 2.4, 1.3], [1.0, 2.0, 1.0])
+    assert paired["ratio_to_baseline"] == pytest.approx(1.2) and paired["ratio_range"] == pytest.approx([1.2, 1.3])
+    with pytest.raises(ValueError):
+        paired_ratios([1.0, 2.0], [1.0])  # rounds must line up

@@ -224,14 +224,7 @@ def _measure_rows(rows: list[Row], batch: dict, settings, device: torch.device) 
         row.saved_activations_mb = sum(sizes) / 2**20
         if device.type == "cuda":
             row.peak_cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    for _ in range(settings.steps):  # round-robin: every row sees the same machine conditions
-        for row in rows:
-            synchronize(device)
-            started = time.perf_counter()
-            row.step(batch)
-            synchronize(device)
-            row.seconds.append(time.perf_counter() - started)
-
+    _time_rounds(rows, batch, settings.steps, device)
     tokens = settings.batch_size * settings.seq_len
     by_label = {row.label: row for row in rows}
     results = []
@@ -261,6 +254,49 @@ def _measure_rows(rows: list[Row], batch: dict, settings, device: torch.device) 
             result["outputs_match"] = result["max_abs_logit_difference"] <= LOOP_EQUALITY_TOLERANCE
         results.append(result)
     return results
+
+
+def _time_rounds(rows: list[Row], batch: dict, rounds: int, device: torch.device) -> None:
+    for _ in range(rounds):  # round-robin: every row sees the same machine conditions
+        for row in rows:
+            synchronize(device)
+            started = time.perf_counter()
+            row.step(batch)
+            synchronize(device)
+            row.seconds.append(time.perf_counter() - started)
+
+
+def measure_precision_pairs(settings, base: BaseModel, device: torch.device, precisions: list[Precision]) -> list[dict]:
+    """Each requested method in fp32 and in each mixed precision, timed in the same rounds.
+
+    The per-precision phases above run minutes apart, and a shared machine drifts in between: one
+    bench run divided its phases into "bf16 0.9× fp32" where an interleaved rerun of the same rows
+    gave 1.5-2.0×. Two model copies at a time fit where all rows of two precisions did not."""
+    reference = next((p for p in precisions if not p.mixed), None)
+    mixed = [p for p in precisions if p.mixed]
+    if reference is None or not mixed:
+        return []
+    batch = random_batch(base, settings, device)
+    pairs = []
+    for name in settings.methods:
+        options = settings.method_options.get(name) or {}
+        if not build_method(name, options).trains:
+            continue
+        rows = [_make_row(f"{name} [{p.name}]", build_method(name, options), base, device, p, settings.lr, settings.seed) for p in [reference, *mixed]]
+        for row in rows:
+            for _ in range(settings.warmup):
+                row.step(batch)
+        _time_rounds(rows, batch, settings.steps, device)
+        for row in rows[1:]:
+            speedup = paired_ratios(rows[0].seconds, row.seconds)  # fp32 time / mixed time, round by round
+            pairs.append({
+                "method": name, "precision": row.precision.name, "against": reference.name,
+                "step_ms_all": {r.precision.name: [1000 * s for s in r.seconds] for r in (rows[0], row)},
+                "speedup": speedup["ratio_to_baseline"], "speedup_range": speedup["ratio_range"],
+            })  # fmt: skip
+        del rows
+        gc.collect()
+    return pairs
 
 
 def paired_ratios(seconds: list[float], baseline_seconds: list[float]) -> dict:

@@ -25,58 +25,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..methods.experts import LoraExperts
 from ..methods.registry import Method, build_method
 from .models import BaseModel
 from .precision import Precision
+from .bench_loop import LOOP_EQUALITY_TOLERANCE, expert_modules, loop_max_abs_difference, loop_reference
 from .bench_profile import profile_step, synchronize
 from .train import set_seed
-
-LOOP_EQUALITY_TOLERANCE = 1e-4  # max |logit difference| on a float64 copy: 4e-6-8e-6 measured (HF's RMSNorm computes in fp32)
-
-
-# --- the loop-over-experts reference ------------------------------------------------------------
-
-
-def loop_over_experts(experts: LoraExperts, x: torch.Tensor, weights: torch.Tensor, active=None, projected=None) -> torch.Tensor:
-    """LoraExperts.forward computed as the reference does: one gather/GEMM/scatter pass per expert,
-    each expert with its own dropout on the rows it selected (`active`/`projected` are not used:
-    the loop recomputes everything from x)."""
-    x = x.to(experts.lora_A.dtype)
-    rows_x = x.reshape(-1, x.shape[-1])
-    rows_w = weights.reshape(-1, experts.num_experts).to(x.dtype)
-    a = experts.lora_A.view(experts.num_experts, experts.rank, -1)
-    b = experts.lora_B.view(experts.lora_B.shape[0], experts.num_experts, experts.rank)
-    out = rows_x.new_zeros(rows_x.shape[0], b.shape[0])
-    for i in range(experts.num_experts):
-        selected = torch.where(rows_w[:, i] != 0)[0]  # nonzero: a device→host sync per expert
-        if len(selected) == 0:
-            continue
-        h = torch.nn.functional.dropout(rows_x[selected], experts.dropout_p, experts.training) @ a[i].t()
-        y = (h @ b[:, i].t()) * (experts.scaling * rows_w[selected, i, None])
-        out = out.index_add(0, selected, y.to(out.dtype))
-    return out.view(*x.shape[:-1], -1)
-
-
-@contextmanager
-def loop_reference(model: nn.Module):
-    """Run every LoraExperts of `model` through `loop_over_experts` inside the block.
-
-    Patched on the class, not the instances: methods reach the core through subclasses too (MoA's
-    GatedLora calls `super().forward(x, gate)`), and all of them must take the loop path.
-    """
-    if not any(isinstance(m, LoraExperts) for m in model.modules()):
-        raise ValueError(f"{type(model).__name__} has no LoraExperts to run as a loop")
-    vectorized = LoraExperts.forward
-    LoraExperts.forward = loop_over_experts
-    try:
-        yield
-    finally:
-        LoraExperts.forward = vectorized
-
-
-def expert_modules(model: nn.Module) -> list[LoraExperts]:
-    return [m for m in model.modules() if isinstance(m, LoraExperts)]
 
 
 # --- one benchmarked row ------------------------------------------------------------------------
@@ -179,26 +133,6 @@ def random_batch(base: BaseModel, settings, device: torch.device) -> dict:
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": ids.to(device)}
 
 
-def loop_max_abs_difference(row: Row, batch: dict) -> float:
-    """Max |logit difference| between the vectorized forward and the loop reference, in eval mode on a
-    float64 copy of the row's model: what is checked is the arithmetic. On an fp32 copy the two paths
-    differ by ~3e-4 (summation order), enough to flip a top-k choice whose two gate scores tie that
-    closely in a later layer, one decision among ~120k at 8 × 128: one bf16 MoLE bench run showed a
-    0.2 difference that reruns of the same row did not. float64 shrinks the differences ~100×
-    (transformers' RMSNorm still computes in fp32), and the odds of a flip with them."""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    row.model.eval()
-    with torch.no_grad(), row.precision.autocast():
-        row.model(**inputs)  # an eval forward drops the last step's aux loss, a graph tensor deepcopy refuses
-    row.model.train()
-    model = copy.deepcopy(row.model).double().eval()
-    with torch.no_grad():
-        vectorized = model(**inputs).logits
-        with loop_reference(model):
-            looped = model(**inputs).logits
-    return float((vectorized - looped).abs().max())
-
-
 def measure_training(settings, base: BaseModel, device: torch.device, precisions: list[Precision]) -> list[dict]:
     """One precision at a time: each row holds its own model copy and optimizer, and all rows of two
     precisions at SmolLM2 8 × 128 outgrew 24 GiB. Within a precision the rows are timed round-robin."""
@@ -250,7 +184,7 @@ def _measure_rows(rows: list[Row], batch: dict, settings, device: torch.device) 
             result["profile"] = profile_step(row, batch, device)
             result["profile"]["gflop_per_second"] = result["profile"]["matmul_gflop"] / median  # profiling slows the step
         if row.loop:
-            result["max_abs_logit_difference"] = loop_max_abs_difference(row, batch)
+            result["max_abs_logit_difference"] = loop_max_abs_difference(row.model, row.precision, batch)
             result["outputs_match"] = result["max_abs_logit_difference"] <= LOOP_EQUALITY_TOLERANCE
         results.append(result)
     return results

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 
 from adamole_bench.cli import app
-from adamole_bench.harness.bench_training import loop_over_experts, loop_reference
+from adamole_bench.harness.bench_loop import loop_over_experts, loop_reference
 from adamole_bench.methods.experts import LoraExperts
 from adamole_bench.tests import toy_moe  # noqa: F401  (registers the test-only "toy-moe" mixture)
 

@@ -1,10 +1,10 @@
 """`adamole-bench bench`: every method's training step side by side on one model and one batch.
 
 What is measured (bench_training.py): each method's step per precision, a mixture's two dropout
-modes, LoRA with the same total rank and dropout, the loop-over-experts reference, saved
-activation bytes, one adapted layer alone, and optionally a profile (bench_profile.py) and the
+modes, LoRA with the same total rank and dropout, the loop-over-experts reference (bench_loop.py),
+saved activation bytes, one adapted layer alone, each method in fp32 and bf16 timed in pairs, and optionally a profile (bench_profile.py) and the
 evaluation throughput against lm-eval's CLI (bench_eval.py). This file turns those rows into the
-target verdicts, tables and an MLflow run.
+target verdicts (met / missed / unclear from the per-round ratios), tables and an MLflow run.
 """
 
 import time

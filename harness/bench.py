@@ -213,10 +213,12 @@ def log_to_mlflow(results: dict, experiment: str) -> str:
             metrics[f"step_ms/{row['label']}"] = row["step_ms_median"]
             if row["ratio_to_baseline"]:
                 metrics[f"ratio/{row['label']}"] = row["ratio_to_baseline"]
+                metrics[f"ratio_min/{row['label']}"], metrics[f"ratio_max/{row['label']}"] = row["ratio_range"]
             if row.get("saved_ratio_to_baseline"):
                 metrics[f"saved_ratio/{row['label']}"] = row["saved_ratio_to_baseline"]
         for label, v in results["bf16_speedups"].items():
             metrics[f"bf16_speedup/{label}"] = v["speedup"]
+            metrics[f"bf16_speedup_min/{label}"], metrics[f"bf16_speedup_max/{label}"] = v["range"]
         evaluation = results.get("evaluation") or {}
         if evaluation:
             metrics["eval/in_memory_requests_per_second"] = evaluation["in_memory"]["requests_per_second"]

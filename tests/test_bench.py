@@ -106,6 +106,8 @@ def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monke
     tracker = Tracker("adamole-bench")
     runs = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'bench'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    logged = runs[0].data.metrics  # the median ratio with the range of the rounds it came from
+    assert [k for k in logged if k.startswith("ratio_min/")] and len([k for k in logged if k.startswith("ratio_")]) == 2 * len([k for k in logged if k.startswith("ratio/")])
 
 
 @pytest.mark.filterwarnings("ignore")

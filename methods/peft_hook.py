@@ -3,6 +3,10 @@
 `import adamole_bench` must stay instant (every CLI command pays for it; `import peft` takes ~5 s),
 yet `PeftModel.from_pretrained` must know the mixtures whenever the user imports PEFT, before or
 after us. So: register now if PEFT is loaded, else wrap PEFT's loader to register right after it runs.
+
+The finder stays installed until PEFT really executes: transformers and lm-eval probe with
+`importlib.util.find_spec("peft")`, which asks the finders but loads nothing, and a finder that left
+on the first question would miss the import that follows.
 """
 
 import importlib.abc
@@ -30,6 +34,7 @@ class _RegisterAfter(importlib.abc.Loader):
     def exec_module(self, module):
         self.loader.exec_module(module)
         module.__loader__ = module.__spec__.loader = self.loader  # leave no trace behind
+        _remove_finders()
         _register()
 
     def __getattr__(self, name):
@@ -39,14 +44,24 @@ class _RegisterAfter(importlib.abc.Loader):
 class _PeftFinder(importlib.abc.MetaPathFinder):
     waits_for_peft = True  # how a second copy of this module recognises an installed finder
 
+    def __init__(self):
+        self.looking = False
+
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "peft":
+        if fullname != "peft" or self.looking:
             return None
-        sys.meta_path.remove(self)  # one shot; also keeps the lookup below from finding us again
-        spec = importlib.util.find_spec("peft")
-        if spec is not None and spec.loader is not None:
+        self.looking = True  # the lookup below asks every finder again, us included
+        try:
+            spec = importlib.util.find_spec("peft")
+        finally:
+            self.looking = False
+        if spec is not None and spec.loader is not None and not isinstance(spec.loader, _RegisterAfter):
             spec.loader = _RegisterAfter(spec.loader)
         return spec
+
+
+def _remove_finders() -> None:
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not getattr(finder, "waits_for_peft", False)]
 
 
 def register_with_peft() -> None:

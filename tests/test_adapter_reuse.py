@@ -113,30 +113,48 @@ def test_load_adapter_from_a_runs_uri(saved, tracker):
     assert (logits(loaded.model) - logits(model)).abs().max().item() == 0.0
 
 
-def test_import_registers_with_peft_lazily_in_either_order(tmp_path):
-    """A fresh interpreter: `import adamole_bench` stays instant (no torch, no peft) and PEFT learns the
-    mixtures whether it is imported after or before us."""
+IMPORT_ORDERS = {
+    "ours, then peft": ["import adamole_bench", "assert 'peft' not in sys.modules and 'torch' not in sys.modules", "import peft"],
+    "peft, then ours": ["import peft", "import adamole_bench"],
+    # transformers' is_peft_available() and lm-eval probe with find_spec("peft"), which loads nothing
+    "ours, a find_spec probe, then transformers": ["import adamole_bench", "import importlib.util", "assert importlib.util.find_spec('peft')", "import transformers", "transformers.utils.is_peft_available()"],
+    "transformers, then ours": ["import transformers", "from transformers import AutoModelForCausalLM", "import adamole_bench"],
+    "ours, then lm-eval's HF model": ["import adamole_bench", "import lm_eval.models.huggingface"],
+    "lm-eval's HF model, then ours": ["import lm_eval.models.huggingface", "import adamole_bench"],
+}
+
+
+@pytest.fixture(scope="module")
+def exported_mixture(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("exported-adamole")
     method, base, model = trained("adamole")
-    method.save(model, tmp_path, base.reference())
-    torch.save(IDS, tmp_path / "ids.pt")
-    torch.save(logits(model), tmp_path / "expected.pt")
+    method.save(model, folder, base.reference())
+    torch.save(IDS, folder / "ids.pt")
+    torch.save(logits(model), folder / "expected.pt")
+    return folder
+
+
+@pytest.mark.parametrize("order", IMPORT_ORDERS)
+def test_peft_loads_an_exported_mixture_in_every_import_order(exported_mixture, order):
+    """A fresh interpreter per order: `import adamole_bench` stays instant (no torch, no peft) and
+    `PeftModel.from_pretrained` restores the mixture exactly whichever of peft, transformers and
+    lm-eval came first, also after a `find_spec("peft")` probe."""
+    folder = exported_mixture
     check = [
         "import torch",
         "from peft import PeftModel",
+        "from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING as tuners",
+        "print(sorted(t.__name__ for k, t in tuners.items() if k in ('MOLE', 'ADAMOLE', 'SOFT_MOA', 'SPARSE_MOA')))",
         "from adamole_bench.harness.models import load_base_model",
-        f"model = PeftModel.from_pretrained(load_base_model('tiny-llama').model, {str(tmp_path)!r})",
-        f"out = model(input_ids=torch.load({str(tmp_path / 'ids.pt')!r})).logits.detach()",
-        f"print('diff', (out - torch.load({str(tmp_path / 'expected.pt')!r})).abs().max().item())",
+        f"model = PeftModel.from_pretrained(load_base_model('tiny-llama').model, {str(folder)!r})",
+        f"out = model(input_ids=torch.load({str(folder / 'ids.pt')!r})).logits.detach()",
+        f"print('diff', (out - torch.load({str(folder / 'expected.pt')!r})).abs().max().item())",
     ]
-    after = ["import sys", "import adamole_bench", "assert 'peft' not in sys.modules and 'torch' not in sys.modules", "import peft"]
-    result = subprocess.run([sys.executable, "-c", "\n".join(after + check)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "diff 0.0" in result.stdout, result.stdout
-    before = ["import peft", "import adamole_bench", "from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING as tuners"]
-    before += ["print(sorted(t.__name__ for k, t in tuners.items() if k in ('MOLE', 'ADAMOLE', 'SOFT_MOA', 'SPARSE_MOA')))"]
-    result = subprocess.run([sys.executable, "-c", "\n".join(before)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    script = "\n".join(["import sys", *IMPORT_ORDERS[order], *check])
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=folder, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "['MoaTuner', 'MoaTuner', 'MoeLoraTuner', 'MoeLoraTuner']" in result.stdout, result.stdout
+    assert "diff 0.0" in result.stdout, result.stdout
 
 
 def test_mixtures_in_bfloat16_round_trip_exactly(tmp_path):

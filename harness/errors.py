@@ -4,8 +4,7 @@ import difflib
 import errno
 from collections.abc import Iterable
 
-# Every exit code of `adamole-bench` (README "Exit codes" lists them too).
-EXIT_OK = 0
+# Every exit code of `adamole-bench` (README "Exit codes" lists them too); success is 0.
 EXIT_CRASHED = 1  # a trial crashed (a harness bug: its traceback is printed), or `check` found a regression
 EXIT_USER = 2  # bad input or environment: one line naming the fix, before any work where it can be known
 EXIT_DIVERGED = 3  # a trial's loss or gradient norm became NaN/inf (the run is FAILED, never counted)
@@ -49,3 +48,12 @@ def storage_problem(err: BaseException) -> str | None:
             return "the MLflow database is read-only"
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def error_line(err: BaseException, last: bool = False) -> str:
+    """`Type: message` in one line of at most 200 characters, for a message that must stay one line.
+
+    The first non-empty line of the message, or with `last` the last one: a Ray task's error carries
+    the remote traceback in its text, and the error itself comes at the end."""
+    lines = [line for line in str(err).splitlines() if line.strip()] or [""]
+    return f"{type(err).__name__}: {(lines[-1] if last else lines[0])[:200]}"

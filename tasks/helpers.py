@@ -11,11 +11,6 @@ def boolq_from_olmes(doc: dict) -> dict:
     return {"idx": doc["idx"], "passage": passage, "question": question, "label": int(doc["choices"][doc["gold"]] == "yes")}
 
 
-def boolq_from_google(doc: dict) -> dict:
-    """google/boolq (answer: bool) → the super_glue schema."""
-    return {"passage": doc["passage"], "question": doc["question"], "label": int(doc["answer"])}
-
-
 FRUITS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear", "plum", "kiwi", "melon", "lime"]
 COLORS = ["red", "blue", "green", "black", "white", "pink", "brown", "gray", "cyan", "teal", "navy", "gold"]
 

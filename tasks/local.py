@@ -5,7 +5,7 @@ the file, the line and the fix before any run starts."""
 import json
 from pathlib import Path
 
-from ..harness.errors import UserError
+from ..harness.errors import UserError, error_line
 from .registry import TaskSpec, eval_row, keeps
 
 EVAL_NAMES = ("eval", "validation", "test")
@@ -57,7 +57,7 @@ def _read_file(path: Path) -> list[tuple[str, dict]]:
         rows = datasets.Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else datasets.load_from_disk(str(path))
         return [(f"row {number}", dict(doc)) for number, doc in enumerate(rows, start=1)]
     except Exception as err:  # noqa: BLE001 - pyarrow and datasets raise many types for a bad file
-        raise UserError(f"{path} cannot be read as {kind} ({type(err).__name__}: {_first_line(err)}); rewrite it, or use {path.stem}.jsonl") from None
+        raise UserError(f"{path} cannot be read as {kind} ({error_line(err)}); rewrite it, or use {path.stem}.jsonl") from None
 
 
 def _checked(spec: TaskSpec, path: Path, docs: list[tuple[str, dict]]) -> list[dict]:
@@ -77,6 +77,3 @@ def _checked(spec: TaskSpec, path: Path, docs: list[tuple[str, dict]]) -> list[d
             raise UserError(f"{path} {where}: the label points at answer {row['label']} but the doc has {len(row['choices'])} choices (0-based index expected)")
     return [doc for _, doc in docs]
 
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).splitlines() or [""])[0][:200]

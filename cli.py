@@ -1,6 +1,7 @@
 """`adamole-bench` command line: parses flags into harness calls; no logic of its own."""
 
 import functools
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -65,9 +66,12 @@ def _split(text: str | None, flag: str, example: str) -> list[str] | None:
     """A comma-separated flag; given but empty (`--methods "$UNSET"`) is an error, never the default."""
     if text is None:
         return None
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts:
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
         raise UserError(f"{flag} is empty (an unset shell variable?); name at least one, e.g. {flag} {example}, or leave the flag out")
+    if not all(parts):
+        empty = parts.index("") + 1
+        raise UserError(f"{flag} '{text}' has an empty item (item {empty}); separate items with single commas and no trailing comma, e.g. {flag} {','.join(filter(None, parts))}")
     return parts
 
 
@@ -119,13 +123,34 @@ def _format_names() -> tuple[str, ...]:
 
 
 def _shard(text: str | None) -> tuple[int, int]:
+    """`--shard i/n`; without it, the slice of this SLURM array task (`--array=1-8` as well as `0-7`), else all."""
     if not text:
-        return (0, 1)
+        from .harness.sweep import slurm_array_shard
+
+        return slurm_array_shard(os.environ) or (0, 1)
     try:
         index, count = (int(x) for x in text.split("/"))
     except ValueError:
         raise UserError(f"--shard takes i/n, e.g. 0/2 (got '{text}')") from None
+    if count < 1 or not 0 <= index < count:
+        raise UserError(f"invalid shard {index}/{count}: use i/n with 0 <= i < n, e.g. --shard 0/2")
     return index, count
+
+
+def _search_value(value: str | None, flag: str) -> str | None:
+    """A flag's value the MLflow store is searched by: one line for what its filter syntax cannot hold."""
+    from .harness.config import check_search_value
+
+    if value is not None:
+        if not value.strip():  # an empty filter would silently mean "every model"
+            raise UserError(f"{flag} is empty (an unset shell variable?); name one, e.g. {flag} smollm2-135m, or leave the flag out")
+        check_search_value(value, flag)
+    return value
+
+
+def _at_least(value: int | None, low: int, flag: str, example: int) -> None:
+    if value is not None and value < low:
+        raise UserError(f"{flag} must be >= {low}, got {value}; e.g. {flag} {example}")
 
 
 @app.command()
@@ -143,7 +168,7 @@ def run(
     mix: bool = typer.Option(None, "--mix", help="Train one adapter on the union of --tasks, evaluate it on each."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 or auto."),
     precision: str = typer.Option(None, help="auto, fp32, bf16 or fp16 (auto: bf16 for SmolLM2 where the hardware has fast bf16)."),
-    shard: str = typer.Option(None, help="Run slice i/n of the sweep (several machines, one MLflow server)."),
+    shard: str = typer.Option(None, help="Run slice i/n of the sweep (several machines, one MLflow server) [default: this SLURM array task's slice, else all]."),
     trust_remote_code: bool = typer.Option(None, "--trust-remote-code", help="Allow custom model code from the hub."),
     executor: str = typer.Option("local", help="local (one trial after another here) or ray (Ray tasks across a cluster; needs the ray extra)."),
     ray_address: str = typer.Option(None, help="With --executor ray: auto (a running `ray start` cluster), HOST:PORT or ray://HOST:10001 [default: RAY_ADDRESS, else a new local instance]."),
@@ -157,6 +182,7 @@ def run(
 
     offline_defaults()
     console.quiet = not context().is_main  # under torchrun only rank 0 prints
+    shard_slice = _shard(shard)
     experiment = load_config(
         config,
         overrides or [],
@@ -181,7 +207,7 @@ def run(
         import_ray()  # a missing extra is one line before any work
     try:
         with sigterm_as_interrupt():
-            outcomes = run_sweep(experiment, console, shard=_shard(shard), executor=executor, ray_address=ray_address)
+            outcomes = run_sweep(experiment, console, shard=shard_slice, executor=executor, ray_address=ray_address)
     except KeyboardInterrupt as interrupt:
         raise _interrupted(interrupt) from None
     if context().is_main:
@@ -236,9 +262,22 @@ def bench(
     import json
 
     from .harness.bench import BenchSettings, log_to_mlflow, render, run_bench
-    from .harness.config import parse_override
+    from .harness.config import check_experiment_name, parse_override
+
+    from .methods.registry import make_config
 
     offline_defaults()
+    for value, low, flag, example in ((batch_size, 1, "--batch-size", 8), (seq_len, 2, "--seq-len", 64), (steps, 1, "--steps", 10), (threads, 1, "--threads", 2), (eval_limit, 1, "--eval-limit", 50)):
+        _at_least(value, low, flag, example)
+    check_experiment_name(experiment)
+    if not eval_task.strip():
+        raise UserError("--eval-task is empty (an unset shell variable?); name a task, e.g. --eval-task copa, or --eval-task none to skip it")
+    if eval_task != "none":
+        from .tasks.registry import get_task
+
+        get_task(eval_task)  # a typo is one line now, not after the timed steps
+    if output is not None and (output.is_dir() or not output.parent.is_dir()):
+        raise UserError(f"--output {output} {'is a folder' if output.is_dir() else 'is in a folder that does not exist'}; pass a file path, e.g. --output bench.json")
     options: dict[str, dict] = {}
     for text in overrides or []:
         parsed = parse_override(text)
@@ -246,8 +285,11 @@ def bench(
             raise UserError(f"bench takes method options only (method.key=value), not '{text}'")
         for method, values in parsed["method_options"].items():
             options.setdefault(method, {}).update(values)
+    bench_methods = _split(methods, "--methods", "lora,adamole")
+    for method in dict.fromkeys([*bench_methods, *options]):
+        make_config(method, options.get(method))  # a bad option is one line before the model loads
     settings = BenchSettings(
-        model=model, methods=_split(methods, "--methods", "lora,adamole"), method_options=options, batch_size=batch_size, seq_len=seq_len, steps=steps,
+        model=model, methods=bench_methods, method_options=options, batch_size=batch_size, seq_len=seq_len, steps=steps,
         threads=threads, device=device, precisions=_split(precisions, "--precisions", "fp32,bf16"), eval_task=None if eval_task == "none" else eval_task,
         eval_limit=eval_limit, lm_eval_cli=lm_eval_cli, profile=profile,
     )  # fmt: skip
@@ -338,20 +380,23 @@ def setup():
     console.print(f"SmolLM2:    {smollm2_checkpoint()}")
 
 
-def _report_table(experiment: str, model, methods, tasks, config_hash, where, reference: bool = True, published: Path | None = None):
+def _report_table(experiment: str, model, methods, tasks, config_hash, where, reference: bool = True, published: Path | None = None, current: bool = False):
     from .harness.report_bundle import report_table
     from .harness.tracking import Tracker
 
+    model = _search_value(model, "--model")
+    methods, tasks = _split(methods, "--methods", "lora,adamole"), _split(tasks, "--tasks", "copa,boolq")
+    config_hashes = _split(config_hash, "--config-hash", "3f2a9c1b")
     tracker = Tracker(experiment)
     for name, why in tracker.reconciled:
         console.print(f"[yellow]marked FAILED[/] {escape(name)} (left RUNNING: {escape(why)}); it is not counted", soft_wrap=True)
-    methods, tasks = _split(methods, "--methods", "lora,adamole"), _split(tasks, "--tasks", "copa,boolq")
-    table = report_table(tracker, model, methods, tasks, _split(config_hash, "--config-hash", "3f2a9c1b"), where, reference, published)
+    table = report_table(tracker, model, methods, tasks, config_hashes, where, reference, published, current)
     return tracker, table
 
 
 CONFIG_HASH_HELP = "Only these configs: comma-separated config hashes or prefixes (a trial's config_hash tag, or a row's variant id from the CSV/JSON)."
 WHERE_HELP = "Only runs whose resolved setting matches, e.g. --where train.lr=3e-3 --where lora.rank=8 (repeatable)."
+CURRENT_HELP = "Only runs computed by the installed code and packages (rows from other code are otherwise shown apart, labelled by what differs)."
 
 
 @app.command()
@@ -368,11 +413,16 @@ def report(
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Show the zero-shot base row of the same eval protocol."),
     published: Path = typer.Option(None, help="Published numbers to show as extra rows [default: results/published.yaml]."),
     sensitivity: str = typer.Option(None, "--sensitivity", help="Metric vs this swept setting, e.g. adamole.max_threshold: mean ± sd over seeds, 95% CI, plot logged to MLflow."),
+    current_code: bool = typer.Option(False, "--current-code", help=CURRENT_HELP),
 ):
     """Method × task table of finished trials: 95% CI, n, paired tests vs base and best, collapsed predictors, verdict."""
+    from .harness.config import check_experiment_name
     from .harness.paths import package_root
     from .harness.render import FORMATS, TEXT_RENDERERS, render_rich, render_verdict
 
+    check_experiment_name(experiment)
+    if sensitivity is not None and not sensitivity.strip():
+        raise UserError("--sensitivity is empty (an unset shell variable?); name a swept setting, e.g. --sensitivity adamole.max_threshold, or leave the flag out")
     if table_format not in FORMATS:
         from .harness.errors import unknown
 
@@ -382,8 +432,9 @@ def report(
 
         check_output_folder(output)
     if sensitivity is not None:
-        return _report_sensitivity(sensitivity, table_format, experiment, model, methods, tasks, config_hash, where, reference, output)
-    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, published or package_root() / "results" / "published.yaml")
+        return _report_sensitivity(sensitivity, table_format, experiment, model, methods, tasks, config_hash, where, reference, output, current_code)
+    published = published or package_root() / "results" / "published.yaml"
+    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, published, current_code)
     if table_format == "rich":
         console.print(render_rich(table, width=console.width))
         console.print(render_verdict(table), markup=False, highlight=False, end="")
@@ -392,23 +443,23 @@ def report(
     if output:
         from .harness.report_bundle import write_report
 
-        filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or [])}
+        filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or []), "current_code": current_code and "true"}
         written = write_report(tracker, table, output, filters)
         console.print(f"wrote {len(written)} files to {output} (and a kind=report run in MLflow)")
 
 
-def _report_sensitivity(key, table_format, experiment, model, methods, tasks, config_hash, where, reference, output) -> None:
+def _report_sensitivity(key, table_format, experiment, model, methods, tasks, config_hash, where, reference, output, current) -> None:
     from .harness import sensitivity
 
     if table_format not in sensitivity.FORMATS:
         raise UserError(f"--sensitivity prints {', '.join(sensitivity.FORMATS)}; pick one with --format")
-    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference)
+    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, current=current)
     result = sensitivity.sensitivity(table, key.strip())
     if table_format == "rich":
         console.print(sensitivity.render_rich(result))
     else:
         console.print(sensitivity.TEXT_RENDERERS[table_format](result), markup=False, end="", soft_wrap=True)
-    filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or [])}
+    filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or []), "current_code": current and "true"}
     run_id, written = sensitivity.log_report(tracker, result, output, filters)
     console.print(f"plot and tables → MLflow run {run_id} (sensitivity/{result.key}.png)" + (f" and {len(written)} files in {output}" if written else ""), soft_wrap=True)
 
@@ -423,11 +474,14 @@ def compare(
     tasks: str = typer.Option(None, help="Comma-separated tasks to include."),
     config_hash: str = typer.Option(None, "--config-hash", help=CONFIG_HASH_HELP),
     where: list[str] = typer.Option(None, "--where", help=WHERE_HELP),
+    current_code: bool = typer.Option(False, "--current-code", help=CURRENT_HELP),
 ):
     """Paired comparison of two methods (each of their configs): per-doc tests per task, run-level tests over seeds."""
     from .harness.compare import compare_methods, render_comparison
+    from .harness.config import check_experiment_name
 
-    _, table = _report_table(experiment, model, f"{method_a},{method_b}", tasks, config_hash, where, reference=False)
+    check_experiment_name(experiment)
+    _, table = _report_table(experiment, model, f"{method_a},{method_b}", tasks, config_hash, where, reference=False, current=current_code)
     for comparison in compare_methods(table, method_a, method_b):
         console.print(render_comparison(comparison), markup=False, highlight=False, end="", soft_wrap=True)
 
@@ -457,6 +511,7 @@ def check(
         console.print(f"recorded {len(rows)} trials in {regression.record(loaded, rows)}")
     deltas = regression.compare(loaded, rows)
     console.print(regression.render_deltas(deltas))
+    console.print("\n".join(regression.provenance_lines(loaded, deltas)), markup=False, highlight=False, soft_wrap=True)
     failing = [d for d in deltas if d.fails]
     if failing:
         console.print(f"[red]{len(failing)} recorded result(s) regressed or could not be reproduced[/]")
@@ -467,16 +522,26 @@ def check(
 @app.command()
 @user_errors
 def export(
-    run_id: str = typer.Argument(..., help="A finished trial's MLflow run id (`adamole-bench ui` shows them)."),
+    trial: str = typer.Argument(..., metavar="RUN_ID|METHOD/TASK/SEED", help="A finished trial: its MLflow run id (`run` prints it) or method/task/seed, e.g. lora/copa/0."),
     folder: Path = typer.Argument(..., help="New or empty folder to write the adapter and its model card to."),
     merged: bool = typer.Option(False, "--merged", help="LoRA only: also write the full merged model to FOLDER/merged."),
+    experiment: str = typer.Option("adamole-bench", help="With METHOD/TASK/SEED: the MLflow experiment to look in."),
+    model: str = typer.Option(None, help="With METHOD/TASK/SEED: only trials of this base model."),
+    config_hash: str = typer.Option(None, "--config-hash", help="With METHOD/TASK/SEED: only trials whose config hash starts so."),
 ):
     """Write a trial's adapter, a model card (config, scores, provenance) and optionally the merged LoRA model."""
-    from .harness.export import export_run
+    import re
+
+    from .harness.config import check_experiment_name
+    from .harness.export import TRIAL_SPEC, export_run, find_trial
 
     offline_defaults()
+    if not TRIAL_SPEC.match(trial) and not re.fullmatch(r"[a-zA-Z0-9][\w\-]{0,255}", trial):  # MLflow's run id rule: no store is opened for a typo
+        raise UserError(f"'{trial}' is neither an MLflow run id (letters, digits, _ and -, e.g. 3f2a9c1b0d4e4f6a8b7c6d5e4f3a2b1c) nor method/task/seed (e.g. lora/copa/0); copy a trial's run id from the `run` output or `adamole-bench ui`")
+    check_experiment_name(experiment, "--experiment")
+    run_id = find_trial(trial, experiment, _search_value(model, "--model"), config_hash)
     files = export_run(run_id, folder, merged=merged)
-    console.print(f"wrote {len(files)} files to {folder}; load with adamole_bench.load_adapter(\"{folder}\")", soft_wrap=True)
+    console.print(f"wrote {len(files)} files to {folder} from run {run_id}; load with adamole_bench.load_adapter(\"{folder}\")", soft_wrap=True)
 
 
 @app.command()
@@ -489,6 +554,11 @@ def ui(
     from .harness.liveness import exit_code, run_supervised
     from .harness.tracking import default_tracking_uri, experiment_page
 
+    from .harness.config import check_experiment_name
+
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be in [1, 65535], got {port}; e.g. --port 5000")
+    check_experiment_name(experiment)
     uri = default_tracking_uri()
     console.print(f"MLflow UI for {uri} (Ctrl-C to stop): {experiment_page(f'http://127.0.0.1:{port}', experiment, uri)}", soft_wrap=True, highlight=False)
     console.print("the comparison: click a sweep run (named methods × tasks · model · seeds); its description is the table (docs/ui.md)", highlight=False)

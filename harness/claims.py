@@ -36,24 +36,24 @@ PREFIX = "adamole-bench.claim"
 POLL_SECONDS = 2.0
 
 
-def claim_name(experiment_id: str, config_hash: str, seed: int, attempt: int) -> str:
-    return f"{PREFIX}/{experiment_id}/{config_hash}/seed{seed}/attempt{attempt}"
+def claim_name(experiment_id: str, identity: str, seed: int, attempt: int) -> str:
+    return f"{PREFIX}/{experiment_id}/{identity}/seed{seed}/attempt{attempt}"
 
 
-def trial_runs(tracker, config_hash: str, seed: int) -> list:
+def trial_runs(tracker, identity: str, seed: int) -> list:
     """Every active run of one trial, newest first."""
     return tracker.client.search_runs(
         [tracker.experiment_id],
-        filter_string=f"tags.config_hash = '{config_hash}' and tags.seed = '{seed}' and tags.kind = 'trial'",
+        filter_string=f"tags.identity = '{identity}' and tags.seed = '{seed}' and tags.kind = 'trial'",
         order_by=["attributes.start_time DESC"],
         max_results=1000,
     )
 
 
-def _claims(tracker, config_hash: str, seed: int) -> dict[int, object]:
+def _claims(tracker, identity: str, seed: int) -> dict[int, object]:
     from mlflow.entities import ViewType
 
-    prefix = claim_name(tracker.experiment_id, config_hash, seed, 0).removesuffix("0")
+    prefix = claim_name(tracker.experiment_id, identity, seed, 0).removesuffix("0")
     found = tracker.client.search_experiments(view_type=ViewType.ALL, filter_string=f"name LIKE '{prefix}%'", max_results=1000)
     return {int(e.name.removeprefix(prefix)): e for e in found if e.name.removeprefix(prefix).isdigit()}
 
@@ -89,18 +89,18 @@ def reconcile(tracker) -> list[tuple[str, str]]:
     return marked
 
 
-def _observe(tracker, config_hash: str, seed: int) -> tuple[bool, bool, int]:
+def _observe(tracker, identity: str, seed: int) -> tuple[bool, bool, int]:
     """(finished, held by another live process, the attempt to claim next), all from one look at the store.
 
     The next attempt must come from the same look as the liveness decision: a process that saw no claim
     must try attempt 0 (and lose to whoever took it), never a number read after someone else's claim.
     """
-    runs = trial_runs(tracker, config_hash, seed)
+    runs = trial_runs(tracker, identity, seed)
     if any(run.info.status == "FINISHED" for run in runs):
         return True, False, -1
     if any(run.info.status == "RUNNING" and reconcile_run(tracker, run) is None for run in runs):
         return False, True, -1
-    claims = _claims(tracker, config_hash, seed)  # read after the runs: a claim whose run is newer looks run-less (held)
+    claims = _claims(tracker, identity, seed)  # read after the runs: a claim whose run is newer looks run-less (held)
     attempts = [int(a) for a in (run.data.tags.get("claim_attempt") for run in runs) if a and a.isdigit()]
     latest = max(claims, default=-1)
     if latest >= 0 and latest not in attempts and staleness(claims[latest].tags, claims[latest].creation_time) is None:
@@ -108,15 +108,15 @@ def _observe(tracker, config_hash: str, seed: int) -> tuple[bool, bool, int]:
     return False, False, max([latest, *attempts]) + 1
 
 
-def claim_trial(tracker, config_hash: str, seed: int, name: str, tags: dict[str, str], parent_id: str | None = None) -> str | None:
+def claim_trial(tracker, identity: str, seed: int, name: str, tags: dict[str, str], parent_id: str | None = None) -> str | None:
     """The id of a new RUNNING run for this trial that only the caller holds, or None if the trial is
     finished or another live process holds it. The caller runs it inside `tracker.running(run_id)`."""
     from mlflow.exceptions import MlflowException
 
-    finished, held, attempt = _observe(tracker, config_hash, seed)
+    finished, held, attempt = _observe(tracker, identity, seed)
     if finished or held:
         return None
-    claim = claim_name(tracker.experiment_id, config_hash, seed, attempt)
+    claim = claim_name(tracker.experiment_id, identity, seed, attempt)
     try:
         claim_id = tracker.client.create_experiment(claim, tags={**process_tags(), "heartbeat": str(time.time())})
     except MlflowException as err:
@@ -124,18 +124,18 @@ def claim_trial(tracker, config_hash: str, seed: int, name: str, tags: dict[str,
             return None  # another process won this attempt
         raise
     tracker.client.delete_experiment(claim_id)  # out of the UI's list; the name stays taken
-    trial_tags = {**tags, "kind": "trial", "config_hash": config_hash, "seed": str(seed), "claim_attempt": str(attempt)}
+    trial_tags = {**tags, "kind": "trial", "identity": identity, "seed": str(seed), "claim_attempt": str(attempt)}
     return tracker.create_run(name, trial_tags, parent_id)
 
 
-def wait_for_trial(tracker, config_hash: str, seed: int, poll_seconds: float = POLL_SECONDS) -> tuple[str, dict]:
+def wait_for_trial(tracker, identity: str, seed: int, poll_seconds: float = POLL_SECONDS) -> tuple[str, dict]:
     """Wait while another process runs the trial: ("finished", metrics) or ("failed", {"error", "failure"})."""
     while True:
-        finished, held, _ = _observe(tracker, config_hash, seed)
+        finished, held, _ = _observe(tracker, identity, seed)
         if finished:
-            return "finished", tracker.completed_trial(config_hash, seed)
+            return "finished", tracker.completed_trial(identity, seed)
         if not held:
-            runs = trial_runs(tracker, config_hash, seed)  # again: _observe may have just marked one stale
+            runs = trial_runs(tracker, identity, seed)  # again: _observe may have just marked one stale
             tags = runs[0].data.tags if runs else {}
             return "failed", {"error": tags.get("error", "the other process left no run"), "failure": tags.get("failure", "crashed")}
         time.sleep(poll_seconds)

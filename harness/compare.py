@@ -15,7 +15,7 @@ from scipy import stats
 
 from .errors import UserError
 from .report import AVERAGE, AccuracyTable, Paired, paired_test
-from .results import Variant, untrained
+from .results import Variant, shared_implementation, untrained
 from .stats import ALPHA
 
 MIN_PAIRS = 3  # below this a t-test has too few degrees of freedom to mean anything
@@ -125,7 +125,8 @@ def compare_rows(table: AccuracyTable, a: Variant, b: Variant, metric: str = "ac
 
 
 def compare_methods(table: AccuracyTable, method_a: str, method_b: str) -> list[Comparison]:
-    """Every config of a against every config of b; a method against itself: each pair of its configs."""
+    """Every config of a against every config of b computed by the same shared code and packages (only the
+    methods' own code differs); a method against itself: each pair of its configs, old code against new included."""
     rows = {name: [v for v in table.variants if v.method == name] for name in (method_a, method_b)}
     for name, found in rows.items():
         if not found:
@@ -133,7 +134,9 @@ def compare_methods(table: AccuracyTable, method_a: str, method_b: str) -> list[
     if method_a == method_b:
         pairs = [(a, b) for i, a in enumerate(rows[method_a]) for b in rows[method_a][i + 1 :]]
     else:
-        pairs = [(a, b) for a in rows[method_a] for b in rows[method_b]]
+        pairs = [(a, b) for a in rows[method_a] for b in rows[method_b] if shared_implementation(a.implementation) == shared_implementation(b.implementation)]
+        if not pairs:
+            raise UserError(f"no run of '{method_a}' shares its harness code and package releases with one of '{method_b}'; rerun one of them with this code, or pass --current-code")
     if not pairs:
         raise UserError(f"'{method_a}' has a single config here; compare it with another method, or run a second config")
     return [compare_rows(table, a, b) for a, b in pairs]

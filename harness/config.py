@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from .errors import UserError
 from .models import DEFAULT_MODEL, check_model_name, resolve_device
 from .precision import Precision, resolve_precision
 
-SCHEMA_VERSION = 1  # bump when a change makes old results incomparable (part of every run's hash)
+SCHEMA_VERSION = 1  # bump only when the store's layout changes; code changes are in harness/fingerprint.py
 
 
 @dataclass
@@ -42,9 +43,12 @@ class TrainConfig:
     group_by_length: bool = True  # batch similar lengths together, as the reference's HF Trainer does (less padding)
 
     def validate(self) -> None:
-        _positive(self, "batch_size", "grad_accum", "lr", "max_length")
-        if self.max_steps < 0 or self.warmup_steps < 0 or self.epochs <= 0:
-            raise UserError("train.max_steps and train.warmup_steps must be >= 0 and train.epochs > 0")
+        _finite(self)
+        _positive(self, "batch_size", "grad_accum", "lr", "epochs", "max_grad_norm")
+        if self.max_length < 2:  # 1 keeps only EOS: no token is supervised, the loss is nan and the trial fails as diverged
+            raise UserError(f"train.max_length must be >= 2 (a token to predict from and one to predict), got {self.max_length}; e.g. train.max_length=256")
+        _non_negative(self, "max_steps", "warmup_steps", "weight_decay")
+        _positive_or_unset(self, "max_train_examples", "every example of the train split")
 
 
 @dataclass
@@ -64,8 +68,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         _positive(self, "batch_size")
-        if self.limit is not None and self.limit < 1:
-            raise UserError("eval.limit must be >= 1 (or unset for the whole eval split)")
+        _positive_or_unset(self, "limit", "the whole eval split")
 
 
 @dataclass
@@ -77,8 +80,9 @@ class ResourcesConfig:
     max_retries: int = 2  # reruns of a trial whose worker died (the trial is still recorded once)
 
     def validate(self) -> None:
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.max_retries < 0:
-            raise UserError("resources.cpus_per_trial must be > 0, resources.gpus_per_trial and resources.max_retries >= 0")
+        _finite(self)
+        _positive(self, "cpus_per_trial")
+        _non_negative(self, "gpus_per_trial", "max_retries")
 
 
 @dataclass
@@ -108,6 +112,9 @@ class ExperimentConfig:
 
         if not self.methods or not self.tasks or not self.seeds:
             raise UserError("methods, tasks and seeds must each name at least one entry")
+        _check_seeds(self.seeds)
+        if not self.experiment.strip():
+            raise UserError("experiment (the MLflow experiment name) is empty; name one, e.g. experiment=adamole-bench, or leave it out")
         for name in ("methods", "tasks", "seeds"):
             values = getattr(self, name)
             twice = sorted({str(v) for v in values if values.count(v) > 1})
@@ -119,6 +126,9 @@ class ExperimentConfig:
                 self.method_options[method] = {key: getattr(checked, key) for key in self.method_options[method]}
         for task in self.tasks:
             get_task(task)
+        if not self.model.strip():
+            raise UserError(f"model is empty; name one, e.g. model={DEFAULT_MODEL} (see `adamole-bench list models`), or leave it out")
+        check_search_value(self.model, "model")
         check_model_name(self.model)
         resolve_device(self.device)
         self.resolved_precision()  # e.g. fp16 on a CPU fails here, before any work
@@ -140,10 +150,74 @@ class ExperimentConfig:
         return resolve_precision(self.precision, resolve_device(self.device), self.model)
 
 
+# --- range checks: what the optimizer, the RNGs or a DataLoader would reject inside a trial ---------
+
+SEED_MAX = 2**32 - 1  # numpy.random.seed takes 0 ..= 2**32 - 1 (torch and random take more)
+
+
+def _setting(section, name: str) -> str:
+    return f"{type(section).__name__.removesuffix('Config').lower()}.{name}"
+
+
+def _example_of(section, name: str) -> str:
+    """A valid value for the fix: the field's default, or 1 where the default is unset."""
+    default = getattr(type(section)(), name)
+    return "1" if default is None else str(default)
+
+
+def _finite(section) -> None:
+    """No float setting may be nan or ±inf (YAML reads nan, .nan, inf and .inf as numbers)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            name = _setting(section, f.name)
+            raise UserError(f"{name} must be a finite number, got {value}; e.g. {name}={_example_of(section, f.name)}")
+
+
 def _positive(section, *names: str) -> None:
     for name in names:
-        if getattr(section, name) <= 0:
-            raise UserError(f"{type(section).__name__.removesuffix('Config').lower()}.{name} must be > 0")
+        value = getattr(section, name)
+        if value <= 0:
+            setting = _setting(section, name)
+            raise UserError(f"{setting} must be > 0, got {value}; e.g. {setting}={_example_of(section, name)}")
+
+
+def _non_negative(section, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if value < 0:
+            setting = _setting(section, name)
+            raise UserError(f"{setting} must be >= 0, got {value}; e.g. {setting}={_example_of(section, name)}")
+
+
+def _positive_or_unset(section, name: str, unset_means: str) -> None:
+    value = getattr(section, name)
+    if value is not None and value < 1:
+        setting = _setting(section, name)
+        raise UserError(f"{setting} must be >= 1 (or unset for {unset_means}), got {value}; e.g. {setting}={_example_of(section, name)} or {setting}=null")
+
+
+def _check_seeds(seeds: list) -> None:
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise UserError(f"seeds takes integers, got {seed!r}; e.g. --seeds 0,1,2")
+        if not 0 <= seed <= SEED_MAX:
+            raise UserError(f"seed {seed} is out of range: seeds must be in [0, {SEED_MAX}] (what numpy's RNG accepts); e.g. --seeds 0,1,2")
+
+
+def check_experiment_name(name: str, flag: str = "--experiment") -> None:
+    """MLflow refuses an empty experiment name with a traceback, and only when the store is opened."""
+    if not name.strip():
+        raise UserError(f"{flag} is empty (an unset shell variable?); name the MLflow experiment, e.g. {flag} adamole-bench, or leave the flag out")
+
+
+def check_search_value(value: str, what: str) -> None:
+    """A value the MLflow store is searched by (`tags.model = '...'`): MLflow's filter syntax has no escape
+    for the quote that delimits a string, so a value holding one is refused here, in one line, instead of
+    breaking the query (or matching other runs). Wildcards need nothing: only `=` is used, never LIKE."""
+    if "'" in value:
+        raise UserError(f"{what} {value!r} contains a single quote ('), which MLflow run searches cannot match; "
+                        "use a name without quotes (for a local folder, a symlink to it)")
 
 
 # --- names users bring from PEFT and HF TrainingArguments -----------------------------------------
@@ -278,10 +352,17 @@ def _set_fields(obj, values: dict, prefix: str = "") -> None:
             for method, options in value.items():
                 current.setdefault(method, {}).update(method_options(method, options or {}))
         else:
+            if value is None and type(None) not in typing.get_args(hints[key]):
+                default = getattr(type(obj)(), key)
+                raise UserError(f"'{prefix}{key}' needs a value (got none, e.g. '{prefix}{key}=' with nothing after it); e.g. {prefix}{key}={_value_text(default)}, or leave it out")
             try:
                 setattr(obj, key, coerce(value, hints[key], prefix + key))
             except TypeError:  # e.g. a number where a list belongs
                 raise UserError(f"invalid value {value!r} for '{prefix}{key}': expected {_type_name(hints[key])}") from None
+
+
+def _value_text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _type_name(annotation) -> str:

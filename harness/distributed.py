@@ -122,9 +122,12 @@ class RankZeroTracker:
         self._tracker, self._ctx = tracker, ctx
         self.uri = tracker.uri if tracker else "rank 0's store"
 
-    def completed_trial(self, config_hash: str, seed: int) -> dict | None:
-        found = self._tracker.completed_trial(config_hash, seed) if self._tracker else None
+    def completed_trial(self, identity: str, seed: int) -> dict | None:
+        found = self._tracker.completed_trial(identity, seed) if self._tracker else None
         return self._ctx.broadcast(found)  # every rank must skip (or run) the same trials
+
+    def finished_elsewhere(self, *args, **kwargs) -> dict | None:
+        return self._ctx.broadcast(self._tracker.finished_elsewhere(*args, **kwargs) if self._tracker else None)
 
     def claim_trial(self, *args, **kwargs) -> str | None:
         claimed = self._tracker.claim_trial(*args, **kwargs) if self._tracker else None

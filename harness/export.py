@@ -7,6 +7,7 @@ appears only when complete (written beside it, then renamed).
 """
 
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -16,6 +17,36 @@ from .errors import UserError
 from .tracking import _check_reachable, default_tracking_uri
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
+TRIAL_SPEC = re.compile(r"^(?P<method>[\w.-]+)/(?P<task>[\w.-]+)/(?:seed)?(?P<seed>\d+)$")
+
+
+def find_trial(spec: str, experiment: str, model: str | None = None, config_hash: str | None = None, tracking_uri: str | None = None) -> str:
+    """A run id as given, or the one FINISHED trial named `method/task/seed` (`lora/copa/0`, `lora/copa/seed0`)
+    in the experiment; several configs or implementations of it must be told apart by a filter."""
+    match = TRIAL_SPEC.match(spec)
+    if not match:
+        return spec
+    from mlflow.tracking import MlflowClient
+
+    store = tracking_uri or default_tracking_uri()
+    _check_reachable(store)
+    client = MlflowClient(store)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise UserError(f"no experiment '{experiment}' in MLflow store {store}; pass --experiment, or a run id")
+    wanted = {"kind": "trial", **match.groupdict(), **({"model": model} if model else {})}
+    conditions = [f"tags.{key} = '{value}'" for key, value in wanted.items()] + ["attributes.status = 'FINISHED'"]
+    runs = client.search_runs([found.experiment_id], " and ".join(conditions), order_by=["attributes.start_time DESC"], max_results=1000)
+    runs = [r for r in runs if not config_hash or r.data.tags.get("config_hash", "").startswith(config_hash)]
+    if not runs:
+        raise UserError(f"no FINISHED trial {spec} in experiment '{experiment}'" + (f" for model {model}" if model else "") + "; `adamole-bench report` lists what is there")
+    newest: dict[str, object] = {}
+    for run in runs:  # a trial recorded twice with one identity: the newest counts, as in report
+        newest.setdefault(run.data.tags.get("identity") or run.data.tags.get("config_hash", ""), run)
+    if len(newest) > 1:
+        choices = "; ".join(f"{r.info.run_id} ({r.data.tags.get('model')}, config {r.data.tags.get('config_hash')}, code {r.data.tags.get('implementation', '?')})" for r in newest.values())
+        raise UserError(f"{spec} names {len(newest)} trials: {choices}; pass one run id, or --model / --config-hash")
+    return next(iter(newest.values())).info.run_id
 
 
 def export_run(run_id: str, target: str | Path, merged: bool = False, tracking_uri: str | None = None) -> list[Path]:

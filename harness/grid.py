@@ -92,9 +92,12 @@ def grid_override(text: str) -> tuple[str, list] | None:
     if len(pieces) < 2:
         return None
     empty = [i for i, piece in enumerate(pieces) if not piece.strip()]
+    listed = is_list_type(setting_type(key))  # an unknown key fails here, with a suggestion
+    if empty and listed and not any(piece.strip().startswith("[") for piece in pieces):
+        raise UserError(f"'{text}' has an empty item (item {empty[0] + 1}); separate items with single commas and no trailing comma, e.g. {key}=q_proj,v_proj")
     if empty:
         raise UserError(f"'{text}' has an empty grid value (value {empty[0] + 1}); separate values with single commas, e.g. {key}=1,2")
-    if is_list_type(setting_type(key)):  # an unknown key fails here, with a suggestion
+    if listed:
         bracketed = [piece.strip().startswith("[") for piece in pieces]
         if not any(bracketed):
             return None  # `lora.target_modules=q_proj,v_proj`: one list value

@@ -39,6 +39,9 @@ def offline_defaults() -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # MLflow's usage telemetry stays off unless the user sets MLFLOW_DISABLE_TELEMETRY=false: its client
+    # once raced inside MLflow while sending its first heartbeat and killed a sweep before any trial.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:

@@ -25,7 +25,7 @@ from rich.markup import escape
 
 from .claims import mark_stale
 from .config import ExperimentConfig
-from .errors import UserError
+from .errors import UserError, error_line
 from .tracking import Tracker, failure_kind
 from .trials import Outcome, Trial, TrialState, attempt, await_trial
 
@@ -109,10 +109,10 @@ class RayExecutor:
         for group in groups_of(trials):
             left = []
             for index, trial in group:
-                done = self.tracker.completed_trial(trial.config_hash, trial.seed)
+                done = self.tracker.completed_trial(trial.identity, trial.seed)
                 if done:
                     outcomes[index] = Outcome(trial, "skipped", done)
-                    console.print(f"[{len(outcomes)}/{len(trials)}] {escape(trial.name)} [dim]already done, skipped[/]")
+                    console.print(f"[{len(outcomes)}/{len(trials)}] {escape(trial.name)} [dim]already done, skipped[/] (run {done['run_id']})")
                 else:
                     left.append((index, trial))
             if left:
@@ -136,8 +136,8 @@ class RayExecutor:
                 try:
                     results, texts, worker = ray.get(ref)
                 except ray.exceptions.RayTaskError as err:  # the task itself raised outside a trial: a harness bug
-                    self._mark_failed(token, f"crashed: its Ray task raised {_first_line(err)}", "crashed")
-                    results, texts, worker = self._failed(group, f"Ray task crashed: {_first_line(err)}"), None, None
+                    self._mark_failed(token, f"crashed: its Ray task raised {error_line(err, last=True)}", "crashed")
+                    results, texts, worker = self._failed(group, f"Ray task crashed: {error_line(err, last=True)}"), None, None
                 except ray.exceptions.RayError as err:  # the worker (or its node) died: retry the group elsewhere
                     names = self._mark_dead(token, err)
                     what = f"Ray worker died ({type(err).__name__})" + (f"; marked FAILED: {', '.join(names)}" if names else "")
@@ -199,10 +199,6 @@ class RayExecutor:
         for _, _, token in pending.values():
             self._mark_failed(token, f"{type(interrupt).__name__}: {interrupt or 'the driver was interrupted'}; its Ray task was cancelled", failure_kind(interrupt))
 
-
-def _first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {(lines[-1] if lines else '')[:200]}"
 
 
 # --- the worker -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ compares means, and fails on a drop beyond tolerance or on a record it can no lo
 (a changed config hash means the old number is not comparable: review and re-record).
 """
 
+import math
 import os
 import statistics
 import tempfile
@@ -22,8 +23,9 @@ from rich.table import Table
 
 from .config import ExperimentConfig, load_config, read_yaml_mapping
 from .errors import UserError
+from .fingerprint import differences, implementation
 from .provenance import code_version, package_versions
-from .results import rows_from_mlflow
+from .results import current_code, rows_from_mlflow
 from .tracking import Tracker
 
 DEFAULT_TOLERANCE = 0.03  # accuracy points as a fraction; CPU reruns are exact, this absorbs other hardware
@@ -51,6 +53,7 @@ class Suite:
     default_tolerance: float = DEFAULT_TOLERANCE
     loss_tolerance: float = DEFAULT_LOSS_TOLERANCE
     records: list[dict] = field(default_factory=list)
+    recorded: dict = field(default_factory=dict)  # when, from which commit and package versions
 
     def experiment(self) -> ExperimentConfig:
         return load_config(self.config_path, self.overrides)
@@ -64,6 +67,7 @@ class Delta:
     tolerance: float | None
     status: str  # ok | regressed | improved | drifted | missing | new
     loss_change: float | None = None  # relative change of the mean training loss
+    code_changes: list[str] | None = None  # how the recorded number's code differs from the installed one (None: not recorded)
 
     @property
     def fails(self) -> bool:
@@ -80,15 +84,31 @@ def load_suite(path: str | Path) -> Suite:
         missing = set(KEY_FIELDS + ("seeds", "values", "mean")) - set(record)
         if missing:
             raise UserError(f"{path} record {number} lacks {', '.join(sorted(missing))}")
+        _tolerance(record.get("tolerance", DEFAULT_TOLERANCE), f"{path} record {number}: tolerance")
+    threads = document.get("torch_threads", 1)
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise UserError(f"{path}: torch_threads must be a whole number >= 1 (or null for torch's default), got {threads!r}; e.g. torch_threads: 1")
     return Suite(
         path=path,
         config_path=(path.parent / document["config"]).resolve(),
         overrides=list(document.get("overrides") or []),
-        torch_threads=document.get("torch_threads", 1),
-        default_tolerance=float(document.get("default_tolerance", DEFAULT_TOLERANCE)),
-        loss_tolerance=float(document.get("loss_tolerance", DEFAULT_LOSS_TOLERANCE)),
+        torch_threads=threads,
+        default_tolerance=_tolerance(document.get("default_tolerance", DEFAULT_TOLERANCE), f"{path}: default_tolerance"),
+        loss_tolerance=_tolerance(document.get("loss_tolerance", DEFAULT_LOSS_TOLERANCE), f"{path}: loss_tolerance"),
         records=records,
+        recorded=document.get("recorded") or {},
     )
+
+
+def _tolerance(value, what: str) -> float:
+    """A finite fraction >= 0: a nan tolerance would let every comparison pass and switch the gate off."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise UserError(f"{what} must be a finite number >= 0 (a fraction), got {value!r}; e.g. 0.03")
+    return number
 
 
 @contextmanager
@@ -117,10 +137,10 @@ def rerun(suite: Suite, console: Console) -> list[dict]:
 
 
 def existing_rows(suite: Suite) -> list[dict]:
-    """The suite's trials as already recorded in the MLflow store (no rerun)."""
+    """The suite's trials as already recorded in the MLflow store (no rerun), computed by the installed code."""
     config = suite.experiment()
     rows = rows_from_mlflow(Tracker(config.experiment), model=config.model, methods=config.methods, tasks=config.tasks)
-    return [row for row in rows if row["seed"] in config.seeds]
+    return [row for row in rows if row["seed"] in config.seeds and current_code(row)]
 
 
 def _group(rows: list[dict], metric: str = "acc") -> dict[tuple, dict[int, float]]:
@@ -156,7 +176,8 @@ def compare(suite: Suite, rows: list[dict]) -> list[Delta]:
             loss_change = (loss_now - record["train_loss_mean"]) / max(abs(record["train_loss_mean"]), 1e-8)
             if abs(loss_change) > suite.loss_tolerance and status != "regressed":
                 status = "drifted"
-        deltas.append(Delta(dict(zip(KEY_FIELDS, key)), record["mean"], mean, tolerance, status, loss_change))
+        changes = differences(record["implementation"], implementation(record["method"])) if record.get("implementation") else None
+        deltas.append(Delta(dict(zip(KEY_FIELDS, key)), record["mean"], mean, tolerance, status, loss_change, changes))
     recorded_keys = {tuple(r[k] for k in KEY_FIELDS) for r in suite.records}
     for key, values in current.items():
         if key not in recorded_keys:
@@ -184,10 +205,26 @@ def render_deltas(deltas: list[Delta]) -> Table:
     return table
 
 
+def provenance_lines(suite: Suite, deltas: list[Delta]) -> list[str]:
+    """Which code the recorded numbers came from, and where it differs from the installed code."""
+    recorded = suite.recorded
+    dirty = " (uncommitted changes)" if recorded.get("git_dirty") == "true" else ""
+    versions = ", ".join(f"{k} {v}" for k, v in (recorded.get("versions") or {}).items())
+    lines = [f"recorded numbers: {recorded.get('at', 'unknown date')}, git {str(recorded.get('git_commit', 'unknown'))[:12]}{dirty}, {versions or 'versions unknown'}"]
+    for d in deltas:
+        name = " / ".join(d.key[k] for k in ("method", "task"))
+        if d.recorded is not None and d.code_changes is None:
+            lines.append(f"  {name}: recorded without a code fingerprint (before fingerprints existed); re-record to pin it")
+        elif d.code_changes:
+            lines.append(f"  {name}: installed code differs from the recorded number's: {', '.join(d.code_changes)}")
+    return lines
+
+
 def record(suite: Suite, rows: list[dict]) -> Path:
     """Write the current results as the suite's records, keeping each record's reviewed tolerance."""
     tolerances = {tuple(r[k] for k in KEY_FIELDS): r.get("tolerance") for r in suite.records}
     losses = _group(rows, "train_loss")
+    fingerprints = {tuple(r[k] for k in KEY_FIELDS): r["implementation"] for r in rows}
     records = []
     for key, values in sorted(_group(rows).items()):
         seeds = sorted(values)
@@ -197,6 +234,7 @@ def record(suite: Suite, rows: list[dict]) -> Path:
             "values": [round(values[s], 6) for s in seeds],
             "mean": round(statistics.fmean(values.values()), 6),
             "tolerance": tolerances.get(key) or suite.default_tolerance,
+            "implementation": fingerprints[key],
         }
         loss_mean = _mean_loss(losses.get(key, {}), seeds)
         if loss_mean is not None:
@@ -217,6 +255,6 @@ def record(suite: Suite, rows: list[dict]) -> Path:
     }
     suite.path.parent.mkdir(parents=True, exist_ok=True)
     suite.path.write_text(HEADER + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, default_flow_style=None))
-    suite.records = records
+    suite.records, suite.recorded = records, document["recorded"]
     return suite.path
 

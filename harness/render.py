@@ -107,7 +107,7 @@ def render_markdown(table: AccuracyTable) -> str:
 CSV_FIELDS = ("row", "method", "variant", "reference", "column", "mean", "ci_low", "ci_high", "interval", "docs", "seeds",
               "majority_rate", "top_answer", "top_share", "collapsed", "p_vs_base", "p_vs_base_docs", "p_vs_base_seeds", "base_row",
               "p_vs_best", "p_vs_best_docs", "p_vs_best_seeds", "best_row", "p_vs_majority", "p_vs_majority_docs", "p_vs_majority_seeds",
-              "best", "bold", "config_hash", "run_ids", "source")  # fmt: skip
+              "best", "bold", "config_hash", "implementation", "run_ids", "source")  # fmt: skip
 
 
 def _records(table: AccuracyTable) -> list[dict]:
@@ -128,7 +128,7 @@ def _records(table: AccuracyTable) -> list[dict]:
                 **_test_fields("base", cell.p_base), "base_row": reference.label if reference and cell.p_base else None,
                 **_test_fields("best", cell.p_best), "best_row": best if cell.p_best else None, **_test_fields("majority", cell.p_majority),
                 "best": cell.best, "bold": cell.bold,
-                "config_hash": variant.config_hashes.get(column), "run_ids": cell.run_ids, "source": "reference" if variant.reference else "measured",
+                "config_hash": variant.config_hashes.get(column), "implementation": variant.implementation.get("implementation"), "run_ids": cell.run_ids, "source": "reference" if variant.reference else "measured",
             })  # fmt: skip
     for (method, task), value in table.published.items():
         records.append({"row": f"{method} (published)", "method": method, "column": task, "mean": value, "source": "published"})
@@ -158,7 +158,7 @@ def render_json(table: AccuracyTable) -> str:
         "columns": table.columns,
         "legend": table.legend,
         "rows": [{"label": v.label, "method": v.method, "variant": v.id, "reference": v.reference, "params": v.params,
-                  "config_hashes": v.config_hashes, "run_ids": v.run_ids()} for v in table.variants],  # fmt: skip
+                  "config_hashes": v.config_hashes, "implementation": v.implementation, "run_ids": v.run_ids()} for v in table.variants],  # fmt: skip
         "majority": {column: {"answer": a, "rate": rate, "docs": n} for column, (a, rate, n) in table.majority.items()},
         "cells": _records(table),
         "verdict": verdict(table),

@@ -123,11 +123,11 @@ class AccuracyTable:
     )
 
     def reference_for(self, variant: Variant) -> Variant | None:
-        """The base row a method row is compared with: same model, precision, data and eval protocol."""
+        """The base row a method row is compared with: same model, precision, data, eval protocol and shared code."""
         if variant.reference:
             return None
-        key = reference_key(variant.params)
-        return next((v for v in self.variants if v.reference and reference_key(v.params) == key), None)
+        key = reference_key(variant.params, variant.implementation)
+        return next((v for v in self.variants if v.reference and reference_key(v.params, v.implementation) == key), None)
 
     def run_ids(self) -> list[str]:
         return [run_id for v in self.variants for run_id in v.run_ids()]

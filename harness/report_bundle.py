@@ -16,12 +16,15 @@ from .report import AccuracyTable, build_table
 from .results import check_single_model, group_variants, load_published, rows_from_mlflow, samples_loader, select_rows
 
 
-def report_table(tracker, model=None, methods=None, tasks=None, config_hashes=None, where=None, reference=True, published: Path | None = None) -> AccuracyTable:
-    """The finished trials matching the filters, one row per (method, config), base reference added;
-    `published` (results/published.yaml) adds the paper numbers of the same model as extra rows."""
+def report_table(
+    tracker, model=None, methods=None, tasks=None, config_hashes=None, where=None, reference=True, published: Path | None = None, current: bool = False
+) -> AccuracyTable:
+    """The finished trials matching the filters, one row per (method, config, implementation), base reference
+    added; `current`: only what the installed code computed; `published` (results/published.yaml) adds the
+    paper numbers of the same model as extra rows."""
     rows = rows_from_mlflow(tracker, model=model, tasks=tasks)
     check_single_model(rows)
-    rows = select_rows(rows, methods=methods, config_hashes=config_hashes, where=where, reference=reference)
+    rows = select_rows(rows, methods=methods, config_hashes=config_hashes, where=where, reference=reference, current=current)
     if not rows:
         raise UserError(f"no finished trials in experiment '{tracker.client.get_experiment(tracker.experiment_id).name}' match the filters; run `adamole-bench run` first")
     model = rows[0]["model"]
@@ -31,10 +34,11 @@ def report_table(tracker, model=None, methods=None, tasks=None, config_hashes=No
 
 def sweep_table(tracker, config, outcomes) -> AccuracyTable | None:
     """The table of one sweep: exactly its finished and skipped trials (the implicit base included)."""
-    keys = {(o.trial.config_hash, o.trial.seed) for o in outcomes if o.status in ("finished", "skipped")}
+    keys = {(o.trial.config_hash, o.trial.implementation.get("implementation"), o.trial.seed) for o in outcomes if o.status in ("finished", "skipped")}
     if not keys:
         return None
-    rows = [r for r in rows_from_mlflow(tracker, model=config.model, tasks=config.tasks) if (r["config_hash"], r["seed"]) in keys]
+    rows = rows_from_mlflow(tracker, model=config.model, tasks=config.tasks)
+    rows = [r for r in rows if (r["config_hash"], r["implementation"].get("implementation"), r["seed"]) in keys]
     if not rows:
         return None
     return build_table(group_variants(rows, order=config.methods), samples_loader(tracker), tasks=config.tasks, model=config.model)

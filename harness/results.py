@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError, unknown
+from .fingerprint import IMPLEMENTATION_KEYS, implementation
 from .tracking import quiet_artifact_downloads
 
 REFERENCE_METHOD = "base"  # the untrained model: what a method has to beat
@@ -24,7 +25,7 @@ SAMPLES_ARTIFACT = "lm_eval/samples.json"
 
 
 def rows_from_mlflow(tracker, model=None, methods=None, tasks=None) -> list[dict]:
-    """One row per finished trial; a (config hash, seed) recorded twice counts once (the newest)."""
+    """One row per finished trial; a (config hash, implementation, seed) recorded twice counts once (the newest)."""
     conditions = ["tags.kind = 'trial'", "attributes.status = 'FINISHED'"]
     if model:
         conditions.append(f"tags.model = '{model}'")
@@ -34,7 +35,7 @@ def rows_from_mlflow(tracker, model=None, methods=None, tasks=None) -> list[dict
     rows = {}
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
-        key = (tags.get("config_hash"), tags.get("seed"))
+        key = (tags.get("config_hash"), tags.get("implementation"), tags.get("seed"))
         if key in rows or "eval/acc" not in metrics:
             continue
         if (methods and tags["method"] not in methods) or (tasks and tags["task"] not in tasks):
@@ -54,6 +55,8 @@ def rows_from_mlflow(tracker, model=None, methods=None, tasks=None) -> list[dict
             "tokens_per_second": metrics.get("train/tokens_per_second"),
             "data_source": tags.get("data_source"),
             "params": {k: v for k, v in run.data.params.items() if k not in NOT_VARIANT},
+            "implementation": {k: tags[k] for k in ("implementation", *IMPLEMENTATION_KEYS) if k in tags},
+            "git_commit": tags.get("git_commit"),
             "run_id": run.info.run_id,
         }
     return sorted(rows.values(), key=lambda r: (r["task"], r["method"], r["seed"]))
@@ -69,14 +72,30 @@ def check_single_model(rows: list[dict]) -> None:
 # --- variants -----------------------------------------------------------------------------------
 
 
-def variant_id(params: dict) -> str:
-    """Names one resolved config across tasks (a trial's config_hash also covers its task)."""
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+def variant_id(params: dict, fingerprint: dict | None = None) -> str:
+    """Names one resolved config, computed by one implementation, across tasks (a trial's config_hash also
+    covers its task; a row without a fingerprint, from before fingerprints, is named by its config alone)."""
+    return hashlib.sha256(json.dumps({**params, **(fingerprint or {})}, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def reference_key(params: dict) -> tuple:
-    """What a `base` run must share with a row to be its reference: model, precision, data, eval protocol."""
-    return tuple(sorted((k, v) for k, v in params.items() if k in ("model", "precision", "data_dir") or k.startswith("eval.")))
+def reference_key(params: dict, fingerprint: dict) -> tuple:
+    """What a `base` run must share with a row to be its reference: model, precision, data, eval protocol,
+    and the shared code and package releases (a method's own code is the one thing that differs)."""
+    settings = ((k, v) for k, v in params.items() if k in ("model", "precision", "data_dir") or k.startswith("eval."))
+    return tuple(sorted(settings)) + shared_implementation(fingerprint)
+
+
+def shared_implementation(fingerprint: dict) -> tuple:
+    """The parts of a fingerprint that every method shares: the shared code and the package releases."""
+    return tuple(sorted((k, v) for k, v in fingerprint.items() if k not in ("implementation", "code.method")))
+
+
+def current_code(row: dict) -> bool:
+    """Whether a row was computed by the code and packages installed here."""
+    try:
+        return row.get("implementation", {}).get("implementation") == implementation(row["method"])["implementation"]
+    except UserError:  # a method not installed here (a plugin): not the current code
+        return False
 
 
 def untrained(params: dict) -> bool:
@@ -91,6 +110,8 @@ class Variant:
     params: dict[str, str]
     runs: dict[str, list[dict]] = field(default_factory=dict)
     label: str = ""
+    implementation: dict[str, str] = field(default_factory=dict)  # one fingerprint per row (harness/fingerprint.py)
+    git_commit: str | None = None
 
     @property
     def reference(self) -> bool:
@@ -98,7 +119,7 @@ class Variant:
 
     @property
     def id(self) -> str:
-        return variant_id(self.params)
+        return variant_id(self.params, self.implementation)
 
     @property
     def config_hashes(self) -> dict[str, str]:
@@ -118,18 +139,23 @@ def group_variants(rows: list[dict], order: list[str] | None = None) -> list[Var
     Every variant of a method that has several is labelled by the settings that tell them apart."""
     variants: dict[tuple[str, str], Variant] = {}
     for row in sorted(rows, key=lambda r: r["seed"]):
-        variant = variants.setdefault((row["method"], variant_id(row["params"])), Variant(row["method"], row["params"]))
+        key = (row["method"], variant_id(row["params"], row.get("implementation")))
+        variant = variants.setdefault(key, Variant(row["method"], row["params"], implementation=row.get("implementation", {}), git_commit=row.get("git_commit")))
         seeds = variant.runs.setdefault(row["task"], [])
         if not (untrained(row["params"]) and seeds):  # an untrained model scores the same for every seed
             seeds.append(row)
     methods = list(dict.fromkeys([REFERENCE_METHOD, *(order or []), *(v.method for v in variants.values())]))
-    ordered = sorted(variants.values(), key=lambda v: (methods.index(v.method), sorted(v.params.items())))
+    ordered = sorted(variants.values(), key=lambda v: (methods.index(v.method), sorted(v.params.items()), sorted(v.implementation.items())))
     for method in methods:
         mine = [v for v in ordered if v.method == method]
         keys = sorted({k for v in mine for k in v.params})
         differing = [k for k in keys if len({v.params.get(k) for v in mine}) > 1]
+        code = [k for k in IMPLEMENTATION_KEYS if len({v.implementation.get(k) for v in mine}) > 1]
         for v in mine:
             details = [f"{_setting_name(method, k)}={v.params.get(k, '–')}" for k in differing]
+            details += [f"{k}={v.implementation.get(k, '?')}" for k in code]
+            if code and v.git_commit:
+                details.append(f"git {v.git_commit[:7]}")
             if v.reference:
                 details.insert(0, "zero-shot")
             v.label = f"{method} ({', '.join(details)})" if details else method
@@ -186,15 +212,19 @@ def select_rows(
     config_hashes: list[str] | None = None,
     where: list[str] | None = None,
     reference: bool = True,
+    current: bool = False,
 ) -> list[dict]:
-    """The runs one table shows. Filters pick the compared rows; with `reference`, the `base` runs
-    of the same eval protocol (and task) are added as reference rows whatever the filters say."""
+    """The runs one table shows. Filters pick the compared rows (`current`: only those the installed code
+    computed); with `reference`, the `base` runs of the same eval protocol, task and shared code are added
+    as reference rows whatever the filters say."""
     conditions = parse_where(where or [], rows)
+    if current:
+        rows = [r for r in rows if current_code(r)]
 
     def chosen(row: dict) -> bool:
         if methods and row["method"] not in methods:
             return False
-        if config_hashes and not any(row["config_hash"].startswith(h) or variant_id(row["params"]).startswith(h) for h in config_hashes):
+        if config_hashes and not any(row["config_hash"].startswith(h) or variant_id(row["params"], row.get("implementation")).startswith(h) for h in config_hashes):
             return False
         for method, key, value in conditions:
             if (method and row["method"] != method) or key not in row["params"] or not same_value(row["params"][key], value):
@@ -203,11 +233,11 @@ def select_rows(
 
     selected = [r for r in rows if chosen(r)]
     if reference:
-        wanted = {(r["task"], reference_key(r["params"])) for r in selected}
+        wanted = {(r["task"], reference_key(r["params"], r.get("implementation", {}))) for r in selected}
         ids = {r["run_id"] for r in selected}
         selected += [
             r for r in rows
-            if r["method"] == REFERENCE_METHOD and r["run_id"] not in ids and (r["task"], reference_key(r["params"])) in wanted
+            if r["method"] == REFERENCE_METHOD and r["run_id"] not in ids and (r["task"], reference_key(r["params"], r.get("implementation", {}))) in wanted
         ]  # fmt: skip
     return selected
 

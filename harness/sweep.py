@@ -7,13 +7,16 @@ atomically first (harness/claims.py): a trial another live process holds is wait
 The trials run here one after another (`--executor local`) or as Ray tasks (harness/ray_executor.py).
 """
 
+from collections.abc import Mapping
+
 from rich.console import Console
 from rich.markup import escape
 
 from ..methods.registry import get_method_class
 from . import distributed
 from .config import ExperimentConfig, config_hash, to_dict, trial_config
-from .errors import UserError, storage_problem, unknown
+from .errors import UserError, error_line, storage_problem, unknown
+from .fingerprint import implementation
 from .grid import applies, grid_points
 from .progress import sweep_progress
 from .provenance import code_version
@@ -55,7 +58,7 @@ def _point_trials(config: ExperimentConfig, swept: tuple) -> list[Trial]:
             train_tasks = tuple(config.tasks) if config.mix else (task,)
             mine = tuple((k, v) for k, v in swept if applies(k, method, trains))
             for seed in config.seeds:
-                trials.append(Trial(method, task, seed, resolved, config_hash(resolved), train_tasks, mine, config))
+                trials.append(Trial(method, task, seed, resolved, config_hash(resolved), train_tasks, mine, config, implementation(method)))
     if config.mix:
         trials.sort(key=lambda t: (config.methods.index(t.method), config.seeds.index(t.seed)))  # stable: task order kept
     return trials
@@ -66,7 +69,30 @@ def _reference_trial(config: ExperimentConfig, task: str, swept: tuple) -> Trial
     one seed (always 0, whatever --seeds says) is enough and a later sweep finds it done."""
     resolved = trial_config(config, REFERENCE_METHOD, task) | {"train": None}
     mine = tuple((k, v) for k, v in swept if applies(k, REFERENCE_METHOD, False))
-    return Trial(REFERENCE_METHOD, task, 0, resolved, config_hash(resolved), (task,), mine, config)
+    return Trial(REFERENCE_METHOD, task, 0, resolved, config_hash(resolved), (task,), mine, config, implementation(REFERENCE_METHOD))
+
+
+def slurm_array_shard(environ: Mapping[str, str]) -> tuple[int, int] | None:
+    """This array task's slice i/n, from SLURM's variables, whatever the array's first index and step.
+
+    `--array=1-8` numbers tasks 1..8 and `--array=0-15:2` numbers them 0, 2, ..., 14; both give slices
+    0..7 of 8. A list such as `--array=1,4,9` has no such mapping and is refused (pass --shard i/n)."""
+    if "SLURM_ARRAY_TASK_ID" not in environ:
+        return None
+    names = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT")
+    try:
+        task, first, count = (int(environ[name]) for name in names)
+        step = int(environ.get("SLURM_ARRAY_TASK_STEP") or 1)
+    except (KeyError, ValueError):
+        shown = ", ".join(f"{name}={environ.get(name)!r}" for name in names)
+        raise UserError(f"cannot read this SLURM array task's slice ({shown}); pass --shard i/n explicitly") from None
+    offset, misaligned = divmod(task - first, step) if step > 0 else (-1, 0)
+    if misaligned or not 0 <= offset < count:
+        raise UserError(
+            f"SLURM array task {task} is not task i of an evenly spaced array of {count} starting at {first} (step {step}); "
+            "use --array=A-B[:S], or pass --shard i/n explicitly"
+        )
+    return offset, count
 
 
 def select_shard(trials: list[Trial], index: int, count: int) -> list[Trial]:
@@ -104,7 +130,7 @@ def run_sweep(
     try:
         sweep_id = tracker.create_run(sweep_name(config.methods, config.tasks, config.model, config.seeds, config.mix, shard), sweep_tags)
     except Exception as err:  # noqa: BLE001 - e.g. a server whose database is read-only
-        raise UserError(f"MLflow store {tracker.uri} does not accept new runs ({storage_problem(err) or _first_line(err)})") from None
+        raise UserError(f"MLflow store {tracker.uri} does not accept new runs ({storage_problem(err) or error_line(err)})") from None
     with tracker.running(sweep_id, strict=False):  # a full disk must not cost the table of what finished
         tracker.log_dict(sweep_id, to_dict(config), "config/experiment.json")
         if executor == "ray":
@@ -141,7 +167,7 @@ def _record_summary(tracker: Tracker, sweep_id: str, config: ExperimentConfig, o
     try:
         tracker.log_metrics(sweep_id, {f"trials/{k}": v for k, v in counts.items()})
     except Exception as err:  # noqa: BLE001 - the results are already in their trial runs
-        console.print(f"[yellow]could not record the sweep summary:[/] {escape(storage_problem(err) or _first_line(err))}", soft_wrap=True)
+        console.print(f"[yellow]could not record the sweep summary:[/] {escape(storage_problem(err) or error_line(err))}", soft_wrap=True)
         return
     if distributed.context().is_main:
         from .report_bundle import log_sweep_summary  # matplotlib and friends, only once trials are done
@@ -150,6 +176,3 @@ def _record_summary(tracker: Tracker, sweep_id: str, config: ExperimentConfig, o
         log_sweep_summary(tracker, sweep_id, config, outcomes, console)
         log_sweep_sensitivity(tracker, sweep_id, config, outcomes, console)
 
-
-def _first_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"

@@ -74,6 +74,12 @@ def experiment_page(ui_url: str, experiment: str, uri: str | None = None) -> str
     return f"{ui_url}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
 
 
+def run_page(tracker, run_id: str) -> str:
+    """A run's page in the MLflow UI: on the tracking server itself, else where `adamole-bench ui` serves it."""
+    ui_url = tracker.uri.rstrip("/") if tracker.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{ui_url}/#/experiments/{tracker.experiment_id}/runs/{run_id}"
+
+
 def metric_name(name: str) -> str:
     """MLflow accepts alphanumerics, _ - . space and /; lm-eval's "acc,none" is rejected."""
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
@@ -290,23 +296,33 @@ class Tracker:
         for run_id in run_ids:
             self.client.set_tag(run_id, "heartbeat", str(now))
 
-    def completed_trial(self, config_hash: str, seed: int) -> dict | None:
-        """Metrics of a FINISHED trial with this config hash and seed, if one exists."""
+    def completed_trial(self, identity: str, seed: int) -> dict | None:
+        """Metrics of a FINISHED trial with this identity (settings and implementation) and seed, if one exists."""
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.config_hash = '{config_hash}' and tags.seed = '{seed}' and attributes.status = 'FINISHED'",
+            filter_string=f"tags.identity = '{identity}' and tags.seed = '{seed}' and attributes.status = 'FINISHED'",
             max_results=1,
         )
         return dict(runs[0].data.metrics) | {"run_id": runs[0].info.run_id} if runs else None
 
-    def claim_trial(self, config_hash: str, seed: int, name: str, tags: dict[str, str], parent_id: str | None = None) -> str | None:
+    def finished_elsewhere(self, config_hash: str, seed: int) -> dict | None:
+        """The tags of the newest FINISHED trial with these settings and seed, whatever code produced it."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.config_hash = '{config_hash}' and tags.seed = '{seed}' and tags.kind = 'trial' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return dict(runs[0].data.tags) if runs else None
+
+    def claim_trial(self, identity: str, seed: int, name: str, tags: dict[str, str], parent_id: str | None = None) -> str | None:
         """A new RUNNING run of this trial held only by the caller, or None if it is finished or held elsewhere
         (see harness/claims.py for why two processes can never both get one). Run it inside `running()`."""
-        return claims.claim_trial(self, config_hash, seed, name, tags, parent_id)
+        return claims.claim_trial(self, identity, seed, name, tags, parent_id)
 
-    def wait_for_trial(self, config_hash: str, seed: int) -> tuple[str, dict]:
+    def wait_for_trial(self, identity: str, seed: int) -> tuple[str, dict]:
         """Block while another process runs the trial: ("finished", metrics) or ("failed", {"error", "failure"})."""
-        return claims.wait_for_trial(self, config_hash, seed)
+        return claims.wait_for_trial(self, identity, seed)
 
     # --- logging --------------------------------------------------------------------------------
 

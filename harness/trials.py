@@ -6,6 +6,7 @@ that process dies (harness/claims.py).
 """
 
 import copy
+import hashlib
 import tempfile
 import time
 import traceback
@@ -22,11 +23,12 @@ from .config import ExperimentConfig
 from .data import EncodedExamples
 from .errors import Diverged, UserError, storage_problem
 from .evaluate import evaluate
+from .fingerprint import differences
 from .grid import value_text
 from .models import BaseModel, load_base_model, resolve_device
 from .progress import end_header
 from .provenance import code_version, eval_protocol_tags, hardware, package_versions
-from .tracking import Tracker
+from .tracking import Tracker, run_page
 from .train import peak_memory_mb, set_seed, train
 
 
@@ -40,6 +42,12 @@ class Trial:
     train_tasks: tuple[str, ...] = ()  # what the adapter is trained on: (task,), or every task with --mix
     grid: tuple[tuple[str, object], ...] = field(default=(), compare=False)  # the swept values that apply to it
     settings: ExperimentConfig | None = field(default=None, compare=False, repr=False)  # its grid point's config
+    implementation: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # harness/fingerprint.py
+
+    @property
+    def identity(self) -> str:
+        """What decides reuse: the settings (config_hash) and the code and packages that compute the number."""
+        return hashlib.sha256(f"{self.config_hash}/{self.implementation.get('implementation')}".encode()).hexdigest()[:12]
 
     @property
     def name(self) -> str:
@@ -73,11 +81,12 @@ def attempt(trial: Trial, state: "TrialState", tracker: Tracker, sweep_id: str, 
     trial's run from its creation (e.g. the Ray task that runs it)."""
     config = trial.settings
     try:
-        done = tracker.completed_trial(trial.config_hash, trial.seed)
+        done = tracker.completed_trial(trial.identity, trial.seed)
         if done:
-            console.print("[dim]already done, skipped[/]")
+            console.print(f"[dim]already done, skipped[/] (run {done['run_id']})")
             return Outcome(trial, "skipped", done)
-        run_id = tracker.claim_trial(trial.config_hash, trial.seed, trial.name, {**trial_tags(trial), **(tags or {})}, parent_id=sweep_id)
+        _say_if_other_code(trial, tracker, console)
+        run_id = tracker.claim_trial(trial.identity, trial.seed, trial.name, {**trial_tags(trial), **(tags or {})}, parent_id=sweep_id)
         if run_id is None:
             return None
         end_header(console)
@@ -98,8 +107,20 @@ def attempt(trial: Trial, state: "TrialState", tracker: Tracker, sweep_id: str, 
         console.print(f"  [red]crashed:[/] {type(err).__name__}: {escape(str(err))}")
         console.print(f"[dim]{escape(traceback.format_exc(limit=-3))}[/]")
         return Outcome(trial, "failed", error=f"{type(err).__name__}: {err}", failure="crashed")
-    console.print(f"  [green]done[/] acc {metrics.get('eval/acc', float('nan')):.4f}")
+    console.print(f"  [green]done[/] acc {metrics.get('eval/acc', float('nan')):.4f}, run {run_id} {_page(tracker, run_id)}", soft_wrap=True)
     return Outcome(trial, "finished", metrics)
+
+
+def _page(tracker: Tracker, run_id: str) -> str:
+    return run_page(tracker, run_id) if isinstance(tracker, Tracker) else ""  # under torchrun: the id alone
+
+
+def _say_if_other_code(trial: Trial, tracker: Tracker, console: Console) -> None:
+    """One line when the store holds this trial's settings and seed from other code or packages: it reruns."""
+    other = tracker.finished_elsewhere(trial.config_hash, trial.seed)
+    if other:
+        changed = differences(other, trial.implementation)
+        console.print(f"[yellow]the store has this trial from other code or packages[/] ({escape(', '.join(changed) or 'implementation unknown')}); rerunning", soft_wrap=True)
 
 
 DIED = ("stale", "terminated", "interrupted")  # failures of another process that are worth retrying here
@@ -108,13 +129,13 @@ DIED = ("stale", "terminated", "interrupted")  # failures of another process tha
 def await_trial(trial: Trial, state: "TrialState", tracker: Tracker, sweep_id: str, console: Console, tags: dict[str, str] | None = None) -> Outcome:
     """Wait for a trial another process runs; if that process dies, claim the trial and run it here."""
     console.print(f"waiting for {trial.name} (running in another process)")
-    status, info = tracker.wait_for_trial(trial.config_hash, trial.seed)
+    status, info = tracker.wait_for_trial(trial.identity, trial.seed)
     if status == "failed" and info["failure"] in DIED:
         console.print(f"  the other process stopped ({escape(info['error'])}); retrying here", soft_wrap=True)
         outcome = attempt(trial, state, tracker, sweep_id, console, tags)
         if outcome is not None:
             return outcome
-        status, info = tracker.wait_for_trial(trial.config_hash, trial.seed)  # a third process took it over
+        status, info = tracker.wait_for_trial(trial.identity, trial.seed)  # a third process took it over
     if status == "finished":
         console.print(f"  [green]done elsewhere[/] acc {info.get('eval/acc', float('nan')):.4f}")
         return Outcome(trial, "skipped", info)
@@ -134,6 +155,8 @@ def trial_tags(trial: Trial) -> dict[str, str]:
         "train_tasks": "+".join(trial.train_tasks),
         "loss_on": config.train.loss_on,
         "config_hash": trial.config_hash,
+        "identity": trial.identity,
+        **trial.implementation,
         "eval_batch_size": str(config.eval.batch_size),
         **code_version(),
         **({"grid": ",".join(k for k, _ in trial.grid)} if trial.grid else {}),
@@ -240,7 +263,7 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: TrialState, tracker
         },
     )
     tracker.log_params(run_id, {**trial.resolved, "seed": trial.seed})
-    tracker.log_dict(run_id, {**trial.resolved, "seed": trial.seed, "config_hash": trial.config_hash}, "config/trial.json")
+    tracker.log_dict(run_id, {**trial.resolved, "seed": trial.seed, "config_hash": trial.config_hash, "implementation": trial.implementation}, "config/trial.json")
 
     trained = state.trained(trial)
     method, model, result = trained.method, trained.model, trained.result

@@ -8,6 +8,7 @@ calling `register` itself before running.
 
 import dataclasses
 import json
+import math
 import typing
 from contextlib import AbstractContextManager, nullcontext
 from importlib.metadata import entry_points
@@ -189,6 +190,11 @@ def coerce(value, annotation, key: str):
         return value
     if origin in (list, tuple):
         items = value.split(",") if isinstance(value, str) else list(value)
+        empty = [i for i, item in enumerate(items) if item is None or (isinstance(item, str) and not item.strip())]
+        if empty:
+            shown = ",".join("" if i is None else str(i).strip() for i in items)
+            kept = ",".join(str(i).strip() for i in items if i is not None and str(i).strip())
+            raise UserError(f"'{key}' has an empty item (item {empty[0] + 1} of '{shown}'); separate items with single commas and no trailing comma, e.g. {key}={kept or 'a,b'}")
         return origin(coerce(item, args[0] if args else str, key) for item in items)
     if origin is not None and args:  # Optional[X] / X | None
         return coerce(value, args[0], key)
@@ -215,8 +221,18 @@ def make_config(method: str, options: dict | None = None):
     for key, value in (options or {}).items():
         if key not in fields:
             raise unknown(f"option for method '{method}'", key, fields)
+        if value is None and type(None) not in typing.get_args(hints[key]):  # `lora.rank=`: None would reach `rank < 1`
+            default = getattr(cls(), key)
+            shown = ",".join(map(str, default)) if isinstance(default, list) else default
+            raise UserError(f"'{method}.{key}' needs a value (got none, e.g. '{method}.{key}=' with nothing after it); e.g. {method}.{key}={shown}, or leave it out")
         values[key] = coerce(value, hints[key], f"{method}.{key}")
     config = cls(**values)
+    for f in dataclasses.fields(config):  # nan/inf pass every `x <= 0` check, then poison the weights
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            default = getattr(cls(), f.name)
+            fix = f"e.g. {method}.{f.name}={default}" if default is not None else "or leave it unset"
+            raise UserError(f"invalid {method} option: {f.name} must be a finite number, got {value}; {fix}")
     validate = getattr(config, "validate", None)
     if validate:
         try:

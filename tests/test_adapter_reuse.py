@@ -414,3 +414,17 @@ def test_export_errors_are_one_line_exit_2_before_any_work(store, cli, tmp_path,
     assert [p.name for p in tmp_path.iterdir()] == (["out"] if case == "not_empty" else [])  # nothing written
     if case == "not_empty":
         assert [p.name for p in target.iterdir()] == ["keep.txt"]
+
+
+def test_export_finds_a_trial_by_method_task_seed_and_asks_when_it_is_ambiguous(store, cli, tmp_path):
+    result = cli("export", "mole/fruit_or_color/0", tmp_path / "by-name")
+    assert result.exit_code == 0, result.output
+    assert f"from run {store[('mole', '0')].info.run_id}" in result.output
+    assert json.loads((tmp_path / "by-name" / PEFT_CONFIG).read_text())["peft_type"] == "MOLE"
+    same = cli("export", "mole/fruit_or_color/seed0", tmp_path / "seed-spelling", "--model", "tiny-llama")
+    assert same.exit_code == 0 and f"from run {store[('mole', '0')].info.run_id}" in same.output, same.output
+    missing = cli("export", "mole/fruit_or_color/7", tmp_path / "none")
+    assert missing.exit_code == 2 and "no FINISHED trial mole/fruit_or_color/7" in missing.output, missing.output
+    other_config = cli("export", "mole/fruit_or_color/0", tmp_path / "none", "--config-hash", "ffffffff")
+    assert other_config.exit_code == 2 and "no FINISHED trial" in other_config.output, other_config.output
+    assert not (tmp_path / "none").exists()

@@ -2,6 +2,7 @@
 `mlflow server`, and two identical sweeps started at once on a fresh store. No trial runs twice, nothing crashes."""
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -51,7 +52,7 @@ def _race(uri: str, tmp_path) -> list[list[int]]:
 def _assert_each_trial_claimed_once(uri: str, wins: list[list[int]]) -> None:
     assert Counter(t for won in wins for t in won) == Counter(range(TRIALS))  # one winner per trial
     runs = [r for r in store_runs(uri, "race") if r.data.tags.get("kind") == "trial"]
-    assert sorted(r.data.tags["config_hash"] for r in runs) == [f"hash{t:04d}" for t in range(TRIALS)]
+    assert sorted(r.data.tags["identity"] for r in runs) == [f"hash{t:04d}" for t in range(TRIALS)]
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
@@ -117,3 +118,17 @@ def test_two_identical_sweeps_at_once_on_a_fresh_store(tmp_path):
 @pytest.mark.slow
 def test_two_identical_sweeps_at_once_on_a_real_mlflow_server(mlflow_server, tmp_path):
     _sweep_race(tmp_path, {"MLFLOW_TRACKING_URI": mlflow_server})
+
+
+CI_MARKERS = ("PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS", "TF_BUILD", "BUILDKITE", "DO_NOT_TRACK")
+
+
+@pytest.mark.parametrize(("setting", "disabled"), [(None, True), ("false", False), ("true", True)])
+def test_mlflow_telemetry_is_off_unless_the_user_turns_it_on(setting, disabled):
+    """Outside CI (MLflow turns telemetry off there by itself) the CLI's defaults turn it off; a user's choice stands."""
+    env = {k: v for k, v in os.environ.items() if k not in CI_MARKERS and k != "MLFLOW_DISABLE_TELEMETRY"}
+    if setting is not None:
+        env["MLFLOW_DISABLE_TELEMETRY"] = setting
+    probe = "from adamole_bench.harness.paths import offline_defaults; offline_defaults(); from mlflow.telemetry.utils import is_telemetry_disabled; print(is_telemetry_disabled())"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip().splitlines()[-1] == str(disabled)

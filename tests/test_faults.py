@@ -73,7 +73,7 @@ def test_sigkill_then_sigterm_then_rerun(tmp_path):
 
 def _foreign_run(tracker: Tracker, name: str, heartbeat_age: float) -> str:
     """A RUNNING trial run as another machine would leave it: another machine id, a heartbeat `age` s old."""
-    run_id = tracker.create_run(name, {"kind": "trial", "config_hash": "feedc0ffee00", "seed": "0"})
+    run_id = tracker.create_run(name, {"kind": "trial", "identity": "feedc0ffee00", "seed": "0"})
     tracker.set_tags(run_id, {"process": "other-host:other-boot:pid:[1]|4242|99", "host": "other-host", "pid": "4242",
                               "heartbeat": str(time.time() - heartbeat_age)})  # fmt: skip
     return run_id

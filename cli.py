@@ -19,6 +19,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console()
+errors = Console(stderr=True)  # like Click's own errors: `report --format json > out.json` keeps out.json clean
 
 
 def _print_version(value: bool) -> None:
@@ -56,7 +57,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as err:
-            console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+            errors.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
             raise typer.Exit(EXIT_USER) from None
 
     return wrapper

@@ -169,7 +169,7 @@ def test_sensitivity_report_and_rerun_skip(grid_sweeps, ray_cluster):
 
     assert "sensitivity/adamole.max_threshold.png" in _artifacts(MlflowClient(grid_sweeps["ray"]["uri"]), reports[-1].info.run_id)
     unknown = run_cli(["report", "--sensitivity", "lora.rank"], env)
-    assert unknown.returncode == 2 and "unknown setting for --sensitivity 'lora.rank'" in unknown.stdout
+    assert unknown.returncode == 2 and "unknown setting for --sensitivity 'lora.rank'" in unknown.stderr
     rerun = run_cli([*GRID, "--executor", "ray", "--ray-address", ray_cluster], env)
     assert rerun.returncode == 0 and rerun.stdout.count("already done, skipped") == 9 and "Ray tasks" not in rerun.stdout
     assert len(trial_runs(grid_sweeps["ray"]["uri"])) == 9

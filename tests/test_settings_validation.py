@@ -248,3 +248,16 @@ def test_a_suite_file_with_a_bad_number_is_refused_before_the_rerun(cli, nothing
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"config": str(package_root() / "configs" / "smoke.yaml"), field: value, "records": []}))
     refused(cli, ("check", "--suite", suite), expected)
+
+
+def test_errors_go_to_stderr_so_redirected_output_stays_clean(runs_dir):
+    """`report --format json > out.json` with a bad flag: the one error line on stderr, nothing in out.json."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ADAMOLE_BENCH_RUNS": str(runs_dir)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run([sys.executable, "-m", "adamole_bench.cli", "report", "--format", "json", "--model", "it's"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: ") and "single quote" in done.stderr and done.stderr.count("\n") == 1

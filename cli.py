@@ -165,7 +165,7 @@ def run(
     max_steps: int = typer.Option(None, help="Optimizer steps per trial (0 = train.epochs over the data)."),
     limit: int = typer.Option(None, help="Evaluate only the first N eval docs (quick looks)."),
     data_dir: str = typer.Option(None, help="Folder with <task>/train.jsonl and eval.jsonl, tried before other sources."),
-    protocol: str = typer.Option(None, help="Evaluation protocol: letter, cloze or generate (see docs/tasks.md)."),
+    protocol: str = typer.Option(None, help="Evaluation protocol: letter, cloze, generate, reference_logits or reference_generate (see docs/tasks.md)."),
     mix: bool = typer.Option(None, "--mix", help="Train one adapter on the union of --tasks, evaluate it on each."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 or auto."),
     precision: str = typer.Option(None, help="auto, fp32, bf16 or fp16 (auto: bf16 for SmolLM2 where the hardware has fast bf16)."),

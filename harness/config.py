@@ -41,6 +41,17 @@ class TrainConfig:
     loss_on: Literal["answer", "full"] = "answer"  # the AdaMoLE reference trains on the full sequence
     max_train_examples: int | None = None
     group_by_length: bool = True  # batch similar lengths together, as the reference's HF Trainer does (less padding)
+    # Whose length-grouped order: ours (data.LengthGroupedBatches) or HF Trainer's LengthGroupedSampler,
+    # the reference's (batches sorted longest first within mega-batches of ~50 optimizer steps).
+    length_grouping: Literal["ours", "hf"] = "ours"
+    # Data steps. Ours: pad on the right with the tokenizer's pad token, supervise EOS, truncate the
+    # prompt's start. The reference's (configs/adamole-reference.yaml, docs/reproducibility.md): pad on
+    # the left with EOS to a multiple of 8, EOS unsupervised, truncate the end (the answer first).
+    padding_side: Literal["right", "left"] = "right"
+    pad_token: Literal["tokenizer", "eos"] = "tokenizer"
+    pad_to_multiple_of: int | None = None
+    supervise_eos: bool = True
+    truncation_side: Literal["left", "right"] = "left"
 
     def validate(self) -> None:
         _finite(self)
@@ -49,11 +60,15 @@ class TrainConfig:
             raise UserError(f"train.max_length must be >= 2 (a token to predict from and one to predict), got {self.max_length}; e.g. train.max_length=256")
         _non_negative(self, "max_steps", "warmup_steps", "weight_decay")
         _positive_or_unset(self, "max_train_examples", "every example of the train split")
+        _positive_or_unset(self, "pad_to_multiple_of", "the batch's longest example")
+        if self.truncation_side == "right" and self.loss_on == "answer":  # a batch of cut answers has no loss: nan, a failed trial
+            raise UserError("train.truncation_side=right cuts the answers of over-long examples, which train.loss_on=answer then cannot learn from; "
+                            "use train.loss_on=full (as the reference) or train.truncation_side=left")
 
 
 @dataclass
 class EvalConfig:
-    protocol: Literal["letter", "cloze", "generate"] = "letter"  # see docs/tasks.md
+    protocol: Literal["letter", "cloze", "generate", "reference_logits", "reference_generate"] = "letter"  # see docs/tasks.md
     # Docs per forward. lm-eval pads a batch to its longest doc: on BoolQ's long-tailed passages 8
     # scores 500 docs 1.17x faster than 16 here (SmolLM2, bf16: 86 s against 101 s; 4: 89 s).
     batch_size: int = 8

@@ -82,13 +82,13 @@ def context() -> Context:
 class ShardedCollate:
     """Global batch → (this rank's padded batch, answer tokens in the whole global batch)."""
 
-    def __init__(self, pad_id: int, ctx: Context):
-        self.pad_id, self.ctx = pad_id, ctx
+    def __init__(self, pad_id: int, ctx: Context, **padding):
+        self.pad_id, self.ctx, self.padding = pad_id, ctx, padding  # padding: data.collate's side and multiple_of
 
     def __call__(self, examples: list[dict]) -> tuple[dict[str, torch.Tensor], int]:
         # Causal LM losses predict token t+1 from t, so the first label never counts.
         label_tokens = sum(sum(label != -100 for label in e["labels"][1:]) for e in examples)
-        return collate(self.ctx.shard(examples), self.pad_id), label_tokens
+        return collate(self.ctx.shard(examples), self.pad_id, **self.padding), label_tokens
 
 
 def wrap(model: nn.Module, method, ctx: Context) -> nn.Module:

@@ -144,6 +144,48 @@ def continuation_scorer():
     return ContinuationScorer
 
 
+@functools.cache
+def reference_logits_scorer(scorer: type) -> type:
+    """`scorer` encoding requests as the reference's --logits mode reads them (test.py:33-43): the
+    prompt as written, trailing space included (lm-eval's `_encode_pair` would move it into the
+    continuation), and each letter as the one id `tokenizer.encode(letter, add_special_tokens=False)[-1]`.
+    lm-eval then returns log_softmax(last position's logits)[id] per letter, whose argmax is the
+    argmax of the raw logits the reference takes."""
+
+    class ReferenceLogits(scorer):
+        def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+            return self.tok_encode(context), self.tokenizer.encode(continuation, add_special_tokens=False)[-1:]
+
+    return ReferenceLogits
+
+
+@functools.cache
+def reference_generation_scorer(scorer: type) -> type:
+    """`scorer` generating as the reference's generation mode on transformers 4.38.2 (test.py:104-127):
+    its GenerationConfig(max_new_tokens=16, do_sample=False) has no eos_token_id, so EOS stops
+    nothing and every doc gets exactly max_gen_toks tokens, special tokens dropped when decoded.
+    No BOS: see `protocol_scorer`."""
+
+    class ReferenceGeneration(scorer):
+        def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+            return super()._model_generate(context, max_length, stop=[], **generation_kwargs | {"eos_token_id": None})
+
+    return ReferenceGeneration
+
+
+def protocol_scorer(scorer: type, protocol: str) -> tuple[type, dict]:
+    """The LM class and extra HFLM arguments a protocol scores with. The reference protocols need
+    both: their rules are about tokens, which lm-eval's text requests cannot express. Its
+    text-generation pipeline tokenizes without special tokens (add_special_tokens=False, 4.38.2
+    text_generation.py:120), so reference_generate adds no BOS; reference_logits keeps the
+    tokenizer's default, as test.py's `tokenizer(prompts)` does."""
+    if protocol == "reference_logits":
+        return reference_logits_scorer(scorer), {}
+    if protocol == "reference_generate":
+        return reference_generation_scorer(scorer), {"add_bos_token": False}
+    return scorer, {}
+
+
 def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConfig, precision: Precision | None = None) -> EvalResult:
     """Score `model` as it is, without autograd, in `precision` (default fp32); log-softmax in fp32."""
     import lm_eval
@@ -154,10 +196,11 @@ def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConf
     precision = precision or Precision("fp32", device.type)
     # HFLM enters its own autocast around every model call (disabled unless given a dtype), so the
     # precision goes in here rather than as an outer autocast, which that inner one would switch off.
-    scorer = continuation_scorer() if keeps_logits(model) else HFLM
+    scorer, protocol_arguments = protocol_scorer(continuation_scorer() if keeps_logits(model) else HFLM, config.protocol)
     lm = scorer(
         pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=str(device),
         mixed_precision_dtype=precision.compute_dtype if precision.mixed else None, softmax_dtype=torch.float32,
+        **protocol_arguments,
     )  # fmt: skip
     name = lm_eval_task_name(data.spec.name, config.protocol)
     docs = len(data.splits["eval"][: config.limit])

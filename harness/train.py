@@ -17,7 +17,7 @@ import torch
 
 from .config import TrainConfig
 from . import distributed
-from .data import EncodedExamples, LengthGroupedBatches
+from .data import EncodedExamples, LengthGroupedBatches, hf_length_grouped_batches
 from .errors import Diverged, UserError
 from .models import keeps_logits
 from .precision import Precision
@@ -79,6 +79,24 @@ def supervised_loss(model: torch.nn.Module, batch: dict, num_items: float | None
     return total / (num_items if num_items is not None else (chosen != -100).sum())
 
 
+def training_loader(examples: EncodedExamples, config: TrainConfig, seed: int, pad_id: int, ctx: distributed.Context) -> torch.utils.data.DataLoader:
+    """The batches a trial trains on: a seeded shuffle, optionally grouped by length (ours, or HF
+    Trainer's as in the reference), padded as configured; with several processes each reads the same
+    global batch and keeps its slice (see distributed.py)."""
+    global_batch = config.batch_size * ctx.world_size
+    generator = torch.Generator().manual_seed(seed)
+    if config.group_by_length and config.length_grouping == "hf":
+        batches = hf_length_grouped_batches(examples.length, len(examples), global_batch, config.grad_accum, generator, drop_last=ctx.enabled)
+        order = {"batch_sampler": batches, "generator": generator}  # the DataLoader's seed draw comes first, as in the Trainer
+    elif config.group_by_length:
+        order = {"batch_sampler": LengthGroupedBatches(examples.length, len(examples), global_batch, generator, drop_last=ctx.enabled)}
+    else:
+        order = {"batch_size": global_batch, "shuffle": True, "generator": generator, "drop_last": ctx.enabled}
+    pad = examples.eos_id if config.pad_token == "eos" else pad_id
+    collate = distributed.ShardedCollate(pad, ctx, side=config.padding_side, multiple_of=config.pad_to_multiple_of)
+    return torch.utils.data.DataLoader(examples, collate_fn=collate, **order)
+
+
 def _endless(loader) -> Iterator[dict]:
     while True:  # each pass over the DataLoader reshuffles from its seeded generator
         yield from loader
@@ -101,16 +119,9 @@ def train(
     precision = precision or Precision("fp32", device.type)
     set_seed(seed)
 
-    # Data: a seeded shuffle (optionally grouped by length), dynamic padding; with several
-    # processes each reads the same global batch and keeps its slice (see distributed.py).
     ctx = distributed.context()
     global_batch = config.batch_size * ctx.world_size
-    generator = torch.Generator().manual_seed(seed)
-    if config.group_by_length:
-        order = {"batch_sampler": LengthGroupedBatches(examples.length, len(examples), global_batch, generator, drop_last=ctx.enabled)}
-    else:
-        order = {"batch_size": global_batch, "shuffle": True, "generator": generator, "drop_last": ctx.enabled}
-    loader = torch.utils.data.DataLoader(examples, collate_fn=distributed.ShardedCollate(pad_id, ctx), **order)
+    loader = training_loader(examples, config, seed, pad_id, ctx)
     if not len(loader):
         raise UserError(f"{len(examples)} training examples do not fill one global batch of {global_batch}")
     steps = config.max_steps or math.ceil(len(loader) * config.epochs / config.grad_accum)

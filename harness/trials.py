@@ -238,7 +238,10 @@ def _train_adapter(trial: Trial, config: ExperimentConfig, state: TrialState) ->
     for data, (_, docs) in zip(train_data, sources):
         if method.trains and not docs:
             raise UserError(f"task '{data.spec.name}' has no train split in {data.source}; provide one with --data-dir")
-    examples = EncodedExamples(sources, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol)
+    examples = EncodedExamples(
+        sources, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol,
+        truncation_side=config.train.truncation_side, supervise_eos=config.train.supervise_eos,
+    )  # fmt: skip
     result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id, state.precision)
     return TrainedAdapter(method, model, result, trainable, total, train_data)
 

@@ -18,7 +18,7 @@ from ..harness.errors import unknown
 TASK_DIR = Path(__file__).resolve().parent
 LM_EVAL_DIR = TASK_DIR / "lm_eval"
 LETTERS = "ABCDEFGHIJ"
-PROTOCOLS = ("letter", "cloze", "generate")
+PROTOCOLS = ("letter", "cloze", "generate", "reference_logits", "reference_generate")
 CHOICES_BLOCK = "choices_block"  # template field filled with "A. text\nB. text\n..." from the doc's answers
 
 
@@ -125,6 +125,12 @@ def letter_prompt(spec: TaskSpec, doc: dict) -> str:
     return spec.template.format(**template_fields(spec, doc))
 
 
+def reference_prompt(spec: TaskSpec, doc: dict) -> str:
+    """The prompt exactly as the reference's test.py reads it: "...Answer: ", trailing space included
+    (data.py formats every prompt so), for the reference_logits and reference_generate protocols."""
+    return letter_prompt(spec, doc) + " "
+
+
 def cloze_prompt(spec: TaskSpec, doc: dict) -> str:
     """The question without its listed choices, ending in "Answer:"; answers are scored as " " + text."""
     return spec.cloze_template.format(**template_fields(spec, doc))
@@ -149,6 +155,7 @@ def eval_row(spec: TaskSpec, doc: dict) -> dict:
     gold = gold_index(spec, doc)
     return {
         "prompt": letter_prompt(spec, doc),
+        "reference_prompt": reference_prompt(spec, doc),
         "cloze_prompt": cloze_prompt(spec, doc),
         "letters": letters(spec, doc),
         "choices": answer_texts(spec, doc),
@@ -160,9 +167,9 @@ def eval_row(spec: TaskSpec, doc: dict) -> dict:
 def training_pair(spec: TaskSpec, doc: dict, protocol: str) -> tuple[str, str]:
     """(prompt, answer) a model is trained on for a protocol; the example text is prompt + " " + answer.
 
-    letter and generate train on the answer letter (generate reads the first letter the model
-    writes, as the reference's generation mode does); cloze trains on the answer text, the
-    continuation it is scored on.
+    letter, generate and the reference protocols train on the answer letter (the generation modes
+    read the first letter the model writes); the text, "...Answer: B", is the reference's training
+    text. cloze trains on the answer text, the continuation it is scored on.
     """
     row = eval_row(spec, doc)
     if protocol == "cloze":

@@ -6,7 +6,7 @@ or `PeftModel.from_pretrained(base, folder)` for every built-in method once this
 
 __version__ = "0.1.0"
 
-from .methods.peft_hook import register_with_peft  # noqa: E402
+from .methods.peft_hook import register_with_peft
 
 register_with_peft()
 
@@ -20,4 +20,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'adamole_bench' has no attribute {name!r}")
 
 
-__all__ = ["LoadedAdapter", "load_adapter", "save_adapter", "__version__"]
+__all__ = ["LoadedAdapter", "__version__", "load_adapter", "save_adapter"]

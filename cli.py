@@ -264,7 +264,6 @@ def bench(
 
     from .harness.bench import BenchSettings, log_to_mlflow, render, run_bench
     from .harness.config import check_experiment_name, parse_override
-
     from .methods.registry import make_config
 
     offline_defaults()
@@ -552,10 +551,9 @@ def ui(
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment whose runs the printed link opens."),
 ):
     """Start the MLflow UI for the local store (or MLFLOW_TRACKING_URI) on 127.0.0.1; Ctrl-C or SIGTERM stops all of it."""
+    from .harness.config import check_experiment_name
     from .harness.liveness import exit_code, run_supervised
     from .harness.tracking import default_tracking_uri, experiment_page
-
-    from .harness.config import check_experiment_name
 
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be in [1, 65535], got {port}; e.g. --port 5000")

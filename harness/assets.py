@@ -51,7 +51,7 @@ def download(wheel: Wheel) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as folder:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", folder, wheel.requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         found = sorted(Path(folder).glob(f"{wheel.package.replace('-', '_')}-{wheel.version}-*.whl"))
         if proc.returncode != 0 or not found:
             raise UserError(
@@ -117,7 +117,7 @@ def sdist_member(sdist: Wheel, member: str) -> Path:
     with tempfile.TemporaryDirectory() as folder:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--no-binary", ":all:",
                "--quiet", "-d", folder, sdist.requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         archives = sorted(Path(folder).glob("*.tar.gz"))
         if proc.returncode != 0 or not archives:
             raise UserError(f"could not download {sdist.requirement} ({sdist.why}); needs PyPI access once")

@@ -13,8 +13,8 @@ from ..tasks.registry import TASK_DIR, lm_eval_task_name
 from ..tasks.sources import TaskData, pinned
 from .config import EvalConfig
 from .models import keeps_logits
-from .progress import phase
 from .precision import Precision
+from .progress import phase
 from .provenance import code_version
 
 

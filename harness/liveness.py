@@ -221,7 +221,7 @@ def run_supervised(cmd: list[str], grace_seconds: float = 20.0) -> int:
     The child gets its own session, so its workers share one process group; on a signal the whole group and
     every descendant found (even one that left the group) get SIGTERM, then SIGKILL after `grace_seconds`.
     """
-    child = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)
+    child = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509 - one prctl call, before any thread runs in the child
     try:
         with sigterm_as_interrupt():
             return child.wait()

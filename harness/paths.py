@@ -47,7 +47,7 @@ def offline_defaults() -> None:
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write a file whole or not at all: a temp file in the same folder, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)  # noqa: SIM115 - closed by `with handle` below; its name is needed after
     try:
         with handle:
             handle.write(data.encode() if isinstance(data, str) else data)

@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import ticker  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib import ticker
 
-from .report import AVERAGE, AccuracyTable  # noqa: E402
-from .results import download  # noqa: E402
+from .report import AVERAGE, AccuracyTable
+from .results import download
 
 HEATMAP_ARTIFACT = "experts/usage_heatmap.png"
 

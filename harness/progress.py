@@ -110,7 +110,7 @@ def _display(console: Console) -> Progress:
 @contextmanager
 def sweep_progress(console: Console, total: int) -> Iterator[SweepProgress]:
     """The sweep line on `console` for `total` trials; trial bars (`phase`) show below it meanwhile."""
-    global _active
+    global _active  # noqa: PLW0603 - one live display per process, as rich allows
     with _display(console) as progress:
         _active = progress
         try:

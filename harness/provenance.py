@@ -16,7 +16,7 @@ PACKAGES = ("torch", "transformers", "peft", "lm_eval", "datasets", "mlflow", "a
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=package_root(), capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=package_root(), capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

@@ -194,7 +194,7 @@ class RayExecutor:
         for ref in stuck:
             try:
                 ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - it may have finished meanwhile
+            except Exception:  # noqa: BLE001, S110 - it may have finished meanwhile
                 pass
         for _, _, token in pending.values():
             self._mark_failed(token, f"{type(interrupt).__name__}: {interrupt or 'the driver was interrupted'}; its Ray task was cancelled", failure_kind(interrupt))

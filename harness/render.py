@@ -150,6 +150,11 @@ def render_csv(table: AccuracyTable) -> str:
     return out.getvalue()
 
 
+def _row(v) -> dict:
+    return {"label": v.label, "method": v.method, "variant": v.id, "reference": v.reference, "params": v.params,
+            "config_hashes": v.config_hashes, "implementation": v.implementation, "run_ids": v.run_ids()}  # fmt: skip
+
+
 def render_json(table: AccuracyTable) -> str:
     document = {
         "title": table.title,
@@ -157,8 +162,7 @@ def render_json(table: AccuracyTable) -> str:
         "metric": table.metric,
         "columns": table.columns,
         "legend": table.legend,
-        "rows": [{"label": v.label, "method": v.method, "variant": v.id, "reference": v.reference, "params": v.params,
-                  "config_hashes": v.config_hashes, "implementation": v.implementation, "run_ids": v.run_ids()} for v in table.variants],  # fmt: skip
+        "rows": [_row(v) for v in table.variants],
         "majority": {column: {"answer": a, "rate": rate, "docs": n} for column, (a, rate, n) in table.majority.items()},
         "cells": _records(table),
         "verdict": verdict(table),

@@ -87,7 +87,7 @@ def log_sweep_summary(tracker, sweep_id: str, config, outcomes, console) -> None
             tracker.log_text(sweep_id, TEXT_RENDERERS[name](table), f"tables/summary.{SUFFIXES[name]}")
         tracker.log_metrics(sweep_id, summary_metrics(table))
         tracker.set_tags(sweep_id, {"mlflow.note.content": _description(table, "tables/summary")})
-    except Exception as err:  # every trial is already recorded; a summary that fails must not fail the sweep
+    except Exception as err:  # noqa: BLE001 - every trial is already recorded; a summary that fails must not fail the sweep
         console.print(f"[yellow]warning:[/] sweep summary not logged ({type(err).__name__}: {err}); `adamole-bench report` rebuilds it")
 
 

@@ -227,5 +227,5 @@ def log_sweep_sensitivity(tracker, sweep_id: str, config, outcomes, console) -> 
                     continue  # e.g. only one of its values finished
                 write(result, Path(scratch))
             tracker.log_artifacts(sweep_id, scratch, "sensitivity")
-    except Exception as err:  # every trial is already recorded; a figure that fails must not fail the sweep
+    except Exception as err:  # noqa: BLE001 - every trial is already recorded; a figure that fails must not fail the sweep
         console.print(f"[yellow]warning:[/] sensitivity plots not logged ({type(err).__name__}: {err}); `adamole-bench report --sensitivity KEY` rebuilds them")

@@ -279,7 +279,7 @@ class Tracker:
             try:
                 self.set_tags(run_id, {"error": f"{type(err).__name__}: {err}", "failure": failure_kind(err)})
                 self.client.set_terminated(run_id, status="FAILED")
-            except Exception:  # noqa: BLE001 - keep the original error; the run is reconciled as dead later
+            except Exception:  # noqa: BLE001, S110 - keep the original error; the run is reconciled as dead later
                 pass
             raise
         self._heartbeat.remove(run_id)

@@ -20,6 +20,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import peft
 import torch
@@ -116,7 +117,7 @@ class MixtureTuner(BaseTuner):
 
     prefix = ADAPTER_ATTRIBUTE
     tuner_layer_cls = MixtureLinear
-    target_module_mapping: dict = {}
+    target_module_mapping: ClassVar[dict] = {}
 
     def make_branch(self, config: MixtureConfig, adapter_name: str, key: str, linear: nn.Linear) -> nn.Module:
         raise NotImplementedError
@@ -172,7 +173,7 @@ def register() -> None:
         if PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type) is MixtureConfig:
             continue
         if peft_type in PEFT_TYPE_TO_CONFIG_MAPPING:  # never break `import peft`; saving refuses instead
-            warnings.warn(f"PEFT {peft.__version__} has its own {peft_type.value}; adamole-bench leaves it registered")
+            warnings.warn(f"PEFT {peft.__version__} has its own {peft_type.value}; adamole-bench leaves it registered", stacklevel=2)
             continue
         PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = MixtureConfig
         PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = tuner_class(peft_type)

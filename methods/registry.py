@@ -162,7 +162,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def all_methods() -> dict[str, type[Method]]:
-    global _entry_points_loaded
+    global _entry_points_loaded  # noqa: PLW0603 - entry points are read once per process
     from . import builtin  # noqa: F401  (registers the built-in methods)
 
     if not _entry_points_loaded:

@@ -41,7 +41,7 @@ def _round_robin(variants: dict, rounds: int) -> dict[str, float]:
     CPU time of this process, not wall time: on a shared machine the wall clock also counts the time
     the OS gave to other processes (with --threads 1 the two agree on an idle machine)."""
     times = {name: [] for name in variants}
-    for name, run in variants.items():
+    for run in variants.values():
         run()  # warm-up
     for _ in range(rounds):
         for name, run in variants.items():

@@ -22,7 +22,7 @@ def cli_env(runs: Path, **extra: str) -> dict[str, str]:
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """`adamole-bench ARGS` in the background, stdout and stderr to `log`."""
-    handle = open(log, "w")
+    handle = open(log, "w")  # noqa: SIM115 - the child writes to it for its whole life
     return subprocess.Popen([sys.executable, "-m", "adamole_bench.cli", *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 

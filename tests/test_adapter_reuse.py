@@ -69,7 +69,7 @@ def test_peft_from_pretrained_restores_identical_logits_and_saves_peft_layout(sa
     from peft import PeftModel, get_peft_model_state_dict
     from safetensors.torch import load_file
 
-    name, folder, model, _ = saved
+    _, folder, model, _ = saved
     restored = PeftModel.from_pretrained(load_base_model("tiny-llama").model, str(folder)).eval()
     expected = logits(model)
     assert (logits(restored) - expected).abs().max().item() == 0.0

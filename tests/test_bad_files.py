@@ -219,10 +219,9 @@ def test_damaged_summary_cache_is_rebuilt(private_cache):
 
 def test_a_cache_folder_is_complete_or_absent(tmp_path):
     target = tmp_path / "built"
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_dir(target) as building:
-            (building / "half.bin").write_bytes(b"x")
-            raise KeyboardInterrupt  # killed half-way
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as building:
+        (building / "half.bin").write_bytes(b"x")
+        raise KeyboardInterrupt  # killed half-way
     assert not target.exists() and not list(tmp_path.iterdir())
     with atomic_dir(target) as building:
         (building / ".complete").write_text("ok")

@@ -83,7 +83,7 @@ def test_peft_and_trainer_names_set_our_settings_and_leave_the_hash_unchanged(tm
 def test_an_alias_and_its_setting_together_are_refused():
     with pytest.raises(UserError, match="set the same setting; keep one"):
         load_config(None, ["train={lr: 1e-3, learning_rate: 1e-4}"])
-    with pytest.raises(UserError, match="both set lora.rank; keep one"):
+    with pytest.raises(UserError, match=r"both set lora\.rank; keep one"):
         load_config(None, ["lora={r: 8, rank: 16}"])
 
 

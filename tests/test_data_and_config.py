@@ -111,7 +111,7 @@ def test_config_errors_are_user_errors(tmp_path):
         load_config(bad)
     with pytest.raises(UserError, match="not found"):
         load_config(tmp_path / "missing.yaml")
-    with pytest.raises(UserError, match="train.batch_size must be > 0"):
+    with pytest.raises(UserError, match=r"train\.batch_size must be > 0"):
         load_config(None, ["train.batch_size=0"])
 
 

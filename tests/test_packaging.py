@@ -1,7 +1,8 @@
 """The repository root is the `adamole_bench` package: every sub-package must be declared."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,8 @@ from adamole_bench.harness.data import EncodedExamples
 from adamole_bench.harness.errors import UserError
 from adamole_bench.harness.evaluate import evaluate
 from adamole_bench.harness.models import load_base_model
-from adamole_bench.harness.stats import wilson_interval
 from adamole_bench.harness.precision import FP32_ATTENTION, Precision, cpu_bf16_flags, resolve_precision
+from adamole_bench.harness.stats import wilson_interval
 from adamole_bench.harness.train import set_seed, train
 from adamole_bench.methods.moe_lora import MoeLoraAdapter, MoeLoraMethod
 from adamole_bench.methods.registry import build_method
@@ -374,8 +374,7 @@ def test_smoke_suite_gives_the_same_accuracies_and_loss_curves_in_fp32_and_bf16(
 def test_supervised_loss_equals_transformers_shifted_loss_in_value_and_gradient(method_name):
     """Logits only where a label follows: the same loss and the same gradients (float64), with ragged
     right padding, answers at different positions per row, and the multi-process num_items scaling."""
-    from adamole_bench.harness.models import tiny_llama
-    from adamole_bench.harness.models import keeps_logits
+    from adamole_bench.harness.models import keeps_logits, tiny_llama
     from adamole_bench.harness.train import supervised_loss
 
     torch.manual_seed(0)
@@ -402,8 +401,8 @@ def test_supervised_loss_equals_transformers_shifted_loss_in_value_and_gradient(
         return total / (num_items if num_items is not None else (labels[:, 1:] != -100).sum())
 
     for num_items in (None, 7.5):
-        expected, expected_grads = value_and_grads(lambda: shifted_loss(num_items))
-        got, got_grads = value_and_grads(lambda: supervised_loss(model, batch, num_items))
+        expected, expected_grads = value_and_grads(lambda n=num_items: shifted_loss(n))
+        got, got_grads = value_and_grads(lambda n=num_items: supervised_loss(model, batch, n))
         assert got.dtype == torch.float64 and torch.allclose(got, expected, rtol=1e-12, atol=0)
         for g, e in zip(got_grads, expected_grads):
             assert torch.allclose(g, e, rtol=1e-9, atol=1e-12)

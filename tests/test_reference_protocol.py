@@ -268,7 +268,7 @@ def test_our_data_steps_stay_the_defaults_and_every_option_enters_the_hash():
     overrides = [f"train.{key}={str(value).lower()}" for key, value in REFERENCE_STEPS.items()]
     for override in [*overrides, "eval.protocol=reference_logits", "eval.protocol=reference_generate"]:
         assert config_hash(trial_config(load_config(None, [*full, override]), "lora", "copa")) != base, override
-    with pytest.raises(UserError, match="train.pad_to_multiple_of must be >= 1"):
+    with pytest.raises(UserError, match=r"train\.pad_to_multiple_of must be >= 1"):
         load_config(None, ["train.pad_to_multiple_of=0"])
-    with pytest.raises(UserError, match="use train.loss_on=full"):  # a batch of cut-off answers would have no loss
+    with pytest.raises(UserError, match=r"use train\.loss_on=full"):  # a batch of cut-off answers would have no loss
         load_config(None, ["train.truncation_side=right"])

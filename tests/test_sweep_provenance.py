@@ -113,7 +113,7 @@ def test_rerun_skips_finished_retries_failed_and_survives_a_crash(store):
 def test_shards_partition_the_plan_deterministically(store):
     trials = sweep.plan(store["config"])
     shards = [sweep.select_shard(trials, i, 3) for i in range(3)]
-    assert sorted((t.name for s in shards for t in s)) == sorted(t.name for t in trials)
+    assert sorted(t.name for s in shards for t in s) == sorted(t.name for t in trials)
     assert [t.name for t in sweep.select_shard(sweep.plan(store["config"]), 1, 3)] == [t.name for t in shards[1]]
     assert {t.config_hash for t in trials if t.method == "lora"} != {t.config_hash for t in trials if t.method == "base"}
 

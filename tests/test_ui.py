@@ -36,7 +36,7 @@ def ui(tmp_path_factory):
     finished = run_cli(SWEEP, env)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     port = free_port()
-    log = open(root / "ui.log", "w+")
+    log = open(root / "ui.log", "w+")  # noqa: SIM115 - the server writes to it until the test stops it
     server = subprocess.Popen([sys.executable, "-m", "adamole_bench.cli", "ui", "--port", str(port)], env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health")

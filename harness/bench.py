@@ -2,7 +2,7 @@
 
 What is measured (bench_training.py): each method's step per precision, a mixture's two dropout
 modes, LoRA with the same total rank and dropout, the loop-over-experts reference (bench_loop.py),
-saved activation bytes, one adapted layer alone, each method in fp32 and bf16 timed in pairs, and optionally a profile (bench_profile.py) and the
+saved activation bytes and each row's peak memory (bench_memory.py), one adapted layer alone, each method in fp32 and bf16 timed in pairs, and optionally a profile (bench_profile.py) and the
 evaluation throughput against lm-eval's CLI (bench_eval.py). This file turns those rows into the
 target verdicts (met / missed / unclear from the per-round ratios), tables and an MLflow run.
 """
@@ -143,12 +143,14 @@ def render(results: dict):
         return f"{value:.2f}× {mark[verdict]}\n[dim]{bounds[0]:.2f}-{bounds[1]:.2f}[/]"
 
     title = f"training step, {results['device']}, {results['threads']} threads, batch {results['settings']['batch_size']} × {results['settings']['seq_len']}"
-    table = Table("row", "step ms", "tokens/s", "saved MB", "peak CUDA MB", "vs", "ratio", "saved ratio", title=title)
+    probe = "allocator peak" if results["device"].startswith("cuda") else "resident set, sampled every ms"
+    caption = f"peak MB: the row alone, i.e. its weights, adapter and optimizer state plus one step's rise ({probe}); ratios are to the row in vs"
+    table = Table("row", "step ms", "peak MB", "tokens/s", "saved MB", "vs", "ratio", "peak ratio", "saved ratio", title=title, caption=caption)
     for row in [r for r in results["training"] if not r.get("layer")]:
         ratio = f"{row['ratio_to_baseline']:.2f}×" if row["ratio_to_baseline"] else "–"
+        peak = f"{row['peak_ratio_to_baseline']:.2f}×" if row.get("peak_ratio_to_baseline") and not row["loop_reference"] else "–"
         saved = f"{row['saved_ratio_to_baseline']:.2f}×" if row.get("saved_ratio_to_baseline") and not row["loop_reference"] else "–"
-        cuda = f"{row['peak_cuda_mb']:.0f}" if row["peak_cuda_mb"] is not None else "–"
-        table.add_row(row["label"], f"{row['step_ms_median']:.0f}", f"{row['tokens_per_second']:.0f}", f"{row['saved_activations_mb']:.1f}", cuda, row["baseline"] or "–", ratio, saved)
+        table.add_row(row["label"], f"{row['step_ms_median']:.0f}", f"{row['peak_mb']:.0f}", f"{row['tokens_per_second']:.0f}", f"{row['saved_activations_mb']:.1f}", row["baseline"] or "–", ratio, peak, saved)
     tables = [table]
     layers = [r for r in results["training"] if r.get("layer")]
     if layers:
@@ -216,6 +218,10 @@ def log_to_mlflow(results: dict, experiment: str) -> str:
                 metrics[f"ratio_min/{row['label']}"], metrics[f"ratio_max/{row['label']}"] = row["ratio_range"]
             if row.get("saved_ratio_to_baseline"):
                 metrics[f"saved_ratio/{row['label']}"] = row["saved_ratio_to_baseline"]
+            if "peak_mb" in row:
+                metrics[f"peak_mb/{row['label']}"] = row["peak_mb"]
+            if row.get("peak_ratio_to_baseline"):
+                metrics[f"peak_ratio/{row['label']}"] = row["peak_ratio_to_baseline"]
         for label, v in results["bf16_speedups"].items():
             metrics[f"bf16_speedup/{label}"] = v["speedup"]
             metrics[f"bf16_speedup_min/{label}"], metrics[f"bf16_speedup_max/{label}"] = v["range"]

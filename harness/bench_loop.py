@@ -5,13 +5,13 @@ pass per expert; `loop_reference` swaps it in for a block; `loop_max_abs_differe
 paths give the same logits before any time is compared.
 """
 
-import copy
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from ..methods.experts import LoraExperts
+from .one_base import sharing_weights
 from .precision import Precision
 
 LOOP_EQUALITY_TOLERANCE = 1e-4  # max |logit difference| on a float64 copy: 4e-6-8e-6 measured (HF's RMSNorm computes in fp32)
@@ -70,9 +70,21 @@ def loop_max_abs_difference(model: nn.Module, precision: Precision, batch: dict)
     with torch.no_grad(), precision.autocast():
         model(**inputs)  # an eval forward drops the last step's aux loss, a graph tensor deepcopy refuses
     model.train()
-    copied = copy.deepcopy(model).double().eval()
+    copied = _float64_copy(model).eval()
     with torch.no_grad():
         vectorized = copied(**inputs).logits
         with loop_reference(copied):
             looped = copied(**inputs).logits
     return float((vectorized - looped).abs().max())
+
+
+def _float64_copy(model: nn.Module) -> nn.Module:
+    """`model` in float64, built without a float32 copy of its weights first: the modules over the same
+    tensors (one_base.sharing_weights), whose conversion puts new float64 tensors in the copy's modules
+    instead of converting the shared ones in place."""
+    previous = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        return sharing_weights(model).double()
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(previous)

@@ -9,29 +9,31 @@ Rows, per precision:
   as the reference implementations do (per expert a `torch.where`, i.e. a host sync, a row gather,
   its own dropout on those rows, two skinny GEMMs and an `index_add`), checked to give the same
   logits as the vectorized core.
+Every row has its own modules over the one base's weights (harness/one_base.py, `sharing_weights`).
 Steps are timed round-robin (one step of every row, then the next round), so load from other
 processes on a shared machine hits every row alike. A row's ratio to its baseline is taken per
 round (the two steps ran seconds apart) and reported as the median with the rounds' range: on a
 shared VM single steps vary by 30%, and the range says whether a target is met, missed or unclear.
 """
 
-import copy
 import gc
 import statistics
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..methods.registry import Method, build_method
-from .models import BaseModel
-from .precision import Precision
 from .bench_loop import LOOP_EQUALITY_TOLERANCE, expert_modules, loop_max_abs_difference, loop_reference
+from .bench_memory import probe_memory
 from .bench_profile import profile_step, synchronize
+from .errors import UserError
+from .models import BaseModel
+from .one_base import sharing_weights
+from .precision import Precision
 from .train import set_seed
-
 
 # --- one benchmarked row ------------------------------------------------------------------------
 
@@ -47,7 +49,7 @@ class Row:
     baseline: str | None = None  # the row this one's ratio is taken against (LoRA(N·r), or the mixture for a loop)
     seconds: list[float] = field(default_factory=list)
     saved_activations_mb: float = 0.0
-    peak_cuda_mb: float | None = None
+    peak_mb: float = 0.0  # the row alone: what it holds between steps plus its probed step's rise
 
     def step(self, batch: dict) -> None:
         with loop_reference(self.model) if self.loop else nullcontext(), self.precision.autocast():
@@ -59,30 +61,16 @@ class Row:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-@contextmanager
-def count_saved_activations(into: list[int]):
-    """Sum the bytes of distinct tensors autograd saves for backward: the activation memory of a step."""
-    seen: set[int] = set()
-
-    def pack(tensor: torch.Tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            into.append(storage.nbytes())
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        yield
-
-
 def precision_label(label: str, precision: Precision, several: bool) -> str:
     return f"{label} [{precision.name}]" if several else label
 
 
 def _make_row(label: str, method: Method, base: BaseModel, device: torch.device, precision: Precision, lr: float, seed: int, **extra) -> Row:
+    """A row: its own modules over the base's weights (moved to the device once), a mixed precision's own casts."""
     set_seed(seed)
-    model = precision.prepare(copy.deepcopy(base.model)).to(device)
-    model = method.apply(model)
+    model = method.apply(precision.prepare(sharing_weights(base.model.to(device))))
+    if any(p.requires_grad for p in base.model.parameters()):
+        raise UserError(f"{method.name} trains base weights, which the bench's rows share; bench it alone")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     return Row(label, method, model, torch.optim.AdamW(params, lr=lr), precision, **extra)
@@ -134,8 +122,9 @@ def random_batch(base: BaseModel, settings, device: torch.device) -> dict:
 
 
 def measure_training(settings, base: BaseModel, device: torch.device, precisions: list[Precision]) -> list[dict]:
-    """One precision at a time: each row holds its own model copy and optimizer, and all rows of two
-    precisions at SmolLM2 8 × 128 outgrew 24 GiB. Within a precision the rows are timed round-robin."""
+    """One precision at a time: a mixed-precision row holds its own cast weights, and when every row also
+    held its own model copy, all rows of two precisions at SmolLM2 8 × 128 outgrew 24 GiB. Within a
+    precision the rows are timed round-robin."""
     results = []
     batch = random_batch(base, settings, device)
     for precision in precisions:
@@ -147,17 +136,10 @@ def measure_training(settings, base: BaseModel, device: torch.device, precisions
 
 
 def _measure_rows(rows: list[Row], batch: dict, settings, device: torch.device) -> list[dict]:
-    for row in rows:  # warmup; then one step with the memory probes on
+    for row in rows:  # warmup; then one step with the memory probes on (bench_memory.py)
         for _ in range(settings.warmup):
             row.step(batch)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        sizes: list[int] = []
-        with count_saved_activations(sizes):
-            row.step(batch)
-        row.saved_activations_mb = sum(sizes) / 2**20
-        if device.type == "cuda":
-            row.peak_cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        row.saved_activations_mb, row.peak_mb = probe_memory(row, batch, device)
     _time_rounds(rows, batch, settings.steps, device)
     tokens = settings.batch_size * settings.seq_len
     by_label = {row.label: row for row in rows}
@@ -174,11 +156,12 @@ def _measure_rows(rows: list[Row], batch: dict, settings, device: torch.device) 
             "step_ms_all": [1000 * s for s in row.seconds],
             "tokens_per_second": tokens / median,
             "saved_activations_mb": row.saved_activations_mb,
-            "peak_cuda_mb": row.peak_cuda_mb,
+            "peak_mb": row.peak_mb,
             "trainable_parameters": sum(p.numel() for p in row.model.parameters() if p.requires_grad),
             "baseline": row.baseline,
             **(paired_ratios(row.seconds, by_label[row.baseline].seconds) if row.baseline else {"ratio_to_baseline": None}),
             "saved_ratio_to_baseline": row.saved_activations_mb / by_label[row.baseline].saved_activations_mb if row.baseline else None,
+            "peak_ratio_to_baseline": row.peak_mb / by_label[row.baseline].peak_mb if row.baseline else None,
         }
         if settings.profile:
             result["profile"] = profile_step(row, batch, device)

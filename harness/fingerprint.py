@@ -30,8 +30,10 @@ RESULT_PATH = (
     "harness/distributed.py",  # how a global batch is split across ranks
     "harness/evaluate.py",  # the lm-eval bridge: scoring
     "harness/models.py",  # loading and converting the base model
+    "harness/one_base.py",  # putting an adapter on the one loaded base and taking it off
     "harness/precision.py",  # dtypes and autocast
     "harness/train.py",  # the training loop
+    "harness/trial_state.py",  # what trials share: the base, the data, a --mix group's adapter
     "harness/trials.py",  # seeding and the order of steps within a trial
     "methods/*.py",  # the mixing core every method shares
     "tasks/*.py",

@@ -5,18 +5,22 @@ Our own loop rather than HF Trainer: methods add an auxiliary loss through one h
 change between transformers releases (the reason PEFT's method_comparison avoids it too).
 """
 
+import ctypes
+import gc
 import math
 import random
-import resource
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Self
 
 import numpy as np
+import psutil
 import torch
 
-from .config import TrainConfig
 from . import distributed
+from .config import TrainConfig
 from .data import EncodedExamples, LengthGroupedBatches, hf_length_grouped_batches
 from .errors import Diverged, UserError
 from .models import keeps_logits
@@ -45,11 +49,66 @@ def set_seed(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or on CPU the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class PeakMemory:
+    """One trial's own peak memory in MB. The process's lifetime peak (ru_maxrss) made every trial
+    inherit the peaks of the trials before it.
+
+    CUDA: the allocator's peak since a reset at the start. CPU: the resident set size, sampled (every
+    50 ms by default) by a background thread. Before the start, cycles are collected and freed heap
+    pages handed back to the system (glibc's malloc_trim), so the level at the start is what is alive,
+    not what an earlier trial left cached. (Linux can reset its own high-water mark, but that also
+    resets the ru_maxrss that `/usr/bin/time -v` reports for the whole run.)
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.05):
+        self.device, self.interval = device, interval  # seconds between samples
+        self.start = self.sampled = 0.0
+        self._stopped = threading.Event()
+        self._sampler: threading.Thread | None = None
+
+    def __enter__(self) -> Self:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device) / 2**20
+            return self
+        gc.collect()
+        _release_free_heap()
+        self._process = psutil.Process()
+        self.start = self.sampled = self._rss_mb()
+        self._sampler = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stopped.set()
+        if self._sampler is not None:
+            self._sampler.join()
+
+    def _rss_mb(self) -> float:
+        return self._process.memory_info().rss / 2**20
+
+    def _sample(self) -> None:
+        while not self._stopped.wait(self.interval):
+            self.sampled = max(self.sampled, self._rss_mb())
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return max(self.sampled, self._rss_mb())
+
+    def metrics(self) -> dict[str, float]:
+        """The peak so far, and how far it rose above the level at the start."""
+        peak = self.peak_mb()
+        return {"memory/peak_mb": peak, "memory/peak_delta_mb": peak - self.start}
+
+
+def _release_free_heap() -> None:
+    """glibc keeps freed memory resident for reuse; malloc_trim(0) returns its free pages (elsewhere: nothing to do)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError):  # not glibc
+        return
+    trim(0)
 
 
 def check_finite(step: int, loss: float, aux_loss: float, grad_norm: float, grads_scaled: bool = False) -> None:

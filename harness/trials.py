@@ -5,7 +5,6 @@ marks it FAILED and propagates. A trial another live process holds is waited for
 that process dies (harness/claims.py).
 """
 
-import copy
 import hashlib
 import tempfile
 import time
@@ -16,20 +15,19 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from ..methods.registry import StatisticsRecorder, build_method
-from ..tasks.sources import TaskData, load_task
+from ..methods.registry import StatisticsRecorder
 from . import distributed
 from .config import ExperimentConfig
-from .data import EncodedExamples
 from .errors import Diverged, UserError, storage_problem
 from .evaluate import evaluate
 from .fingerprint import differences
 from .grid import value_text
-from .models import BaseModel, load_base_model, resolve_device
+from .models import resolve_device
 from .progress import end_header
 from .provenance import code_version, eval_protocol_tags, hardware, package_versions
 from .tracking import Tracker, run_page
-from .train import peak_memory_mb, set_seed, train
+from .train import PeakMemory
+from .trial_state import TrainedAdapter, TrialState
 
 
 @dataclass(frozen=True)
@@ -164,88 +162,6 @@ def trial_tags(trial: Trial) -> dict[str, str]:
     }
 
 
-@dataclass
-class TrainedAdapter:
-    """A trained model and what it was trained on, kept while trials that share it are evaluated."""
-
-    method: object
-    model: object
-    result: object
-    trainable: int
-    total: int
-    train_data: list[TaskData]
-
-
-class TrialState:
-    """What trials share: the base model (loaded once, copied per trial), each task's data, and the
-    last trained adapter (reused by the next trials of a --mix group)."""
-
-    def __init__(self, config: ExperimentConfig):
-        self.config = config
-        self.precision = config.resolved_precision()
-        self._base: BaseModel | None = None
-        self._data: dict[str, TaskData] = {}
-        self._trained: tuple[tuple, TrainedAdapter | Diverged] | None = None
-
-    def base(self) -> BaseModel:
-        if self._base is None:
-            cfg = self.config
-            self._base = load_base_model(cfg.model, device="cpu", trust_remote_code=cfg.trust_remote_code)
-            self.precision.prepare(self._base.model)  # once; every trial copies the prepared base
-        return self._base
-
-    def data(self, task: str) -> TaskData:
-        if task not in self._data:
-            self._data[task] = load_task(task, self.config.data_dir)
-        return self._data[task]
-
-    def read_local_data(self) -> None:
-        """Read the tasks --data-dir provides now, so a broken file fails in one line before any run."""
-        if self.config.data_dir:
-            for task in self.config.tasks:
-                if (Path(self.config.data_dir) / task).is_dir():
-                    self.data(task)
-
-    def forget_adapter(self) -> None:
-        """Free the last trained adapter (a Ray worker keeps the state for its next task, not the adapter)."""
-        self._trained = None
-
-    def trained(self, trial: Trial) -> TrainedAdapter:
-        """The adapter for this trial; a --mix group whose training diverged fails each of its trials at once."""
-        key = trial.adapter_key
-        if self._trained is None or self._trained[0] != key:
-            self._trained = None  # free the previous adapter before training the next
-            try:
-                self._trained = (key, _train_adapter(trial, trial.settings, self))
-            except Diverged as err:
-                self._trained = (key, err)
-        if isinstance(self._trained[1], Diverged):
-            raise self._trained[1]
-        return self._trained[1]
-
-
-def _train_adapter(trial: Trial, config: ExperimentConfig, state: TrialState) -> TrainedAdapter:
-    base = state.base()
-    method = build_method(trial.method, config.method_options.get(trial.method))
-    set_seed(trial.seed)  # adapter initialisation depends on the seed
-    device = distributed.context().device(resolve_device(config.device))  # cuda:<local rank> under DDP
-    model = method.apply(copy.deepcopy(base.model).to(device))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-
-    train_data = [state.data(task) for task in trial.train_tasks]
-    sources = [(data.spec, data.splits["train"][: config.train.max_train_examples]) for data in train_data]
-    for data, (_, docs) in zip(train_data, sources):
-        if method.trains and not docs:
-            raise UserError(f"task '{data.spec.name}' has no train split in {data.source}; provide one with --data-dir")
-    examples = EncodedExamples(
-        sources, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol,
-        truncation_side=config.train.truncation_side, supervise_eos=config.train.supervise_eos,
-    )  # fmt: skip
-    result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id, state.precision)
-    return TrainedAdapter(method, model, result, trainable, total, train_data)
-
-
 def run_trial(trial: Trial, config: ExperimentConfig, state: TrialState, tracker: Tracker, run_id: str) -> dict:
     """Train (or reuse the --mix group's adapter), evaluate and record one claimed trial; `config` is its grid point's."""
     data = state.data(trial.task)
@@ -268,7 +184,14 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: TrialState, tracker
     tracker.log_params(run_id, {**trial.resolved, "seed": trial.seed})
     tracker.log_dict(run_id, {**trial.resolved, "seed": trial.seed, "config_hash": trial.config_hash, "implementation": trial.implementation}, "config/trial.json")
 
-    trained = state.trained(trial)
+    state.forget_adapter(keep=trial)  # the previous trial's adapter is no part of this one's memory
+    with PeakMemory(device) as memory, state.adapter(trial) as trained:
+        return _train_and_evaluate(trial, config, state, tracker, run_id, trained, memory)
+
+
+def _train_and_evaluate(trial: Trial, config: ExperimentConfig, state: TrialState, tracker: Tracker, run_id: str, trained: TrainedAdapter, memory: PeakMemory) -> dict:
+    """The rest of `run_trial`, while the trial's adapter is on the base and its memory is measured."""
+    data, base = state.data(trial.task), state.base()
     method, model, result = trained.method, trained.model, trained.result
     tracker.set_tags(run_id, method.tags())
     if trial.train_tasks != (trial.task,):  # every training set of a mixture, for reproducibility
@@ -296,7 +219,7 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: TrialState, tracker
         "train/tokens_per_second": result.tokens_per_second,
         "train/final_loss": result.losses[-1] if result.losses else float("nan"),
         "train/mean_loss": sum(result.losses) / len(result.losses) if result.losses else float("nan"),
-        "memory/peak_mb": peak_memory_mb(device),
+        **memory.metrics(),
     }
     if state.precision.name == "fp16":
         metrics["train/skipped_steps"] = result.skipped_steps  # overflow steps the grad scaler skipped

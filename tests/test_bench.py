@@ -4,11 +4,13 @@ import json
 
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
-
 from adamole_bench.cli import app
+from adamole_bench.harness.bench import render
 from adamole_bench.harness.bench_loop import loop_over_experts, loop_reference
+from adamole_bench.harness.models import tiny_llama
 from adamole_bench.methods.experts import LoraExperts
 from adamole_bench.tests import toy_moe  # noqa: F401  (registers the test-only "toy-moe" mixture)
 
@@ -68,6 +70,7 @@ def test_loop_reference_covers_methods_that_reach_the_core_through_subclasses(me
     torch.testing.assert_close(looped, vectorized, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.integration
 @pytest.mark.filterwarnings("ignore")
 def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
@@ -78,10 +81,17 @@ def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monke
 
     results = json.loads(output.read_text())
     rows = {row["label"]: row for row in results["training"] if not row.get("layer")}
+    held_weights_mb = sum(p.numel() * p.element_size() for p in tiny_llama().parameters()) / 2**20
     assert set(rows) == {"lora", "toy-moe", "lora r=16", "toy-moe loop-ref"}  # base trains nothing: no row
     for row in rows.values():
         assert len(row["step_ms_all"]) == 2 and row["step_ms_median"] > 0 and row["tokens_per_second"] > 0
         assert row["saved_activations_mb"] > 0
+        assert row["peak_mb"] >= held_weights_mb  # the row alone holds at least the base's weights
+    assert rows["toy-moe"]["peak_ratio_to_baseline"] == pytest.approx(rows["toy-moe"]["peak_mb"] / rows["lora r=16"]["peak_mb"])
+    console = Console(width=300, record=True)
+    console.print(*render(results))
+    printed = console.export_text()
+    assert "peak MB" in printed and "peak ratio" in printed  # beside the step time, with its ratio to LoRA(N·r)
     assert rows["toy-moe"]["baseline"] == "lora r=16" and rows["toy-moe loop-ref"]["baseline"] == "toy-moe"
     assert rows["lora r=16"]["trainable_parameters"] < rows["toy-moe"]["trainable_parameters"]  # + routers
     assert rows["toy-moe loop-ref"]["outputs_match"]
@@ -110,6 +120,7 @@ def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monke
     assert [k for k in logged if k.startswith("ratio_min/")] and len([k for k in logged if k.startswith("ratio_")]) == 2 * len([k for k in logged if k.startswith("ratio/")])
 
 
+@pytest.mark.integration
 @pytest.mark.filterwarnings("ignore")
 def test_bench_compares_dropout_modes_precisions_layers_and_saved_bytes(tmp_path, monkeypatch):
     """Both dropout modes of a mixture, fp32 against bf16, one layer alone, saved bytes vs LoRA(N·r)."""

@@ -5,6 +5,8 @@ import json
 import mlflow
 import pytest
 
+pytestmark = pytest.mark.integration  # real sweeps on the tiny model, read back from MLflow
+
 TINY = ("--model", "tiny-llama")
 LEARN = ("--max-steps", "150", "train.lr=3e-3", "train.batch_size=16", "lora.rank=8")
 
@@ -91,16 +93,16 @@ def test_rerun_skips_finished_trials(finished_sweep, cli, search_runs):
 
 
 def test_crash_marks_run_failed_and_sweep_continues(cli, runs_dir, monkeypatch):
-    from adamole_bench.harness import trials
+    from adamole_bench.harness import trial_state
 
-    real_train = trials.train
+    real_train = trial_state.train
 
     def train_or_crash(model, method, *args, **kwargs):
         if method.name == "lora":
             raise RuntimeError("simulated crash")
         return real_train(model, method, *args, **kwargs)
 
-    monkeypatch.setattr(trials, "train", train_or_crash)
+    monkeypatch.setattr(trial_state, "train", train_or_crash)
     result = cli("run", *TINY, "--methods", "lora,base", "--tasks", "fruit_or_color", "--max-steps", "2")
     assert result.exit_code == 1
     assert "simulated crash" in result.output

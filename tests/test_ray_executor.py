@@ -18,12 +18,14 @@ import pytest
 
 from adamole_bench.tests.fault_tools import cli_env, finish, free_port, run_cli, start, store_runs, trial_runs, wait_until
 
+pytestmark = pytest.mark.integration  # a private Ray cluster and real sweeps through it
+
 ray = pytest.importorskip("ray", reason="the ray extra (make setup installs it)")
 
 TINY = ["--model", "tiny-llama", "--tasks", "fruit_or_color", "--limit", "8", "save_adapters=false", "train.warmup_steps=0", "train.lr=3e-3"]
 GRID = ["run", *TINY, "--methods", "adamole", "--seeds", "0,1", "--max-steps", "6", "adamole.max_threshold=0.0625,0.25", "adamole.num_experts=2,4"]
 PER_PROCESS = {"host", "pid", "process", "heartbeat", "executor", "ray_task", "mlflow.parentRunId", "mlflow.runName"}  # tags that name who ran it
-MEASURED = ("train/seconds", "train/tokens_per_second", "eval/seconds", "memory/peak_mb")  # wall-clock, not results
+MEASURED = ("train/seconds", "train/tokens_per_second", "eval/seconds", "memory/peak_mb", "memory/peak_delta_mb")  # wall-clock and memory, not results
 
 
 # Ray's token auth with a private token for head, drivers and workers: never the user's ~/.ray/auth_token,
@@ -253,5 +255,5 @@ def test_a_trial_that_fits_no_node_is_one_line_before_any_run(ray_cluster, tmp_p
     runs = tmp_path / "runs"
     result = run_cli(["run", *TINY, "--methods", "lora", "resources.cpus_per_trial=4", "--executor", "ray", "--ray-address", ray_cluster], _env(runs))
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "no node of the Ray cluster (2 CPU/0 GPU) has resources.cpus_per_trial=4 CPU" in result.stdout and "Traceback" not in result.stdout + result.stderr
+    assert "no node of the Ray cluster (2 CPU/0 GPU) has resources.cpus_per_trial=4 CPU" in result.stderr and "Traceback" not in result.stdout + result.stderr
     assert store_runs(f"sqlite:///{runs / 'mlflow.db'}") == []

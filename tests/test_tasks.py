@@ -274,22 +274,23 @@ def test_extract_letter():
     assert extract_letter(" b, probably") is None
 
 
+@pytest.mark.integration
 def test_mix_trains_once_and_reports_per_task(monkeypatch, tmp_path):
     from rich.console import Console
 
-    from adamole_bench.harness import sweep, trials
+    from adamole_bench.harness import sweep, trial_state
     from adamole_bench.harness.config import load_config
     from adamole_bench.harness.results import rows_from_mlflow
     from adamole_bench.harness.tracking import Tracker
 
     trained_on = []
-    real_train = trials.train
+    real_train = trial_state.train
 
     def counting_train(model, method, examples, *args, **kwargs):
         trained_on.append((method.name, len(examples)))
         return real_train(model, method, examples, *args, **kwargs)
 
-    monkeypatch.setattr(trials, "train", counting_train)
+    monkeypatch.setattr(trial_state, "train", counting_train)
     config = load_config(None, ["train.batch_size=4", "save_adapters=false"], model="tiny-llama", methods=["lora"],
                          tasks=["copa", "fruit_or_color"], mix=True, train__max_steps=2, eval__limit=4)
     tracker = Tracker("mix-test", uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -134,6 +134,7 @@ def exported_mixture(tmp_path_factory):
     return folder
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("order", IMPORT_ORDERS)
 def test_peft_loads_an_exported_mixture_in_every_import_order(exported_mixture, order):
     """A fresh interpreter per order: `import adamole_bench` stays instant (no torch, no peft) and
@@ -245,6 +246,7 @@ def test_local_and_mismatched_bases_need_an_explicit_choice(tmp_path):
     assert adamole_bench.load_adapter(tmp_path / "mole", dtype="bfloat16", check_base=False).base.source == "code"
 
 
+@pytest.mark.integration
 def test_hub_models_are_recorded_and_reloaded_at_their_commit(tmp_path):
     """A hub model from a local HF cache (offline): the adapter records id + commit, and loads onto that
     commit even after the repo's main moved to other weights."""
@@ -288,6 +290,7 @@ except UserError as err:
     assert f"hub:{new}" in result.stdout.split("refused ", 1)[1]  # main now holds other weights
 
 
+@pytest.mark.integration
 def test_embedded_smollm2_is_recorded_by_its_hub_id_and_our_fingerprint(tmp_path):
     from adamole_bench.harness.paths import cache_dir
 
@@ -359,6 +362,7 @@ def store(sweep_store, monkeypatch):
     return ids
 
 
+@pytest.mark.integration
 def test_export_writes_card_and_a_loadable_adapter(store, cli, tmp_path):
     run = store[("mole", "0")]
     result = cli("export", run.info.run_id, tmp_path / "out")
@@ -377,6 +381,7 @@ def test_export_writes_card_and_a_loadable_adapter(store, cli, tmp_path):
     assert (logits(from_folder.model) - logits(from_run.model)).abs().max().item() == 0.0
 
 
+@pytest.mark.integration
 def test_export_merged_lora_matches_the_adapter(store, cli, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -390,6 +395,7 @@ def test_export_merged_lora_matches_the_adapter(store, cli, tmp_path):
     assert "merged/" in (tmp_path / "lora" / "README.md").read_text()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "case, message",
     [
@@ -416,6 +422,7 @@ def test_export_errors_are_one_line_exit_2_before_any_work(store, cli, tmp_path,
         assert [p.name for p in target.iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.integration
 def test_export_finds_a_trial_by_method_task_seed_and_asks_when_it_is_ambiguous(store, cli, tmp_path):
     result = cli("export", "mole/fruit_or_color/0", tmp_path / "by-name")
     assert result.exit_code == 0, result.output

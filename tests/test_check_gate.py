@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from adamole_bench.harness import regression
 from adamole_bench.methods.lora import Lora
 
+pytestmark = pytest.mark.integration  # the regression gate rerunning real suites
+
 LEARNS_FAST = {  # LoRA reaches ~98% on fruit_or_color in 100 steps; untrained it is ~48%
     "model": "tiny-llama",
     "methods": ["lora"],

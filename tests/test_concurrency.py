@@ -13,6 +13,8 @@ from adamole_bench.harness.liveness import stop_tree
 from adamole_bench.harness.tracking import Tracker
 from adamole_bench.tests.fault_tools import TINY, cli_env, finish, free_port, start, store_runs, trial_runs, wait_for_http
 
+pytestmark = pytest.mark.integration  # racing processes and a real mlflow server
+
 RACERS, TRIALS = 4, 12
 
 # Each racer opens the store, then for every trial waits at a file barrier until all racers are ready,

@@ -147,6 +147,7 @@ def _markdown_table(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.lstrip("\x1b[0123456789;m").startswith("|")]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("force_color", [False, True], ids=["file", "FORCE_COLOR-log"])
 def test_output_redirected_to_a_file_has_no_progress_bars_or_colour_codes(tmp_path, force_color):
     """stdout and stderr to files, as `run > log 2>&1` or a CI runner (which often sets FORCE_COLOR)."""
@@ -169,6 +170,7 @@ def test_output_redirected_to_a_file_has_no_progress_bars_or_colour_codes(tmp_pa
         assert not ANSI.search(stdout + stderr)
 
 
+@pytest.mark.integration
 def test_a_terminal_shows_the_sweep_line_above_the_trial_bar(tmp_path):
     """Under a real pseudo-terminal: trials done/left and an ETA, the training bar below; no tqdm bars."""
     command = " ".join([sys.executable, "-m", "adamole_bench.cli", *SWEEP, "--max-steps", "60", "--seeds", "0,1"])

@@ -9,6 +9,8 @@ import pytest
 
 from adamole_bench.harness.tracking import Tracker
 
+pytestmark = pytest.mark.integration  # two processes under torchrun
+
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 COMMON = ["run", "--model", "tiny-llama", "--methods", "toy-moe", "--tasks", "fruit_or_color", "--max-steps", "4", "--limit", "24",
           "toy-moe.dropout=0", "train.lr=1e-2", "train.warmup_steps=0", "save_adapters=false"]  # fmt: skip

@@ -17,8 +17,10 @@ from adamole_bench.harness.tracking import Tracker
 from adamole_bench.harness.train import check_finite
 from adamole_bench.tests.fault_tools import TINY, cli_env, finish, run_cli, start, store_runs, trial_runs, wait_until
 
+pytestmark = pytest.mark.integration  # real processes killed, terminated and out of disk
+
 LORA = "lora/fruit_or_color/seed0"
-SWEEP = ["run", *TINY, "--methods", "base,lora", "--max-steps", "40"]
+SWEEP = ["run", *TINY, "--methods", "base,lora", "--max-steps", "300"]  # long enough to be killed mid-training (40 steps take 1 s)
 
 
 def _running(uri: str, name: str, process: subprocess.Popen):

@@ -138,17 +138,20 @@ def _rerun(output: str) -> dict[str, str]:
     return {line.split()[1].split("/")[0]: line for line in output.splitlines() if "from other code or packages" in line}
 
 
+@pytest.mark.integration
 def test_a_comment_or_docstring_edit_reuses_every_result(edited):
     assert _skipped(edited["first"]) == set()
     assert _skipped(edited["comment"]) == {"base", "lora", "mole"} and _rerun(edited["comment"]) == {}
 
 
+@pytest.mark.integration
 def test_a_one_line_edit_of_a_method_reruns_that_method_only_and_says_so(edited):
     assert _skipped(edited["fix"]) == {"base", "lora"}
     line = _rerun(edited["fix"])["mole"]
     assert "code.method" in line and "code.shared" not in line and "rerunning" in line
 
 
+@pytest.mark.integration
 def test_report_keeps_old_and_new_code_apart_labelled_by_what_differs_and_can_show_only_the_current(edited):
     moles = [row for row in edited["report"]["rows"] if row["method"] == "mole"]
     assert len(moles) == 2 and len({row["variant"] for row in moles}) == 2
@@ -159,6 +162,7 @@ def test_report_keeps_old_and_new_code_apart_labelled_by_what_differs_and_can_sh
     assert current[0]["implementation"]["code.method"] == _rerun(edited["fix"])["mole"].split("→")[1].split(")")[0]
 
 
+@pytest.mark.integration
 def test_an_upgraded_package_reruns_everything_it_computes(edited):
     assert _skipped(edited["upgrade"]) == set()
     assert set(_rerun(edited["upgrade"])) == {"base", "lora"}

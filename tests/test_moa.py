@@ -283,6 +283,7 @@ def test_statistics_without_mask_count_every_token():
     assert metrics["moa/mean_active"] == 7.0  # soft MoA runs every expert on every token
 
 
+@pytest.mark.integration
 def test_sweep_logs_expert_statistics_to_mlflow(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

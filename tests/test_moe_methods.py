@@ -326,6 +326,7 @@ def test_third_party_method_registers_without_touching_the_harness(monkeypatch):
     assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
 
 
+@pytest.mark.integration
 def test_cli_sweep_logs_expert_statistics_to_mlflow(tmp_path, monkeypatch):
     from mlflow import MlflowClient
     from typer.testing import CliRunner

@@ -17,6 +17,8 @@ from adamole_bench.harness.plots import efficiency_points
 from adamole_bench.harness.report_bundle import report_table
 from adamole_bench.harness.tracking import Tracker
 
+pytestmark = pytest.mark.integration  # real sweeps read back from MLflow
+
 COMMON = ["run", "--model", "tiny-llama", "--methods", "lora", "--tasks", "fruit_or_color", "--max-steps", "3", "--limit", "16", "save_adapters=false"]
 
 

@@ -17,6 +17,8 @@ from adamole_bench.harness import trials as trial_runner
 from adamole_bench.harness.config import load_config
 from adamole_bench.harness.tracking import Tracker
 
+pytestmark = pytest.mark.integration  # a real sweep, interrupted, crashed and resumed
+
 SWEEP = {
     "model": "tiny-llama",
     "methods": ["base", "lora"],

@@ -10,6 +10,8 @@ import pytest
 
 from adamole_bench.tests.fault_tools import cli_env, free_port, wait_for_http, wait_until
 
+pytestmark = pytest.mark.integration  # the MLflow UI's process tree under real signals
+
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)], ids=["SIGINT", "SIGTERM"])
 def test_ui_stops_every_process_it_started(tmp_path, signum):

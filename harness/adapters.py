@@ -15,8 +15,8 @@ from pathlib import Path
 
 from torch import nn
 
+from ..base.errors import UserError
 from ..methods.registry import ADAPTER_CONFIG, Method, build_method
-from .errors import UserError
 from .models import DTYPES, EMBEDDED_MODELS, BaseModel, load_base_model
 
 
@@ -111,4 +111,6 @@ def _recorded_base(record: dict, folder: Path) -> str:
             f"adapter at {folder} was trained on a local model folder '{record['id']}' ({record['fingerprint']}); "
             f"pass base_model='/path/to/{record['id']}'"
         )
-    raise UserError(f"adapter at {folder} does not record its base model (saved before adamole-bench did); pass base_model=, e.g. base_model='smollm2-135m'")
+    raise UserError(
+        f"adapter at {folder} does not record its base model (saved before adamole-bench did); pass base_model=, e.g. base_model='smollm2-135m'"
+    )

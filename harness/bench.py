@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..base.errors import UserError
 from .bench_eval import measure_evaluation
 from .bench_profile import OP_CATEGORIES, matmul_peak
 from .bench_training import measure_precision_pairs, measure_training
-from .errors import UserError
 from .models import load_base_model, resolve_device
 from .precision import Precision, cpu_bf16_flags, resolve_precision
 
@@ -86,7 +86,7 @@ def run_bench(settings: BenchSettings) -> dict:
 
 
 def judged(values, limit: float, at_least: bool = False) -> str:
-    """"met" when every round lands on the target's side of the limit, "missed" when none does, and
+    """ "met" when every round lands on the target's side of the limit, "missed" when none does, and
     "unclear" when the rounds straddle it: one ratio from steps that vary 30% on a shared VM decides nothing."""
     on_side = [value >= limit if at_least else value <= limit for value in values]
     return "met" if all(on_side) else "missed" if not any(on_side) else "unclear"
@@ -128,7 +128,11 @@ def verdicts(rows: list[dict]) -> dict[str, dict]:
 def bf16_speedups(pairs: list[dict]) -> dict[str, dict]:
     """fp32 step / bf16 step per method, timed in pairs: the median over rounds and their range."""
     return {
-        pair["method"]: {"speedup": pair["speedup"], "range": pair["speedup_range"], "target": judged(pair["speedup_range"], TARGET_BF16_SPEEDUP, at_least=True)}
+        pair["method"]: {
+            "speedup": pair["speedup"],
+            "range": pair["speedup_range"],
+            "target": judged(pair["speedup_range"], TARGET_BF16_SPEEDUP, at_least=True),
+        }
         for pair in pairs
         if pair["precision"] == "bf16"
     }
@@ -150,11 +154,27 @@ def render(results: dict):
         ratio = f"{row['ratio_to_baseline']:.2f}×" if row["ratio_to_baseline"] else "–"
         peak = f"{row['peak_ratio_to_baseline']:.2f}×" if row.get("peak_ratio_to_baseline") and not row["loop_reference"] else "–"
         saved = f"{row['saved_ratio_to_baseline']:.2f}×" if row.get("saved_ratio_to_baseline") and not row["loop_reference"] else "–"
-        table.add_row(row["label"], f"{row['step_ms_median']:.0f}", f"{row['peak_mb']:.0f}", f"{row['tokens_per_second']:.0f}", f"{row['saved_activations_mb']:.1f}", row["baseline"] or "–", ratio, peak, saved)
+        table.add_row(
+            row["label"],
+            f"{row['step_ms_median']:.0f}",
+            f"{row['peak_mb']:.0f}",
+            f"{row['tokens_per_second']:.0f}",
+            f"{row['saved_activations_mb']:.1f}",
+            row["baseline"] or "–",
+            ratio,
+            peak,
+            saved,
+        )
     tables = [table]
     layers = [r for r in results["training"] if r.get("layer")]
     if layers:
-        table = Table("layer (fwd + bwd, frozen base included)", "ms", "vs", "ratio", title="one adapted linear alone: the adapter without the frozen model around it")
+        table = Table(
+            "layer (fwd + bwd, frozen base included)",
+            "ms",
+            "vs",
+            "ratio",
+            title="one adapted linear alone: the adapter without the frozen model around it",
+        )
         for row in layers:
             ratio = f"{row['ratio_to_baseline']:.2f}×" if row["ratio_to_baseline"] else "–"
             table.add_row(row["label"], f"{row['step_ms_median']:.2f}", row["baseline"] or "–", ratio)
@@ -174,7 +194,12 @@ def render(results: dict):
             )  # fmt: skip
         tables.append(targets)
     if results["bf16_speedups"]:
-        table = Table("row", f"fp32 / bf16 step (≥ {TARGET_BF16_SPEEDUP})", title="bf16 mixed precision against fp32, the two timed in the same rounds", caption="median over rounds, their range below it")
+        table = Table(
+            "row",
+            f"fp32 / bf16 step (≥ {TARGET_BF16_SPEEDUP})",
+            title="bf16 mixed precision against fp32, the two timed in the same rounds",
+            caption="median over rounds, their range below it",
+        )
         for label, v in results["bf16_speedups"].items():
             table.add_row(label, spread(v["speedup"], v["range"], v["target"]))
         tables.append(table)
@@ -182,14 +207,25 @@ def render(results: dict):
     if profiled:
         categories = [name for name, _ in OP_CATEGORIES] + ["other"]
         peaks = ", ".join(f"{name} {value:.0f}" for name, value in results["matmul_peak_gflop_per_second"].items())
-        table = Table("row", "matmul GFLOP/s", *categories, title=f"where a step's time goes (share of op self time, one profiled step); plain GEMM of this shape: {peaks} GFLOP/s")
+        table = Table(
+            "row",
+            "matmul GFLOP/s",
+            *categories,
+            title=f"where a step's time goes (share of op self time, one profiled step); plain GEMM of this shape: {peaks} GFLOP/s",
+        )
         for row in profiled:
             share = row["profile"]["share"]
             table.add_row(row["label"], f"{row['profile']['gflop_per_second']:.1f}", *(f"{100 * share.get(name, 0.0):.0f}%" for name in categories))
         tables.append(table)
     evaluation = results.get("evaluation")
     if evaluation:
-        table = Table("path", "seconds", "requests/s", "acc", title=f"eval loglikelihood throughput: {evaluation['task']}, {evaluation['docs']} docs, {evaluation['requests']} requests")
+        table = Table(
+            "path",
+            "seconds",
+            "requests/s",
+            "acc",
+            title=f"eval loglikelihood throughput: {evaluation['task']}, {evaluation['docs']} docs, {evaluation['requests']} requests",
+        )
         memory = evaluation["in_memory"]
         table.add_row("in-memory HFLM (model loaded)", f"{memory['seconds']:.1f}", f"{memory['requests_per_second']:.1f}", f"{memory['acc']:.3f}")
         cli = evaluation.get("lm_eval_cli")

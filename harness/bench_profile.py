@@ -85,5 +85,3 @@ def matmul_peak(base: BaseModel, settings, device: torch.device, dtype: torch.dt
         x @ w
     synchronize(device)
     return 2 * x.shape[0] * hidden * intermediate * repeats / (time.perf_counter() - started) / 1e9
-
-

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..base.errors import UserError
 from ..methods.registry import Method, build_method
 from .bench_loop import LOOP_EQUALITY_TOLERANCE, expert_modules, loop_max_abs_difference, loop_reference
 from .bench_memory import probe_memory
 from .bench_profile import profile_step, synchronize
-from .errors import UserError
 from .models import BaseModel
 from .one_base import sharing_weights
 from .precision import Precision
@@ -199,7 +199,9 @@ def measure_precision_pairs(settings, base: BaseModel, device: torch.device, pre
         options = settings.method_options.get(name) or {}
         if not build_method(name, options).trains:
             continue
-        rows = [_make_row(f"{name} [{p.name}]", build_method(name, options), base, device, p, settings.lr, settings.seed) for p in [reference, *mixed]]
+        rows = [
+            _make_row(f"{name} [{p.name}]", build_method(name, options), base, device, p, settings.lr, settings.seed) for p in [reference, *mixed]
+        ]
         for row in rows:
             for _ in range(settings.warmup):
                 row.step(batch)
@@ -227,7 +229,9 @@ def paired_ratios(seconds: list[float], baseline_seconds: list[float]) -> dict:
 
 def first_adapted_layer(model: nn.Module) -> nn.Module:
     """The first module with trainable parameters whose name ends in q_proj (or the first adapted one)."""
-    candidates = [(name, m) for name, m in model.named_modules() if any(p.requires_grad for p in m.parameters(recurse=True)) and name.endswith("proj")]
+    candidates = [
+        (name, m) for name, m in model.named_modules() if any(p.requires_grad for p in m.parameters(recurse=True)) and name.endswith("proj")
+    ]
     named_q = [m for name, m in candidates if name.endswith("q_proj")]
     return (named_q or [m for _, m in candidates])[0]
 

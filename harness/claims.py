@@ -76,9 +76,7 @@ def mark_stale(tracker, run_id: str, reason: str) -> None:
 
 def reconcile(tracker) -> list[tuple[str, str]]:
     """Every stale RUNNING run of the harness (sweep, trial, report, bench) in the experiment → FAILED."""
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10000
-    )
+    runs = tracker.client.search_runs([tracker.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10000)
     marked = []
     for run in runs:
         if "kind" not in run.data.tags:

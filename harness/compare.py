@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from .errors import UserError
+from ..base.errors import UserError
 from .report import AVERAGE, AccuracyTable, Paired, paired_test
 from .results import Variant, shared_implementation, untrained
 from .stats import ALPHA
@@ -134,9 +134,16 @@ def compare_methods(table: AccuracyTable, method_a: str, method_b: str) -> list[
     if method_a == method_b:
         pairs = [(a, b) for i, a in enumerate(rows[method_a]) for b in rows[method_a][i + 1 :]]
     else:
-        pairs = [(a, b) for a in rows[method_a] for b in rows[method_b] if shared_implementation(a.implementation) == shared_implementation(b.implementation)]
+        pairs = [
+            (a, b)
+            for a in rows[method_a]
+            for b in rows[method_b]
+            if shared_implementation(a.implementation) == shared_implementation(b.implementation)
+        ]
         if not pairs:
-            raise UserError(f"no run of '{method_a}' shares its harness code and package releases with one of '{method_b}'; rerun one of them with this code, or pass --current-code")
+            raise UserError(
+                f"no run of '{method_a}' shares its harness code and package releases with one of '{method_b}'; rerun one of them with this code, or pass --current-code"
+            )
     if not pairs:
         raise UserError(f"'{method_a}' has a single config here; compare it with another method, or run a second config")
     return [compare_rows(table, a, b) for a, b in pairs]
@@ -159,7 +166,9 @@ def render_comparison(result: Comparison) -> str:
         )
     lines.append(f"runs: {result.n} matched (task, seed) pairs" + (f", {result.unmatched} unmatched runs ignored" if result.unmatched else ""))
     if result.n:
-        lines.append(f"  mean difference ({a} − {b}): {result.mean_difference * 100:+.2f} points; {a} wins {result.wins}, loses {result.losses}, ties {result.n - result.wins - result.losses}")
+        lines.append(
+            f"  mean difference ({a} − {b}): {result.mean_difference * 100:+.2f} points; {a} wins {result.wins}, loses {result.losses}, ties {result.n - result.wins - result.losses}"
+        )
     if result.t_pvalue is not None:
         lines.append(f"  paired t-test: t = {result.t_statistic:.3f}, p = {result.t_pvalue:.4g}")
     if result.sign_pvalue is not None:

@@ -16,7 +16,7 @@ from typing import Literal
 
 import yaml
 
-from .errors import UserError
+from ..base.errors import UserError
 from .models import DEFAULT_MODEL, check_model_name, resolve_device
 from .precision import Precision, resolve_precision
 
@@ -57,13 +57,17 @@ class TrainConfig:
         _finite(self)
         _positive(self, "batch_size", "grad_accum", "lr", "epochs", "max_grad_norm")
         if self.max_length < 2:  # 1 keeps only EOS: no token is supervised, the loss is nan and the trial fails as diverged
-            raise UserError(f"train.max_length must be >= 2 (a token to predict from and one to predict), got {self.max_length}; e.g. train.max_length=256")
+            raise UserError(
+                f"train.max_length must be >= 2 (a token to predict from and one to predict), got {self.max_length}; e.g. train.max_length=256"
+            )
         _non_negative(self, "max_steps", "warmup_steps", "weight_decay")
         _positive_or_unset(self, "max_train_examples", "every example of the train split")
         _positive_or_unset(self, "pad_to_multiple_of", "the batch's longest example")
         if self.truncation_side == "right" and self.loss_on == "answer":  # a batch of cut answers has no loss: nan, a failed trial
-            raise UserError("train.truncation_side=right cuts the answers of over-long examples, which train.loss_on=answer then cannot learn from; "
-                            "use train.loss_on=full (as the reference) or train.truncation_side=left")
+            raise UserError(
+                "train.truncation_side=right cuts the answers of over-long examples, which train.loss_on=answer then cannot learn from; "
+                "use train.loss_on=full (as the reference) or train.truncation_side=left"
+            )
 
 
 @dataclass
@@ -153,7 +157,9 @@ class ExperimentConfig:
                 raise UserError("data_dir (--data-dir) is empty (an unset shell variable?); pass a folder or leave it out")
             if not folder.is_dir():
                 why = "is a file, not a folder" if folder.exists() else "does not exist"
-                raise UserError(f"--data-dir {self.data_dir} {why}; pass the folder holding <task>/train.jsonl and <task>/validation.jsonl (docs/tasks.md)")
+                raise UserError(
+                    f"--data-dir {self.data_dir} {why}; pass the folder holding <task>/train.jsonl and <task>/validation.jsonl (docs/tasks.md)"
+                )
         self.train.validate()
         self.eval.validate()
         self.resources.validate()
@@ -209,7 +215,9 @@ def _positive_or_unset(section, name: str, unset_means: str) -> None:
     value = getattr(section, name)
     if value is not None and value < 1:
         setting = _setting(section, name)
-        raise UserError(f"{setting} must be >= 1 (or unset for {unset_means}), got {value}; e.g. {setting}={_example_of(section, name)} or {setting}=null")
+        raise UserError(
+            f"{setting} must be >= 1 (or unset for {unset_means}), got {value}; e.g. {setting}={_example_of(section, name)} or {setting}=null"
+        )
 
 
 def _check_seeds(seeds: list) -> None:
@@ -231,8 +239,10 @@ def check_search_value(value: str, what: str) -> None:
     for the quote that delimits a string, so a value holding one is refused here, in one line, instead of
     breaking the query (or matching other runs). Wildcards need nothing: only `=` is used, never LIKE."""
     if "'" in value:
-        raise UserError(f"{what} {value!r} contains a single quote ('), which MLflow run searches cannot match; "
-                        "use a name without quotes (for a local folder, a symlink to it)")
+        raise UserError(
+            f"{what} {value!r} contains a single quote ('), which MLflow run searches cannot match; "
+            "use a name without quotes (for a local folder, a symlink to it)"
+        )
 
 
 # --- names users bring from PEFT and HF TrainingArguments -----------------------------------------
@@ -283,7 +293,9 @@ def method_options(method: str, options: dict) -> dict:
 
 def _setting_named(key: str) -> str | None:
     """The dotted train/eval setting a bare name means (ours or an alias), if exactly one."""
-    found = [f"{section}.{key}" for section, cls in (("train", TrainConfig), ("eval", EvalConfig)) if key in {f.name for f in dataclasses.fields(cls)}]
+    found = [
+        f"{section}.{key}" for section, cls in (("train", TrainConfig), ("eval", EvalConfig)) if key in {f.name for f in dataclasses.fields(cls)}
+    ]
     found += [f"{section}.{aliases[key]}" for section, aliases in SECTION_ALIASES.items() if key in aliases]
     return found[0] if len(found) == 1 else None
 
@@ -312,7 +324,9 @@ def _unknown_setting(prefix: str, key: str, names: list[str]) -> UserError:
     if key in METHOD_ALIASES or key in METHOD_ALIASES.values():
         option = METHOD_ALIASES.get(key, key)
         example = {"rank": 8, "alpha": 16, "dropout": 0.1}[option]
-        return UserError(f"unknown setting '{wanted}': {key} is a method option here, <method>.{option}, e.g. lora.{option}={example}; valid settings: {', '.join(valid)}")
+        return UserError(
+            f"unknown setting '{wanted}': {key} is a method option here, <method>.{option}, e.g. lora.{option}={example}; valid settings: {', '.join(valid)}"
+        )
     everywhere = [n for n in _all_settings() if n != wanted]
     same = [n for n in everywhere if n.rpartition(".")[2] == key] or [s for s in [_setting_named(key)] if s and s != wanted]
     if not same:  # a misspelling of one of this section's names or aliases
@@ -369,7 +383,9 @@ def _set_fields(obj, values: dict, prefix: str = "") -> None:
         else:
             if value is None and type(None) not in typing.get_args(hints[key]):
                 default = getattr(type(obj)(), key)
-                raise UserError(f"'{prefix}{key}' needs a value (got none, e.g. '{prefix}{key}=' with nothing after it); e.g. {prefix}{key}={_value_text(default)}, or leave it out")
+                raise UserError(
+                    f"'{prefix}{key}' needs a value (got none, e.g. '{prefix}{key}=' with nothing after it); e.g. {prefix}{key}={_value_text(default)}, or leave it out"
+                )
             try:
                 setattr(obj, key, coerce(value, hints[key], prefix + key))
             except TypeError:  # e.g. a number where a list belongs

@@ -92,7 +92,9 @@ def collate(examples: list[dict], pad_id: int, side: str = "right", multiple_of:
     return {key: torch.tensor(value) for key, value in batch.items()}
 
 
-def hf_length_grouped_batches(length: Callable[[int], int], count: int, batch_size: int, grad_accum: int, generator: torch.Generator, drop_last: bool = False):
+def hf_length_grouped_batches(
+    length: Callable[[int], int], count: int, batch_size: int, grad_accum: int, generator: torch.Generator, drop_last: bool = False
+):
     """HF Trainer's batches under group_by_length (the reference's train.py:194): transformers' own
     LengthGroupedSampler over batch_size × grad_accum (Trainer._get_train_sampler), cut into batches
     of batch_size; it reads every example's length up front. The Trainer draws from torch's global

@@ -204,7 +204,13 @@ def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConf
     )  # fmt: skip
     name = lm_eval_task_name(data.spec.name, config.protocol)
     docs = len(data.splits["eval"][: config.limit])
-    with pinned(data), _lm_eval_provenance(), _without_bars(lm), phase("  eval", kind="eval", detail=f"{data.spec.name}, {docs} docs"), torch.inference_mode():
+    with (
+        pinned(data),
+        _lm_eval_provenance(),
+        _without_bars(lm),
+        phase("  eval", kind="eval", detail=f"{data.spec.name}, {docs} docs"),
+        torch.inference_mode(),
+    ):
         output = lm_eval.simple_evaluate(
             model=lm,
             tasks=[name],
@@ -219,9 +225,7 @@ def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConf
             fewshot_random_seed=0,
         )
     metrics = {
-        clean_metric_name(key): float(value)
-        for key, value in output["results"][name].items()
-        if "," in key and isinstance(value, (int, float))
+        clean_metric_name(key): float(value) for key, value in output["results"][name].items() if "," in key and isinstance(value, (int, float))
     }
     samples = [_sample_record(s) for s in output.pop("samples", {}).get(name, [])]
     results_json = json.loads(json.dumps(output, default=str))  # drop objects MLflow can't serialise

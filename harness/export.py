@@ -12,8 +12,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from ..base.errors import UserError
 from .adapters import download_run_artifact, load_adapter, read_metadata
-from .errors import UserError
 from .tracking import _check_reachable, default_tracking_uri
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -39,12 +39,19 @@ def find_trial(spec: str, experiment: str, model: str | None = None, config_hash
     runs = client.search_runs([found.experiment_id], " and ".join(conditions), order_by=["attributes.start_time DESC"], max_results=1000)
     runs = [r for r in runs if not config_hash or r.data.tags.get("config_hash", "").startswith(config_hash)]
     if not runs:
-        raise UserError(f"no FINISHED trial {spec} in experiment '{experiment}'" + (f" for model {model}" if model else "") + "; `adamole-bench report` lists what is there")
+        raise UserError(
+            f"no FINISHED trial {spec} in experiment '{experiment}'"
+            + (f" for model {model}" if model else "")
+            + "; `adamole-bench report` lists what is there"
+        )
     newest: dict[str, object] = {}
     for run in runs:  # a trial recorded twice with one identity: the newest counts, as in report
         newest.setdefault(run.data.tags.get("identity") or run.data.tags.get("config_hash", ""), run)
     if len(newest) > 1:
-        choices = "; ".join(f"{r.info.run_id} ({r.data.tags.get('model')}, config {r.data.tags.get('config_hash')}, code {r.data.tags.get('implementation', '?')})" for r in newest.values())
+        choices = "; ".join(
+            f"{r.info.run_id} ({r.data.tags.get('model')}, config {r.data.tags.get('config_hash')}, code {r.data.tags.get('implementation', '?')})"
+            for r in newest.values()
+        )
         raise UserError(f"{spec} names {len(newest)} trials: {choices}; pass one run id, or --model / --config-hash")
     return next(iter(newest.values())).info.run_id
 
@@ -69,7 +76,9 @@ def export_run(run_id: str, target: str | Path, merged: bool = False, tracking_u
         raise UserError(f"run {run_id} is a {run.info.status} {tags.get('kind', 'unknown')} run; export a FINISHED trial run")
     method = tags.get("method", "")
     if merged and method != "lora":
-        raise UserError(f"--merged is for LoRA only: a {method} adapter routes each token to different experts, so it cannot be folded into dense weights")
+        raise UserError(
+            f"--merged is for LoRA only: a {method} adapter routes each token to different experts, so it cannot be folded into dense weights"
+        )
     if not client.list_artifacts(run_id, "adapter"):
         raise UserError(f"run {run_id} saved no adapter (save_adapters: false, or an untrained method); rerun it with save_adapters=true")
 
@@ -122,7 +131,10 @@ def model_card(run, trial_config: dict, meta: dict, merged: bool) -> str:
     front += ["pipeline_tag: text-generation", "tags:", "- adamole-bench", f"- {method}", f"- {task}", "---", ""]
 
     lines = [f"# {method} adapter for {task} on {base['id']}", ""]
-    lines += [f"Trained and evaluated by adamole-bench: MLflow run `{run.info.run_id}` ({tags.get('mlflow.runName', '')}), seed {tags.get('seed')}, config hash `{tags.get('config_hash')}`.", ""]
+    lines += [
+        f"Trained and evaluated by adamole-bench: MLflow run `{run.info.run_id}` ({tags.get('mlflow.runName', '')}), seed {tags.get('seed')}, config hash `{tags.get('config_hash')}`.",
+        "",
+    ]
     lines += ["## Scores", "", "| metric | value | ± stderr | 95% interval | n docs |", "|---|---|---|---|---|"]
     for name, value, stderr, docs in score_rows(metrics):
         interval = f"[{value - Z_95 * stderr:.4f}, {value + Z_95 * stderr:.4f}]" if stderr is not None else "–"
@@ -138,20 +150,58 @@ def model_card(run, trial_config: dict, meta: dict, merged: bool) -> str:
     ]
     lines += [f"- {key}: `{value}`" for key, value in base.items() if value is not None]
     lines += ["", "## Data", "", f"- source: {tags.get('data_source')}", f"- notes: {tags.get('data_notes')}"]
-    lines += [f"- {key.removeprefix('data_fingerprint.')} split: `{value}`" for key, value in sorted(tags.items()) if key.startswith("data_fingerprint.")]
+    lines += [
+        f"- {key.removeprefix('data_fingerprint.')} split: `{value}`" for key, value in sorted(tags.items()) if key.startswith("data_fingerprint.")
+    ]
     lines += [f"- trained on {key.removeprefix('train_data.')}: `{value}`" for key, value in sorted(tags.items()) if key.startswith("train_data.")]
     lines += ["", "## Code", "", f"- adamole-bench commit `{tags.get('git_commit')}` (dirty: {tags.get('git_dirty')})"]
     lines += [f"- {key.removeprefix('version.')} {value}" for key, value in sorted(tags.items()) if key.startswith("version.")]
-    lines += ["", "## How to load", "", "```python", "import adamole_bench", "", 'loaded = adamole_bench.load_adapter("THIS_FOLDER")  # the base model it was trained on + the adapter']
-    lines += ['inputs = loaded.tokenizer("Question: ...", return_tensors="pt")', "print(loaded.tokenizer.decode(loaded.model.generate(**inputs, max_new_tokens=20)[0]))", "```", ""]
+    lines += [
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "import adamole_bench",
+        "",
+        'loaded = adamole_bench.load_adapter("THIS_FOLDER")  # the base model it was trained on + the adapter',
+    ]
+    lines += [
+        'inputs = loaded.tokenizer("Question: ...", return_tensors="pt")',
+        "print(loaded.tokenizer.decode(loaded.model.generate(**inputs, max_new_tokens=20)[0]))",
+        "```",
+        "",
+    ]
     if peft:
-        lines += ["Or with PEFT itself (`import adamole_bench` registers the mixture methods with PEFT):", "", "```python", "import adamole_bench", "from peft import PeftModel"]
+        lines += [
+            "Or with PEFT itself (`import adamole_bench` registers the mixture methods with PEFT):",
+            "",
+            "```python",
+            "import adamole_bench",
+            "from peft import PeftModel",
+        ]
         if base.get("embedded"):
-            lines += ["from adamole_bench.harness.models import load_base_model", "", f'base = load_base_model("{base["embedded"]}", dtype="{base["dtype"]}").model  # the exact weights it was trained on']
+            lines += [
+                "from adamole_bench.harness.models import load_base_model",
+                "",
+                f'base = load_base_model("{base["embedded"]}", dtype="{base["dtype"]}").model  # the exact weights it was trained on',
+            ]
         else:
-            lines += ["from transformers import AutoModelForCausalLM", "", f'base = AutoModelForCausalLM.from_pretrained("{base["id"]}", dtype="{base["dtype"]}")']
+            lines += [
+                "from transformers import AutoModelForCausalLM",
+                "",
+                f'base = AutoModelForCausalLM.from_pretrained("{base["id"]}", dtype="{base["dtype"]}")',
+            ]
         lines += ['model = PeftModel.from_pretrained(base, "THIS_FOLDER")', "```", ""]
     if merged:
-        lines += ["`merged/` holds the LoRA merged into the base weights, a plain transformers model:", "", "```python", "from transformers import AutoModelForCausalLM", "", 'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER/merged")', "```", ""]
+        lines += [
+            "`merged/` holds the LoRA merged into the base weights, a plain transformers model:",
+            "",
+            "```python",
+            "from transformers import AutoModelForCausalLM",
+            "",
+            'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER/merged")',
+            "```",
+            "",
+        ]
     lines += ["## Configuration", "", "```json", json.dumps(trial_config, indent=2, sort_keys=True), "```", ""]
     return "\n".join(front + lines)

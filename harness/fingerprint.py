@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from .paths import package_root
+from ..base.paths import package_root
 
 # Globs under the package root; what trials.py imports but is left out is listed in NOT_RESULT_PATH.
 RESULT_PATH = (
@@ -43,14 +43,14 @@ RESULT_PATH = (
 # Modules a trial imports whose code cannot change its number, and why (tests/test_fingerprint.py checks
 # that every module a trial imports is in one list or the other).
 NOT_RESULT_PATH = {
-    "harness/assets.py": "finds the offline wheels; the weights are fingerprinted in the run's model_fingerprint tag",
+    "base/assets.py": "finds the offline wheels; the weights are fingerprinted in the run's model_fingerprint tag",
+    "base/errors.py": "messages and exit codes",
+    "base/paths.py": "where files live",
     "harness/claims.py": "which process runs a trial",
     "harness/config.py": "reads settings; the resolved settings are the other half of the identity",
-    "harness/errors.py": "messages and exit codes",
     "harness/fingerprint.py": "this file",
     "harness/grid.py": "names grid points; the resolved settings of each are in the identity",
     "harness/liveness.py": "heartbeats and signals: whether a trial's process is alive",
-    "harness/paths.py": "where files live",
     "harness/progress.py": "what the console shows",
     "harness/provenance.py": "what is recorded beside the number",
     "harness/tracking.py": "how runs are stored",

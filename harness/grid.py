@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from .errors import UserError, unknown
+from ..base.errors import UserError, unknown
 
 SECTIONS = ("train", "eval")
 HOW = "sweep train.<field>, eval.<field> or <method>.<option> settings, e.g. adamole.max_threshold=0.0625,0.125"
@@ -94,7 +94,9 @@ def grid_override(text: str) -> tuple[str, list] | None:
     empty = [i for i, piece in enumerate(pieces) if not piece.strip()]
     listed = is_list_type(setting_type(key))  # an unknown key fails here, with a suggestion
     if empty and listed and not any(piece.strip().startswith("[") for piece in pieces):
-        raise UserError(f"'{text}' has an empty item (item {empty[0] + 1}); separate items with single commas and no trailing comma, e.g. {key}=q_proj,v_proj")
+        raise UserError(
+            f"'{text}' has an empty item (item {empty[0] + 1}); separate items with single commas and no trailing comma, e.g. {key}=q_proj,v_proj"
+        )
     if empty:
         raise UserError(f"'{text}' has an empty grid value (value {empty[0] + 1}); separate values with single commas, e.g. {key}=1,2")
     if listed:
@@ -102,7 +104,9 @@ def grid_override(text: str) -> tuple[str, list] | None:
         if not any(bracketed):
             return None  # `lora.target_modules=q_proj,v_proj`: one list value
         if not all(bracketed):
-            raise UserError(f"'{key}' takes a list: to sweep it, bracket every value, e.g. {key}=[q_proj,v_proj],[q_proj,k_proj,v_proj,o_proj] (got '{raw}')")
+            raise UserError(
+                f"'{key}' takes a list: to sweep it, bracket every value, e.g. {key}=[q_proj,v_proj],[q_proj,k_proj,v_proj,o_proj] (got '{raw}')"
+            )
     return key, [_load(key, piece.strip()) for piece in pieces]
 
 
@@ -123,7 +127,9 @@ def grid_section(values) -> dict[str, list]:
         if not isinstance(options, list) or not options:
             raise UserError(f"grid: '{key}' must list its values, e.g. {key}: [a, b] (got {options!r})")
         if is_list_type(annotation) and not all(isinstance(o, list) for o in options):
-            raise UserError(f"grid: '{key}' takes a list, so each grid value is a list, e.g. {key}: [[q_proj, v_proj], [q_proj, k_proj, v_proj, o_proj]]")
+            raise UserError(
+                f"grid: '{key}' takes a list, so each grid value is a list, e.g. {key}: [[q_proj, v_proj], [q_proj, k_proj, v_proj, o_proj]]"
+            )
         checked[key] = options
     return checked
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, UserError
+from ..base.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, UserError
 
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 DEFAULT_STALE_AFTER_SECONDS = 600.0

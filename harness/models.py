@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .assets import SMOLLM2, extracted, unpacked_dir
-from .errors import UserError, unknown
-from .paths import atomic_dir, cache_dir
+from ..base.assets import SMOLLM2, extracted, unpacked_dir
+from ..base.errors import UserError, unknown
+from ..base.paths import atomic_dir, cache_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

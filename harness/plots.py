@@ -25,7 +25,10 @@ def subtitle(table: AccuracyTable) -> str:
 
 def _errors(cells) -> list[list[float]]:
     """Asymmetric error bars (below, above) in points from each cell's interval."""
-    return [[(c.mean - c.low) * 100 if c.low is not None else 0.0 for c in cells], [(c.high - c.mean) * 100 if c.high is not None else 0.0 for c in cells]]
+    return [
+        [(c.mean - c.low) * 100 if c.low is not None else 0.0 for c in cells],
+        [(c.high - c.mean) * 100 if c.high is not None else 0.0 for c in cells],
+    ]
 
 
 def accuracy_bars(table: AccuracyTable, path: Path) -> Path:
@@ -41,10 +44,27 @@ def accuracy_bars(table: AccuracyTable, path: Path) -> Path:
         axes.bar(xs, [c.mean * 100 for _, c in cells], width, yerr=_errors([c for _, c in cells]), capsize=3, label=variant.label, **style)
         for x, (_, cell) in zip(xs, cells):
             if cell.collapsed:
-                axes.annotate(cell.top_answer, (x, cell.high * 100 if cell.high is not None else cell.mean * 100), ha="center", va="bottom", fontsize="small", fontweight="bold", xytext=(0, 2), textcoords="offset points")
+                axes.annotate(
+                    cell.top_answer,
+                    (x, cell.high * 100 if cell.high is not None else cell.mean * 100),
+                    ha="center",
+                    va="bottom",
+                    fontsize="small",
+                    fontweight="bold",
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                )
     for i, column in enumerate(columns):
         if column in table.majority:
-            axes.hlines(table.majority[column][1] * 100, i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1, label="majority class" if i == 0 else None)
+            axes.hlines(
+                table.majority[column][1] * 100,
+                i - 0.45,
+                i + 0.45,
+                colors="black",
+                linestyles="dashed",
+                linewidth=1,
+                label="majority class" if i == 0 else None,
+            )
     axes.set_xticks(range(len(columns)), [f"{c}\n(n={_docs(table, c)})" for c in columns])
     axes.set_ylabel(f"{table.metric} (%)")
     axes.set_ylim(0, 105)

@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
-from .paths import package_root
+from ..base.paths import package_root
 
 PACKAGES = ("torch", "transformers", "peft", "lm_eval", "datasets", "mlflow", "accelerate", "tokenizers", "numpy")
 
@@ -26,12 +26,18 @@ def _git(*args: str) -> str | None:
 def code_version() -> dict[str, str]:
     commit = _git("rev-parse", "HEAD")
     if commit is None:
-        from .. import __version__
-
-        return {"git_commit": "unknown", "git_dirty": "unknown", "adamole_bench_version": __version__}
+        return {"git_commit": "unknown", "git_dirty": "unknown", "adamole_bench_version": _installed_version()}
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     # mlflow.source.git.commit: the key the MLflow UI shows; the fluent API sets it, our client API must
     return {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+
+
+def _installed_version() -> str:
+    """This package's version as installed (pip's metadata), for a copy without git."""
+    try:
+        return version("adamole-bench")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 @cache

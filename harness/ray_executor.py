@@ -23,9 +23,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from ..base.errors import UserError, error_line
 from .claims import mark_stale
 from .config import ExperimentConfig
-from .errors import UserError, error_line
 from .tracking import Tracker, failure_kind
 from .trials import Outcome, Trial, TrialState, attempt, await_trial
 
@@ -78,7 +78,9 @@ class RayExecutor:
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
         where = f"Ray cluster at {address}" if address else "Ray (RAY_ADDRESS, the last `ray start` here, or a new local instance)"
         try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, runtime_env={"env_vars": env})  # workers' output: Ray's log folder
+            ray.init(
+                address=address, log_to_driver=False, logging_level=logging.ERROR, runtime_env={"env_vars": env}
+            )  # workers' output: Ray's log folder
         except Exception as err:  # noqa: BLE001 - a bad address, nothing listening, a version mismatch: one line each
             raise UserError(f"cannot connect to {where} ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); "
                             "start one with `ray start --head` or fix --ray-address (auto, HOST:PORT or ray://HOST:10001)") from None  # fmt: skip
@@ -89,7 +91,9 @@ class RayExecutor:
         """Before any run is created: a trial must fit on some node, and every node must reach the store."""
         resources = self.config.resources
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
-        fits = [n for n in nodes if n["Resources"].get("CPU", 0) >= resources.cpus_per_trial and n["Resources"].get("GPU", 0) >= resources.gpus_per_trial]
+        fits = [
+            n for n in nodes if n["Resources"].get("CPU", 0) >= resources.cpus_per_trial and n["Resources"].get("GPU", 0) >= resources.gpus_per_trial
+        ]
         if not fits:
             largest = ", ".join(f"{n['Resources'].get('CPU', 0):g} CPU/{n['Resources'].get('GPU', 0):g} GPU" for n in nodes)
             raise UserError(f"no node of the Ray cluster ({largest}) has resources.cpus_per_trial={resources.cpus_per_trial:g} CPU and "
@@ -117,7 +121,9 @@ class RayExecutor:
                     left.append((index, trial))
             if left:
                 todo.append(left)
-        task = ray.remote(run_group).options(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial, max_retries=0, retry_exceptions=False)
+        task = ray.remote(run_group).options(
+            num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial, max_retries=0, retry_exceptions=False
+        )
         pending: dict = {}
 
         def submit(group, tries: int) -> None:
@@ -128,7 +134,9 @@ class RayExecutor:
         for group in todo:
             submit(group, 0)
         if todo:
-            console.print(f"{len(todo)} Ray tasks ({resources.cpus_per_trial:g} CPU, {resources.gpus_per_trial:g} GPU each) on {len(self.nodes)} node(s)")
+            console.print(
+                f"{len(todo)} Ray tasks ({resources.cpus_per_trial:g} CPU, {resources.gpus_per_trial:g} GPU each) on {len(self.nodes)} node(s)"
+            )
         try:
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
@@ -142,10 +150,16 @@ class RayExecutor:
                     names = self._mark_dead(token, err)
                     what = f"Ray worker died ({type(err).__name__})" + (f"; marked FAILED: {', '.join(names)}" if names else "")
                     if tries < resources.max_retries:
-                        console.print(f"[yellow]{escape(what)}[/]; retry {tries + 1} of resources.max_retries={resources.max_retries}", soft_wrap=True)
+                        console.print(
+                            f"[yellow]{escape(what)}[/]; retry {tries + 1} of resources.max_retries={resources.max_retries}", soft_wrap=True
+                        )
                         submit(group, tries + 1)
                         continue
-                    results, texts, worker = self._failed(group, f"its Ray worker died {tries + 1} times ({type(err).__name__}); see Ray's worker logs"), None, None
+                    results, texts, worker = (
+                        self._failed(group, f"its Ray worker died {tries + 1} times ({type(err).__name__}); see Ray's worker logs"),
+                        None,
+                        None,
+                    )
                 for position, ((index, trial), outcome) in enumerate(zip(group, results)):
                     outcomes[index] = outcome
                     text = escape(texts[position]) if texts else f"{escape(trial.name)} [red]failed:[/] {escape(outcome.error or '')}"
@@ -197,8 +211,9 @@ class RayExecutor:
             except Exception:  # noqa: BLE001, S110 - it may have finished meanwhile
                 pass
         for _, _, token in pending.values():
-            self._mark_failed(token, f"{type(interrupt).__name__}: {interrupt or 'the driver was interrupted'}; its Ray task was cancelled", failure_kind(interrupt))
-
+            self._mark_failed(
+                token, f"{type(interrupt).__name__}: {interrupt or 'the driver was interrupted'}; its Ray task was cancelled", failure_kind(interrupt)
+            )
 
 
 # --- the worker -----------------------------------------------------------------------------------
@@ -209,7 +224,7 @@ _cached: dict = {}  # per worker process: the tracker and the loaded base model 
 def run_group(trials: list[Trial], uri: str, experiment: str, sweep_id: str, token: str) -> tuple[list[Outcome], list[str], str]:
     """One Ray task: the trials of one group, each skipped, claimed or awaited exactly as in a local sweep.
     Returns their outcomes, what each printed (plain text), and where it ran."""
-    from .paths import offline_defaults
+    from ..base.paths import offline_defaults
 
     offline_defaults()
     tracker = _cached.get(("tracker", uri, experiment)) or _cached.setdefault(("tracker", uri, experiment), Tracker(experiment, uri=uri))
@@ -232,4 +247,3 @@ def run_group(trials: list[Trial], uri: str, experiment: str, sweep_id: str, tok
     finally:
         state.forget_adapter()
     return outcomes, texts, f"pid {os.getpid()} on {socket.gethostname()}, {time.strftime('%H:%M:%S')}"
-

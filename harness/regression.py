@@ -21,8 +21,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from ..base.errors import UserError
 from .config import ExperimentConfig, load_config, read_yaml_mapping
-from .errors import UserError
 from .fingerprint import differences, implementation
 from .provenance import code_version, package_versions
 from .results import current_code, rows_from_mlflow
@@ -201,7 +201,9 @@ def render_deltas(deltas: list[Delta]) -> Table:
         delta = "–" if d.recorded is None or d.current is None else f"{(d.current - d.recorded) * 100:+.2f}"
         name = " / ".join(d.key[k] for k in ("model", "method", "task", "protocol"))
         loss = "–" if d.loss_change is None else f"{d.loss_change * 100:+.1f}%"
-        table.add_row(name, d.key["config_hash"], number(d.recorded), number(d.current), delta, number(d.tolerance), loss, f"[{styles[d.status]}]{d.status}[/]")
+        table.add_row(
+            name, d.key["config_hash"], number(d.recorded), number(d.current), delta, number(d.tolerance), loss, f"[{styles[d.status]}]{d.status}[/]"
+        )
     return table
 
 
@@ -210,7 +212,9 @@ def provenance_lines(suite: Suite, deltas: list[Delta]) -> list[str]:
     recorded = suite.recorded
     dirty = " (uncommitted changes)" if recorded.get("git_dirty") == "true" else ""
     versions = ", ".join(f"{k} {v}" for k, v in (recorded.get("versions") or {}).items())
-    lines = [f"recorded numbers: {recorded.get('at', 'unknown date')}, git {str(recorded.get('git_commit', 'unknown'))[:12]}{dirty}, {versions or 'versions unknown'}"]
+    lines = [
+        f"recorded numbers: {recorded.get('at', 'unknown date')}, git {str(recorded.get('git_commit', 'unknown'))[:12]}{dirty}, {versions or 'versions unknown'}"
+    ]
     for d in deltas:
         name = " / ".join(d.key[k] for k in ("method", "task"))
         if d.recorded is not None and d.code_changes is None:
@@ -257,4 +261,3 @@ def record(suite: Suite, rows: list[dict]) -> Path:
     suite.path.write_text(HEADER + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, default_flow_style=None))
     suite.records, suite.recorded = records, document["recorded"]
     return suite.path
-

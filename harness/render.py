@@ -51,7 +51,12 @@ def display_rows(table: AccuracyTable) -> list[tuple[str, list[Shown | None]]]:
         majority = [table.majority.get(column) for column in table.columns]
         rows.append((MAJORITY_ROW, [Shown(f"{m[1] * 100:.1f} ({m[0]})", None, [f"n={m[2]}"]) if m else None for m in majority]))
     for method in dict.fromkeys(m for m, _ in table.published):
-        rows.append((f"{method} (published)", [Shown(f"{table.published[(method, c)] * 100:.1f}") if (method, c) in table.published else None for c in table.columns]))
+        rows.append(
+            (
+                f"{method} (published)",
+                [Shown(f"{table.published[(method, c)] * 100:.1f}") if (method, c) in table.published else None for c in table.columns],
+            )
+        )
     return rows
 
 

@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from .errors import UserError
+from ..base.errors import UserError
 from .plots import accuracy_bars, collect_heatmaps, efficiency
 from .provenance import code_version
 from .render import SUFFIXES, TEXT_RENDERERS
@@ -17,7 +17,15 @@ from .results import check_single_model, group_variants, load_published, rows_fr
 
 
 def report_table(
-    tracker, model=None, methods=None, tasks=None, config_hashes=None, where=None, reference=True, published: Path | None = None, current: bool = False
+    tracker,
+    model=None,
+    methods=None,
+    tasks=None,
+    config_hashes=None,
+    where=None,
+    reference=True,
+    published: Path | None = None,
+    current: bool = False,
 ) -> AccuracyTable:
     """The finished trials matching the filters, one row per (method, config, implementation), base reference
     added; `current`: only what the installed code computed; `published` (results/published.yaml) adds the
@@ -26,7 +34,9 @@ def report_table(
     check_single_model(rows)
     rows = select_rows(rows, methods=methods, config_hashes=config_hashes, where=where, reference=reference, current=current)
     if not rows:
-        raise UserError(f"no finished trials in experiment '{tracker.client.get_experiment(tracker.experiment_id).name}' match the filters; run `adamole-bench run` first")
+        raise UserError(
+            f"no finished trials in experiment '{tracker.client.get_experiment(tracker.experiment_id).name}' match the filters; run `adamole-bench run` first"
+        )
     model = rows[0]["model"]
     numbers = {k: v for k, v in (load_published(published, model) if published else {}).items() if k[1] in {r["task"] for r in rows}}
     return build_table(group_variants(rows, order=methods), samples_loader(tracker), published=numbers, model=model)
@@ -34,7 +44,9 @@ def report_table(
 
 def sweep_table(tracker, config, outcomes) -> AccuracyTable | None:
     """The table of one sweep: exactly its finished and skipped trials (the implicit base included)."""
-    keys = {(o.trial.config_hash, o.trial.implementation.get("implementation"), o.trial.seed) for o in outcomes if o.status in ("finished", "skipped")}
+    keys = {
+        (o.trial.config_hash, o.trial.implementation.get("implementation"), o.trial.seed) for o in outcomes if o.status in ("finished", "skipped")
+    }
     if not keys:
         return None
     rows = rows_from_mlflow(tracker, model=config.model, tasks=config.tasks)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError, unknown
+from ..base.errors import UserError, unknown
 from .fingerprint import IMPLEMENTATION_KEYS, implementation
 from .tracking import quiet_artifact_downloads
 
@@ -140,7 +140,9 @@ def group_variants(rows: list[dict], order: list[str] | None = None) -> list[Var
     variants: dict[tuple[str, str], Variant] = {}
     for row in sorted(rows, key=lambda r: r["seed"]):
         key = (row["method"], variant_id(row["params"], row.get("implementation")))
-        variant = variants.setdefault(key, Variant(row["method"], row["params"], implementation=row.get("implementation", {}), git_commit=row.get("git_commit")))
+        variant = variants.setdefault(
+            key, Variant(row["method"], row["params"], implementation=row.get("implementation", {}), git_commit=row.get("git_commit"))
+        )
         seeds = variant.runs.setdefault(row["task"], [])
         if not (untrained(row["params"]) and seeds):  # an untrained model scores the same for every seed
             seeds.append(row)
@@ -224,7 +226,9 @@ def select_rows(
     def chosen(row: dict) -> bool:
         if methods and row["method"] not in methods:
             return False
-        if config_hashes and not any(row["config_hash"].startswith(h) or variant_id(row["params"], row.get("implementation")).startswith(h) for h in config_hashes):
+        if config_hashes and not any(
+            row["config_hash"].startswith(h) or variant_id(row["params"], row.get("implementation")).startswith(h) for h in config_hashes
+        ):
             return False
         for method, key, value in conditions:
             if (method and row["method"] != method) or key not in row["params"] or not same_value(row["params"][key], value):

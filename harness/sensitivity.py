@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .errors import UserError, unknown
+from ..base.errors import UserError, unknown
 from .provenance import code_version
 from .report import AccuracyTable, Cell
 from .results import Variant, _normal, _setting_name
@@ -68,7 +68,9 @@ def sensitivity(table: AccuracyTable, key: str) -> Sensitivity:
         varying = sorted({_setting_name(v.method, k) for v in table.variants for k in v.params
                           if len({w.params.get(k) for w in table.variants if w.method == v.method}) > 1})  # fmt: skip
         if not swept:
-            raise unknown("setting for --sensitivity", key, varying or ["(none: every row has the same settings)"], "pick one that differs between the rows")
+            raise unknown(
+                "setting for --sensitivity", key, varying or ["(none: every row has the same settings)"], "pick one that differs between the rows"
+            )
         raise UserError(f"'{key}' has one value in these runs; nothing to plot (settings that vary: {', '.join(varying) or 'none'})")
     groups: dict[tuple, list[tuple[str, Variant]]] = {}
     for variant, param in swept:
@@ -228,4 +230,6 @@ def log_sweep_sensitivity(tracker, sweep_id: str, config, outcomes, console) -> 
                 write(result, Path(scratch))
             tracker.log_artifacts(sweep_id, scratch, "sensitivity")
     except Exception as err:  # noqa: BLE001 - every trial is already recorded; a figure that fails must not fail the sweep
-        console.print(f"[yellow]warning:[/] sensitivity plots not logged ({type(err).__name__}: {err}); `adamole-bench report --sensitivity KEY` rebuilds them")
+        console.print(
+            f"[yellow]warning:[/] sensitivity plots not logged ({type(err).__name__}: {err}); `adamole-bench report --sensitivity KEY` rebuilds them"
+        )

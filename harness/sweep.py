@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from rich.console import Console
 from rich.markup import escape
 
+from ..base.errors import UserError, error_line, storage_problem, unknown
 from ..methods.registry import get_method_class
 from . import distributed
 from .config import ExperimentConfig, config_hash, to_dict, trial_config
-from .errors import UserError, error_line, storage_problem, unknown
 from .fingerprint import implementation
 from .grid import applies, grid_points
 from .progress import sweep_progress
@@ -126,7 +126,9 @@ def run_sweep(
     sweep_tags = {"kind": "sweep", "model": config.model, "executor": executor, **state.precision.tags(), **code_version()}
     if config.grid:
         sweep_tags["grid"] = ",".join(config.grid)
-    console.print(f"[bold]adamole-bench[/] {len(trials)} trials → MLflow {tracker.uri} (experiment '{config.experiment}'), {state.precision.describe()}")
+    console.print(
+        f"[bold]adamole-bench[/] {len(trials)} trials → MLflow {tracker.uri} (experiment '{config.experiment}'), {state.precision.describe()}"
+    )
     try:
         sweep_id = tracker.create_run(sweep_name(config.methods, config.tasks, config.model, config.seeds, config.mix, shard), sweep_tags)
     except Exception as err:  # noqa: BLE001 - e.g. a server whose database is read-only
@@ -175,4 +177,3 @@ def _record_summary(tracker: Tracker, sweep_id: str, config: ExperimentConfig, o
 
         log_sweep_summary(tracker, sweep_id, config, outcomes, console)
         log_sweep_sensitivity(tracker, sweep_id, config, outcomes, console)
-

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..base.errors import Diverged, UserError, storage_problem
+from ..base.paths import runs_dir
 from . import claims
-from .errors import Diverged, UserError, storage_problem
 from .liveness import Heartbeat, Terminated, heartbeat_seconds, process_tags, stale_after_seconds
-from .paths import runs_dir
 
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
@@ -137,11 +137,15 @@ def _check_local_store(uri: str) -> Path | None:
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as err:
-        problem = "full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "read-only" if err.errno == errno.EROFS else f"not writable ({err.strerror})"
+        problem = (
+            "full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "read-only" if err.errno == errno.EROFS else f"not writable ({err.strerror})"
+        )
         raise UserError(f"MLflow store folder {db.parent} is {problem}; free space there or {_store_fix()}") from None
     free_mb = shutil.disk_usage(db.parent).free / 2**20
     if free_mb < MIN_FREE_MB:
-        raise UserError(f"MLflow store folder {db.parent} has only {free_mb:.0f} MB free (at least {MIN_FREE_MB} needed); free space or {_store_fix()}")
+        raise UserError(
+            f"MLflow store folder {db.parent} has only {free_mb:.0f} MB free (at least {MIN_FREE_MB} needed); free space or {_store_fix()}"
+        )
     return db
 
 

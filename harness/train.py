@@ -19,10 +19,10 @@ import numpy as np
 import psutil
 import torch
 
+from ..base.errors import Diverged, UserError
 from . import distributed
 from .config import TrainConfig
 from .data import EncodedExamples, LengthGroupedBatches, hf_length_grouped_batches
-from .errors import Diverged, UserError
 from .models import keeps_logits
 from .precision import Precision
 from .progress import phase
@@ -231,7 +231,15 @@ def train(
             result.losses.append(task_loss)
             result.aux_losses.append(aux_total)
             if on_step:
-                on_step(step, {"train/loss": task_loss, "train/aux_loss": aux_total, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)})
+                on_step(
+                    step,
+                    {
+                        "train/loss": task_loss,
+                        "train/aux_loss": aux_total,
+                        "train/lr": scheduler.get_last_lr()[0],
+                        "train/grad_norm": float(grad_norm),
+                    },
+                )
             bar.update(advance=1, loss=task_loss)
     result.steps = steps
     result.tokens = ctx.total(result.tokens)

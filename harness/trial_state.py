@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..base.errors import Diverged, UserError
 from ..methods.registry import Method, build_method
 from ..tasks.sources import TaskData, load_task
 from . import distributed
 from .config import ExperimentConfig
 from .data import EncodedExamples
-from .errors import Diverged, UserError
 from .models import BaseModel, load_base_model, resolve_device
 from .one_base import Attachment
 from .train import TrainResult, set_seed, train

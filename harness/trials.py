@@ -15,10 +15,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from ..base.errors import Diverged, UserError, storage_problem
 from ..methods.registry import StatisticsRecorder
 from . import distributed
 from .config import ExperimentConfig
-from .errors import Diverged, UserError, storage_problem
 from .evaluate import evaluate
 from .fingerprint import differences
 from .grid import value_text
@@ -74,7 +74,9 @@ class Outcome:
     failure: str | None = None  # one of FAILURES when status is failed
 
 
-def attempt(trial: Trial, state: "TrialState", tracker: Tracker, sweep_id: str, console: Console, tags: dict[str, str] | None = None) -> Outcome | None:
+def attempt(
+    trial: Trial, state: "TrialState", tracker: Tracker, sweep_id: str, console: Console, tags: dict[str, str] | None = None
+) -> Outcome | None:
     """Skip a finished trial, or claim and run it; None when another live process holds it. `tags` go on the
     trial's run from its creation (e.g. the Ray task that runs it)."""
     config = trial.settings
@@ -96,7 +98,7 @@ def attempt(trial: Trial, state: "TrialState", tracker: Tracker, sweep_id: str, 
     except Diverged as err:
         console.print(f"  [red]diverged:[/] {escape(str(err))}", soft_wrap=True)
         return Outcome(trial, "failed", error=str(err), failure="diverged")
-    except Exception as err:  # a crash in one trial must not lose the others
+    except Exception as err:  # noqa: BLE001 - a crash in one trial must not lose the others
         problem = storage_problem(err)
         if problem:
             message = f"{problem}: free space and run the same command again (finished trials are kept)"
@@ -118,7 +120,10 @@ def _say_if_other_code(trial: Trial, tracker: Tracker, console: Console) -> None
     other = tracker.finished_elsewhere(trial.config_hash, trial.seed)
     if other:
         changed = differences(other, trial.implementation)
-        console.print(f"[yellow]the store has this trial from other code or packages[/] ({escape(', '.join(changed) or 'implementation unknown')}); rerunning", soft_wrap=True)
+        console.print(
+            f"[yellow]the store has this trial from other code or packages[/] ({escape(', '.join(changed) or 'implementation unknown')}); rerunning",
+            soft_wrap=True,
+        )
 
 
 DIED = ("stale", "terminated", "interrupted")  # failures of another process that are worth retrying here
@@ -182,14 +187,18 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: TrialState, tracker
         },
     )
     tracker.log_params(run_id, {**trial.resolved, "seed": trial.seed})
-    tracker.log_dict(run_id, {**trial.resolved, "seed": trial.seed, "config_hash": trial.config_hash, "implementation": trial.implementation}, "config/trial.json")
+    tracker.log_dict(
+        run_id, {**trial.resolved, "seed": trial.seed, "config_hash": trial.config_hash, "implementation": trial.implementation}, "config/trial.json"
+    )
 
     state.forget_adapter(keep=trial)  # the previous trial's adapter is no part of this one's memory
     with PeakMemory(device) as memory, state.adapter(trial) as trained:
         return _train_and_evaluate(trial, config, state, tracker, run_id, trained, memory)
 
 
-def _train_and_evaluate(trial: Trial, config: ExperimentConfig, state: TrialState, tracker: Tracker, run_id: str, trained: TrainedAdapter, memory: PeakMemory) -> dict:
+def _train_and_evaluate(
+    trial: Trial, config: ExperimentConfig, state: TrialState, tracker: Tracker, run_id: str, trained: TrainedAdapter, memory: PeakMemory
+) -> dict:
     """The rest of `run_trial`, while the trial's adapter is on the base and its memory is measured."""
     data, base = state.data(trial.task), state.base()
     method, model, result = trained.method, trained.model, trained.result

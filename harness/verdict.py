@@ -67,5 +67,7 @@ def _more_power(table: AccuracyTable) -> list[str]:
         if (limit == "None" or int(float(limit)) > c.docs) and (high - low) / 2 > 0.05:
             small[t] = (c.docs, (high - low) / 2)
     for task, (docs, half) in small.items():
-        advice.append(f"{task} has only {docs} eval docs here (95% CI ±{half * 100:.1f} points): more data via --data-dir DIR or ADAMOLE_BENCH_ONLINE=1")
+        advice.append(
+            f"{task} has only {docs} eval docs here (95% CI ±{half * 100:.1f} points): more data via --data-dir DIR or ADAMOLE_BENCH_ONLINE=1"
+        )
     return ["more power: " + "; ".join(advice)] if advice else []

@@ -114,7 +114,9 @@ def _grouped_transpose(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return weight.view(groups, -1, weight.shape[1]).transpose(1, 2).reshape(-1, weight.shape[0] // groups)
 
 
-def _sparse_times_weight(rows: ActiveRows, entries: DroppedEntries, starts: torch.Tensor, values: torch.Tensor, grouped: torch.Tensor) -> torch.Tensor:
+def _sparse_times_weight(
+    rows: ActiveRows, entries: DroppedEntries, starts: torch.Tensor, values: torch.Tensor, grouped: torch.Tensor
+) -> torch.Tensor:
     """S_g A_gᵀ for every active row at once: (M, width). S is one CSR matrix over (active rows, G·in)
     whose row m only has entries in its group's block of columns, so a single product with Aᵀ
     grouped (G·in, width) multiplies every row by its own group's block."""

@@ -84,7 +84,9 @@ class LoraExperts(nn.Module):
         kept = projected + dropout_correction(tokens, self.lora_A, active, self.dropout_p).view_as(projected)
         return kept * (1.0 / (1.0 - self.dropout_p))
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, active: torch.Tensor | None = None, projected: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor, active: torch.Tensor | None = None, projected: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: (..., in); weights: (..., N) → Σ_i weights_i · s · B_i A_i dropout_i(x), shape (..., out)."""
         h = self.rank_activations(x, active, projected)
         h = (h.unflatten(-1, (self.num_experts, self.rank)) * weights.unsqueeze(-1)).flatten(-2)

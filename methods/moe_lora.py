@@ -49,8 +49,7 @@ class MoeLoraConfig:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
         if self.rank < self.num_experts or self.rank % self.num_experts:
             raise ValueError(
-                f"rank is the total rank split over the experts: it must be a multiple of num_experts "
-                f"({self.num_experts}), got {self.rank}"
+                f"rank is the total rank split over the experts: it must be a multiple of num_experts ({self.num_experts}), got {self.rank}"
             )
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
@@ -145,9 +144,7 @@ class MoeLoraMethod(Method):
     def make_adapter(self, linear: nn.Linear) -> MoeLoraAdapter:
         """The adapter branch of one linear (also what the PEFT integration builds per layer)."""
         cfg = self.config
-        experts = LoraExperts(
-            linear.in_features, linear.out_features, cfg.num_experts, cfg.expert_rank, cfg.scaling, cfg.dropout, cfg.dropout_mode
-        )
+        experts = LoraExperts(linear.in_features, linear.out_features, cfg.num_experts, cfg.expert_rank, cfg.scaling, cfg.dropout, cfg.dropout_mode)
         return MoeLoraAdapter(experts, self.make_router(linear.in_features))
 
     def apply(self, model: nn.Module) -> nn.Module:

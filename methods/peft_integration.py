@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..harness.errors import UserError
+from ..base.errors import UserError
 from .experts import AdaptedLinear
 from .registry import ADAPTER_WEIGHTS, Method, build_method, get_method_class
 
@@ -47,7 +47,6 @@ class MixtureType(str, enum.Enum):
     ADAMOLE = "ADAMOLE"
     SOFT_MOA = "SOFT_MOA"
     SPARSE_MOA = "SPARSE_MOA"
-
 
 
 @dataclass
@@ -195,7 +194,9 @@ def save_peft_adapter(method: Method, model: nn.Module, path: Path, base_model: 
     else:
         config = MixtureConfig(method=method.name, method_config=dataclasses.asdict(method.config))
         if PEFT_TYPE_TO_CONFIG_MAPPING.get(config.peft_type) is not MixtureConfig:
-            raise UserError(f"PEFT {peft.__version__} defines its own {config.peft_type.value}, so {method.name} cannot be saved in its layout; use peft 0.21")
+            raise UserError(
+                f"PEFT {peft.__version__} defines its own {config.peft_type.value}, so {method.name} cannot be saved in its layout; use peft 0.21"
+            )
         state = tuner_class(config.peft_type).harness_state_dict(model)
     config.base_model_name_or_path = base_model["id"]
     config.revision = base_model.get("revision")

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..harness.errors import UserError, unknown
+from ..base.errors import UserError, unknown
 
 ADAPTER_CONFIG = "adamole_bench_adapter.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -194,7 +194,9 @@ def coerce(value, annotation, key: str):
         if empty:
             shown = ",".join("" if i is None else str(i).strip() for i in items)
             kept = ",".join(str(i).strip() for i in items if i is not None and str(i).strip())
-            raise UserError(f"'{key}' has an empty item (item {empty[0] + 1} of '{shown}'); separate items with single commas and no trailing comma, e.g. {key}={kept or 'a,b'}")
+            raise UserError(
+                f"'{key}' has an empty item (item {empty[0] + 1} of '{shown}'); separate items with single commas and no trailing comma, e.g. {key}={kept or 'a,b'}"
+            )
         return origin(coerce(item, args[0] if args else str, key) for item in items)
     if origin is not None and args:  # Optional[X] / X | None
         return coerce(value, args[0], key)
@@ -224,7 +226,9 @@ def make_config(method: str, options: dict | None = None):
         if value is None and type(None) not in typing.get_args(hints[key]):  # `lora.rank=`: None would reach `rank < 1`
             default = getattr(cls(), key)
             shown = ",".join(map(str, default)) if isinstance(default, list) else default
-            raise UserError(f"'{method}.{key}' needs a value (got none, e.g. '{method}.{key}=' with nothing after it); e.g. {method}.{key}={shown}, or leave it out")
+            raise UserError(
+                f"'{method}.{key}' needs a value (got none, e.g. '{method}.{key}=' with nothing after it); e.g. {method}.{key}={shown}, or leave it out"
+            )
         values[key] = coerce(value, hints[key], f"{method}.{key}")
     config = cls(**values)
     for f in dataclasses.fields(config):  # nan/inf pass every `x <= 0` check, then poison the weights

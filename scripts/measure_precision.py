@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
+from adamole_bench.base.paths import offline_defaults
 from adamole_bench.harness.config import EvalConfig
 from adamole_bench.harness.evaluate import evaluate
 from adamole_bench.harness.models import load_base_model
-from adamole_bench.harness.paths import offline_defaults
 from adamole_bench.harness.precision import FP32_ATTENTION, Precision
 from adamole_bench.methods.registry import build_method
 from adamole_bench.tasks.sources import load_task

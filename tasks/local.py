@@ -5,7 +5,7 @@ the file, the line and the fix before any run starts."""
 import json
 from pathlib import Path
 
-from ..harness.errors import UserError, error_line
+from ..base.errors import UserError, error_line
 from .registry import TaskSpec, eval_row, keeps
 
 EVAL_NAMES = ("eval", "validation", "test")
@@ -23,7 +23,9 @@ def read_folder(spec: TaskSpec, data_dir: Path) -> dict[str, list[dict]] | None:
                 if candidate.exists() and split not in splits:
                     splits[split] = _checked(spec, candidate, _read_file(candidate))
     if "eval" not in splits:  # the folder says the user meant to provide this task: never fall back silently
-        raise UserError(f"{folder} has no eval split: add validation.jsonl (or eval.jsonl, test.jsonl, .parquet, a save_to_disk folder), or remove the folder to use the built-in data")
+        raise UserError(
+            f"{folder} has no eval split: add validation.jsonl (or eval.jsonl, test.jsonl, .parquet, a save_to_disk folder), or remove the folder to use the built-in data"
+        )
     return splits
 
 
@@ -63,7 +65,9 @@ def _read_file(path: Path) -> list[tuple[str, dict]]:
 def _checked(spec: TaskSpec, path: Path, docs: list[tuple[str, dict]]) -> list[dict]:
     """A user's split file, every doc checked the way training and evaluation will read it."""
     if not docs:
-        raise UserError(f"{path} has no docs; add one JSON object per line in the official HF schema of {spec.name} (docs/tasks.md) or remove the file")
+        raise UserError(
+            f"{path} has no docs; add one JSON object per line in the official HF schema of {spec.name} (docs/tasks.md) or remove the file"
+        )
     for where, doc in docs:
         try:
             if not keeps(spec, doc):
@@ -72,8 +76,11 @@ def _checked(spec: TaskSpec, path: Path, docs: list[tuple[str, dict]]) -> list[d
         except KeyError as err:
             raise UserError(f"{path} {where}: the doc has no field {err}; {spec.name} docs use its official HF schema (docs/tasks.md)") from None
         except (IndexError, ValueError, TypeError, AttributeError) as err:
-            raise UserError(f"{path} {where}: a field has the wrong type or value ({type(err).__name__}: {err}); {spec.name} docs use its official HF schema (docs/tasks.md)") from None
+            raise UserError(
+                f"{path} {where}: a field has the wrong type or value ({type(err).__name__}: {err}); {spec.name} docs use its official HF schema (docs/tasks.md)"
+            ) from None
         if not 0 <= row["label"] < len(row["choices"]):
-            raise UserError(f"{path} {where}: the label points at answer {row['label']} but the doc has {len(row['choices'])} choices (0-based index expected)")
+            raise UserError(
+                f"{path} {where}: the label points at answer {row['label']} but the doc has {len(row['choices'])} choices (0-based index expected)"
+            )
     return [doc for _, doc in docs]
-

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ..harness.errors import unknown
+from ..base.errors import unknown
 
 TASK_DIR = Path(__file__).resolve().parent
 LM_EVAL_DIR = TASK_DIR / "lm_eval"

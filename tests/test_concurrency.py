@@ -122,7 +122,18 @@ def test_two_identical_sweeps_at_once_on_a_real_mlflow_server(mlflow_server, tmp
     _sweep_race(tmp_path, {"MLFLOW_TRACKING_URI": mlflow_server})
 
 
-CI_MARKERS = ("PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS", "TF_BUILD", "BUILDKITE", "DO_NOT_TRACK")
+CI_MARKERS = (
+    "PYTEST_CURRENT_TEST",
+    "GITHUB_ACTIONS",
+    "CI",
+    "CIRCLECI",
+    "GITLAB_CI",
+    "JENKINS_URL",
+    "TRAVIS",
+    "TF_BUILD",
+    "BUILDKITE",
+    "DO_NOT_TRACK",
+)
 
 
 @pytest.mark.parametrize(("setting", "disabled"), [(None, True), ("false", False), ("true", True)])
@@ -131,6 +142,6 @@ def test_mlflow_telemetry_is_off_unless_the_user_turns_it_on(setting, disabled):
     env = {k: v for k, v in os.environ.items() if k not in CI_MARKERS and k != "MLFLOW_DISABLE_TELEMETRY"}
     if setting is not None:
         env["MLFLOW_DISABLE_TELEMETRY"] = setting
-    probe = "from adamole_bench.harness.paths import offline_defaults; offline_defaults(); from mlflow.telemetry.utils import is_telemetry_disabled; print(is_telemetry_disabled())"
+    probe = "from adamole_bench.base.paths import offline_defaults; offline_defaults(); from mlflow.telemetry.utils import is_telemetry_disabled; print(is_telemetry_disabled())"
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip().splitlines()[-1] == str(disabled)

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from adamole_bench.base.errors import UserError
 from adamole_bench.harness.config import config_hash, load_config, to_dict, trial_config
-from adamole_bench.harness.errors import UserError
 from adamole_bench.tests.fault_tools import cli_env
 
 ANSI = re.compile(r"\x1b\[")
@@ -64,7 +64,16 @@ def _hash(*overrides: str, config=None) -> str:
 
 
 def test_peft_and_trainer_names_set_our_settings_and_leave_the_hash_unchanged(tmp_path):
-    ours = _hash("train.lr=1e-4", "train.batch_size=4", "train.grad_accum=2", "train.epochs=2", "eval.batch_size=8", "lora.rank=16", "lora.alpha=8", "lora.dropout=0.1")
+    ours = _hash(
+        "train.lr=1e-4",
+        "train.batch_size=4",
+        "train.grad_accum=2",
+        "train.epochs=2",
+        "eval.batch_size=8",
+        "lora.rank=16",
+        "lora.alpha=8",
+        "lora.dropout=0.1",
+    )
     theirs = ("learning_rate=1e-4", "per_device_train_batch_size=4", "gradient_accumulation_steps=2", "num_train_epochs=2",
               "per_device_eval_batch_size=8", "lora.r=16", "lora.lora_alpha=8", "lora.lora_dropout=0.1")  # fmt: skip
     assert _hash(*theirs) == ours
@@ -74,7 +83,16 @@ def test_peft_and_trainer_names_set_our_settings_and_leave_the_hash_unchanged(tm
     yaml.write_text("learning_rate: 1e-4\nper_device_train_batch_size: 4\ngradient_accumulation_steps: 2\nnum_train_epochs: 2\n"
                     "per_device_eval_batch_size: 8\nlora: {r: 16, lora_alpha: 8, lora_dropout: 0.1}\n")  # fmt: skip
     assert _hash(config=yaml) == ours
-    assert ours != _hash("train.lr=2e-4", "train.batch_size=4", "train.grad_accum=2", "train.epochs=2", "eval.batch_size=8", "lora.rank=16", "lora.alpha=8", "lora.dropout=0.1")
+    assert ours != _hash(
+        "train.lr=2e-4",
+        "train.batch_size=4",
+        "train.grad_accum=2",
+        "train.epochs=2",
+        "eval.batch_size=8",
+        "lora.rank=16",
+        "lora.alpha=8",
+        "lora.dropout=0.1",
+    )
     # The alias is recorded nowhere: the resolved config holds our names only.
     recorded = str(to_dict(load_config(yaml, model="tiny-llama", methods=["lora"])))
     assert not any(name in recorded for name in ("learning_rate", "per_device", "gradient_accumulation", "num_train_epochs", "lora_alpha", "'r'"))
@@ -155,7 +173,9 @@ def test_output_redirected_to_a_file_has_no_progress_bars_or_colour_codes(tmp_pa
     if not force_color:
         env.pop("FORCE_COLOR", None)
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
-        code = subprocess.run([sys.executable, "-m", "adamole_bench.cli", *SWEEP, "--max-steps", "3"], env=env, stdout=out, stderr=err, timeout=600).returncode
+        code = subprocess.run(
+            [sys.executable, "-m", "adamole_bench.cli", *SWEEP, "--max-steps", "3"], env=env, stdout=out, stderr=err, timeout=600
+        ).returncode
     stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
     assert code == 0, stdout + stderr
     assert not PROGRESS.search(stdout + stderr), PROGRESS.search(stdout + stderr)

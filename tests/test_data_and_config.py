@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from adamole_bench.base.errors import UserError
+from adamole_bench.base.paths import package_root
 from adamole_bench.harness.config import config_hash, load_config, parse_override, trial_config
 from adamole_bench.harness.data import EncodedExamples, LengthGroupedBatches, collate, encode_example
-from adamole_bench.harness.errors import UserError
 from adamole_bench.harness.models import byte_level_tokenizer
-from adamole_bench.harness.paths import package_root
 from adamole_bench.tasks.registry import training_pair
 from adamole_bench.tasks.sources import load_task
 

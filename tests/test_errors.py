@@ -44,8 +44,8 @@ def test_unreachable_mlflow_server_fails_fast(cli, runs_dir, monkeypatch):
 
 
 def test_missing_offline_data_names_the_package(cli, runs_dir, search_runs, tmp_path, monkeypatch):
-    from adamole_bench.harness import assets
-    from adamole_bench.harness.errors import UserError
+    from adamole_bench.base import assets
+    from adamole_bench.base.errors import UserError
 
     monkeypatch.setenv("ADAMOLE_BENCH_CACHE", str(tmp_path / "empty-cache"))
 

@@ -11,11 +11,23 @@ from pathlib import Path
 
 import pytest
 
+from adamole_bench.base.paths import package_root
 from adamole_bench.harness import fingerprint
-from adamole_bench.harness.paths import package_root
 from adamole_bench.harness.regression import Suite, compare, provenance_lines
 
-SWEEP = ["run", "--model", "tiny-llama", "--tasks", "fruit_or_color", "--limit", "8", "--max-steps", "2", "save_adapters=false", "train.warmup_steps=0"]
+SWEEP = [
+    "run",
+    "--model",
+    "tiny-llama",
+    "--tasks",
+    "fruit_or_color",
+    "--limit",
+    "8",
+    "--max-steps",
+    "2",
+    "save_adapters=false",
+    "train.warmup_steps=0",
+]
 
 
 def test_comments_docstrings_and_layout_do_not_count_but_code_does(tmp_path):
@@ -66,7 +78,16 @@ def test_every_module_a_trial_imports_is_either_on_the_result_path_or_listed_as_
 def test_check_says_which_code_its_records_came_from():
     current = fingerprint.implementation("lora")
     old = {**current, "code.method": "0123456789ab"}
-    record = {"model": "tiny-llama", "method": "lora", "task": "fruit_or_color", "protocol": "letter", "config_hash": "abc", "seeds": [0], "values": [1.0], "mean": 1.0}
+    record = {
+        "model": "tiny-llama",
+        "method": "lora",
+        "task": "fruit_or_color",
+        "protocol": "letter",
+        "config_hash": "abc",
+        "seeds": [0],
+        "values": [1.0],
+        "mean": 1.0,
+    }
     row = {**{k: record[k] for k in ("model", "method", "task", "protocol", "config_hash")}, "seed": 0, "acc": 1.0}
     suite = Suite(Path("suite.yaml"), Path("exp.yaml"), records=[{**record, "implementation": old}, {**record, "task": "other"}],
                   recorded={"at": "2026-12-01", "git_commit": "c3bac7f4", "versions": {"torch": "2.13.0"}})  # fmt: skip
@@ -127,7 +148,14 @@ def edited(tmp_path_factory):
     (upgraded / "peft-99.0.0.dist-info").mkdir(parents=True)
     (upgraded / "peft-99.0.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: peft\nVersion: 99.0.0\n")
     after_upgrade = _run([*SWEEP, "--methods", "lora"], runs, upgraded)
-    return {"first": first, "comment": after_comment, "fix": after_fix, "report": json.loads(report_all), "current": json.loads(report_current), "upgrade": after_upgrade}
+    return {
+        "first": first,
+        "comment": after_comment,
+        "fix": after_fix,
+        "report": json.loads(report_all),
+        "current": json.loads(report_current),
+        "upgrade": after_upgrade,
+    }
 
 
 def _skipped(output: str) -> set[str]:

@@ -6,9 +6,9 @@ import sys
 import pytest
 import yaml
 
+from adamole_bench.base.errors import UserError
 from adamole_bench.harness import sweep
 from adamole_bench.harness.config import load_config
-from adamole_bench.harness.errors import UserError
 
 BASE = {"model": "tiny-llama", "methods": ["lora", "adamole"], "tasks": ["fruit_or_color"], "seeds": [0, 1]}
 
@@ -26,7 +26,11 @@ def test_two_by_two_grid_plans_every_point_once_with_its_values():
     assert {t.resolved["method_config"]["num_experts"] for t in adamole} == {2, 4}
     assert "adamole/fruit_or_color/seed1 (adamole.max_threshold=0.25, adamole.num_experts=4)" in [t.name for t in adamole]
     # lora and the base reference do not depend on adamole's options: planned once, without grid values
-    assert [t.name for t in trials if t.method != "adamole"] == ["base/fruit_or_color/seed0", "lora/fruit_or_color/seed0", "lora/fruit_or_color/seed1"]
+    assert [t.name for t in trials if t.method != "adamole"] == [
+        "base/fruit_or_color/seed0",
+        "lora/fruit_or_color/seed0",
+        "lora/fruit_or_color/seed1",
+    ]
     # a point reached by plain overrides is the same trial (same hash): skip-done works across both
     plain = _plan(["adamole.max_threshold=0.25", "adamole.num_experts=4"])
     assert {t.config_hash for t in plain if t.method == "adamole"} < {t.config_hash for t in adamole}
@@ -42,7 +46,10 @@ def test_shards_split_grid_points():
 
 def test_list_settings_sweep_bracketed_values_and_stay_lists_otherwise(tmp_path):
     grid = _plan(["lora.target_modules=[q_proj,v_proj],[q_proj,k_proj,v_proj,o_proj]"], methods=["lora"], seeds=[0])
-    assert [t.resolved["method_config"]["target_modules"] for t in grid if t.method == "lora"] == [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]]
+    assert [t.resolved["method_config"]["target_modules"] for t in grid if t.method == "lora"] == [
+        ["q_proj", "v_proj"],
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+    ]
     assert grid[1].name == "lora/fruit_or_color/seed0 (lora.target_modules=[q_proj,v_proj])"
     single = _plan(["lora.target_modules=q_proj,v_proj"], methods=["lora"], seeds=[0])  # one list value, as before grids
     assert [t.resolved["method_config"]["target_modules"] for t in single if t.method == "lora"] == [["q_proj", "v_proj"]]

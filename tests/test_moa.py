@@ -20,8 +20,15 @@ def small_llama(seed: int = 0):
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2, tie_word_embeddings=False,
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -73,7 +80,9 @@ def reference_block(layer, x, cos, sin, config, sparse):
     columns = [c for c in SPEC_COLUMNS if present.get(c)]
     router = block.router
     if config.router == "swiglu":
-        logits = F.linear(F.silu(F.linear(x, router.w1.weight, router.w1.bias)) * F.linear(x, router.w3.weight, router.w3.bias), router.w2.weight, router.w2.bias)
+        logits = F.linear(
+            F.silu(F.linear(x, router.w1.weight, router.w1.bias)) * F.linear(x, router.w3.weight, router.w3.bias), router.w2.weight, router.w2.bias
+        )
     else:
         logits = F.linear(x, router.weight, router.bias)
     weights = torch.sigmoid(logits)
@@ -161,9 +170,22 @@ def test_sparse_case_mixes_active_and_inactive_experts():
 
 def test_router_columns_follow_reference_order():
     assert adapted("soft-moa", randomize=False)[1].model.layers[0].moa.expert_names == [
-        "lora_q", "lora_k", "lora_v", "prompt", "lora_o", "lora_down", "parallel_adapter"]
+        "lora_q",
+        "lora_k",
+        "lora_v",
+        "prompt",
+        "lora_o",
+        "lora_down",
+        "parallel_adapter",
+    ]
     assert adapted("sparse-moa", randomize=False)[1].model.layers[0].moa.expert_names == [
-        "lora_q", "lora_k", "lora_v", "lora_o", "lora_down", "parallel_adapter"]
+        "lora_q",
+        "lora_k",
+        "lora_v",
+        "lora_o",
+        "lora_down",
+        "parallel_adapter",
+    ]
     every = adapted("soft-moa", randomize=False, lora_targets=ALL_TARGETS)[1].model.layers[0].moa
     assert every.expert_names == SPEC_COLUMNS
     assert every.router.out_features == len(SPEC_COLUMNS)
@@ -222,8 +244,12 @@ def llama_31_8b_trainable(name, **options):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
     )
     with torch.device("meta"):
         model = build_method(name, options).apply(LlamaForCausalLM(config))
@@ -292,8 +318,23 @@ def test_sweep_logs_expert_statistics_to_mlflow(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["run", "--model", "tiny-llama", "--methods", "soft-moa,sparse-moa",
-                                      "--tasks", "fruit_or_color", "--max-steps", "3", "--limit", "16", "reference=false"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "tiny-llama",
+            "--methods",
+            "soft-moa,sparse-moa",
+            "--tasks",
+            "fruit_or_color",
+            "--max-steps",
+            "3",
+            "--limit",
+            "16",
+            "reference=false",
+        ],
+    )
     assert result.exit_code == 0, result.output
 
     from mlflow.tracking import MlflowClient

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from adamole_bench.harness.errors import UserError
+from adamole_bench.base.errors import UserError
 from adamole_bench.harness.models import load_base_model, tiny_llama
 from adamole_bench.methods import registry
 from adamole_bench.methods.experts import LoraExperts
@@ -67,7 +67,9 @@ class OneLinear(nn.Module):
 def build(method: str, gate_scale: float = 3.0, seed: int = 0, **options):
     """One adapted linear with noisy B (non-zero adapter) and a sharper gate (varied selections)."""
     torch.manual_seed(seed)
-    model = build_method(method, {"num_experts": EXPERTS, "rank": 2 * EXPERTS, "dropout": 0.0, "target_modules": ["q_proj"], **options}).apply(OneLinear())
+    model = build_method(method, {"num_experts": EXPERTS, "rank": 2 * EXPERTS, "dropout": 0.0, "target_modules": ["q_proj"], **options}).apply(
+        OneLinear()
+    )
     adapter = model.q_proj.adapter
     with torch.no_grad():
         adapter.experts.lora_B.normal_(0.0, 0.5)
@@ -290,7 +292,14 @@ def test_invalid_options_are_user_errors(method, options, message):
 
 def test_defaults_are_the_reference_recipe():
     mole, adamole = build_method("mole"), build_method("adamole")
-    assert mole.tags() == {"routing": "top_k", "num_experts": "8", "expert_rank": "4", "expert_scaling": "4", "dropout_mode": "per_expert", "top_k": "2"}
+    assert mole.tags() == {
+        "routing": "top_k",
+        "num_experts": "8",
+        "expert_rank": "4",
+        "expert_scaling": "4",
+        "dropout_mode": "per_expert",
+        "top_k": "2",
+    }
     assert adamole.tags()["max_threshold"] == "0.125" and adamole.tags()["routing"] == "adaptive_threshold"
     assert mole.aux_loss_coeff == adamole.aux_loss_coeff == 1e-3
     assert build_method("mole", {"threshold": "0.125"}).tags()["routing"] == "fixed_threshold"
@@ -336,7 +345,21 @@ def test_cli_sweep_logs_expert_statistics_to_mlflow(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAMOLE_BENCH_RUNS", str(tmp_path / "runs"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    args = ["run", "--model", "tiny-llama", "--methods", "mole,adamole", "--tasks", "fruit_or_color", "--max-steps", "3", "--limit", "4", "train.batch_size=2", "reference=false"]
+    args = [
+        "run",
+        "--model",
+        "tiny-llama",
+        "--methods",
+        "mole,adamole",
+        "--tasks",
+        "fruit_or_color",
+        "--max-steps",
+        "3",
+        "--limit",
+        "4",
+        "train.batch_size=2",
+        "reference=false",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
 

@@ -1,6 +1,7 @@
 """End to end, as a user runs it: CLI → train → lm-eval → MLflow → table, on the tiny model."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -69,7 +70,7 @@ def test_training_learns_a_learnable_task_and_everything_reads_back(finished_swe
     # Artifacts: resolved config, lm-eval results, per-sample predictions, the adapter (PEFT format).
     artifacts = {a.path for a in client.list_artifacts(lora["run_id"])}
     assert {"config", "lm_eval", "adapter"} <= artifacts
-    results = json.loads(open(mlflow.artifacts.download_artifacts(run_id=lora["run_id"], artifact_path="lm_eval/results.json")).read())
+    results = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=lora["run_id"], artifact_path="lm_eval/results.json")).read_text())
     assert results["results"]["fruit_or_color_letter"]["acc,none"] == pytest.approx(lora["metrics.eval/acc"])
     assert results["git_hash"] == lora["tags.git_commit"]  # our code version, not the cwd's repo
     adapter_files = {a.path for a in client.list_artifacts(lora["run_id"], "adapter")}

@@ -11,9 +11,9 @@ import torch
 import yaml
 from scipy import stats
 
+from adamole_bench.base.errors import UserError
 from adamole_bench.harness.config import EvalConfig, TrainConfig, load_config, trial_config
 from adamole_bench.harness.data import EncodedExamples
-from adamole_bench.harness.errors import UserError
 from adamole_bench.harness.evaluate import evaluate
 from adamole_bench.harness.models import load_base_model
 from adamole_bench.harness.precision import FP32_ATTENTION, Precision, cpu_bf16_flags, resolve_precision

@@ -25,7 +25,13 @@ ray = pytest.importorskip("ray", reason="the ray extra (make setup installs it)"
 TINY = ["--model", "tiny-llama", "--tasks", "fruit_or_color", "--limit", "8", "save_adapters=false", "train.warmup_steps=0", "train.lr=3e-3"]
 GRID = ["run", *TINY, "--methods", "adamole", "--seeds", "0,1", "--max-steps", "6", "adamole.max_threshold=0.0625,0.25", "adamole.num_experts=2,4"]
 PER_PROCESS = {"host", "pid", "process", "heartbeat", "executor", "ray_task", "mlflow.parentRunId", "mlflow.runName"}  # tags that name who ran it
-MEASURED = ("train/seconds", "train/tokens_per_second", "eval/seconds", "memory/peak_mb", "memory/peak_delta_mb")  # wall-clock and memory, not results
+MEASURED = (
+    "train/seconds",
+    "train/tokens_per_second",
+    "eval/seconds",
+    "memory/peak_mb",
+    "memory/peak_delta_mb",
+)  # wall-clock and memory, not results
 
 
 # Ray's token auth with a private token for head, drivers and workers: never the user's ~/.ray/auth_token,
@@ -60,12 +66,16 @@ def ray_cluster():
     ray_cli = str(Path(sys.executable).with_name("ray"))
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, stdout=open(Path(temp) / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=env, stdout=open(Path(temp) / "head.log", "w"),  # noqa: SIM115 - the head writes to it for its whole life stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
     ready = [ray_cli, "status", f"--address={address}"]
     try:
-        wait_until(lambda: head.poll() is not None or subprocess.run(ready, env=env, capture_output=True, timeout=60).returncode == 0, 120, "the Ray head to start")
+        wait_until(
+            lambda: head.poll() is not None or subprocess.run(ready, env=env, capture_output=True, timeout=60).returncode == 0,
+            120,
+            "the Ray head to start",
+        )
         assert head.poll() is None, (Path(temp) / "head.log").read_text()[-3000:]
         yield address
     finally:
@@ -112,8 +122,14 @@ def test_grid_sweep_records_four_points_with_their_values(grid_sweeps):
     for run in adamole:
         tags, params = run.data.tags, run.data.params
         assert tags["grid"] == "adamole.max_threshold,adamole.num_experts"
-        assert (tags["grid.adamole.max_threshold"], tags["grid.adamole.num_experts"]) == (params["method_config.max_threshold"], params["method_config.num_experts"])
-        assert f"(adamole.max_threshold={tags['grid.adamole.max_threshold']}, adamole.num_experts={tags['grid.adamole.num_experts']})" in tags["mlflow.runName"]
+        assert (tags["grid.adamole.max_threshold"], tags["grid.adamole.num_experts"]) == (
+            params["method_config.max_threshold"],
+            params["method_config.num_experts"],
+        )
+        assert (
+            f"(adamole.max_threshold={tags['grid.adamole.max_threshold']}, adamole.num_experts={tags['grid.adamole.num_experts']})"
+            in tags["mlflow.runName"]
+        )
         assert tags["executor"] == "ray" and tags["pid"] != str(os.getpid())
     assert len({r.data.tags["ray_task"] for r in adamole}) == 8  # one Ray task per trial
     sweep = [r for r in store_runs(grid_sweeps["ray"]["uri"]) if r.data.tags["kind"] == "sweep"]
@@ -133,19 +149,24 @@ def test_ray_executor_records_what_the_local_executor_records(grid_sweeps):
         assert remote.data.tags["mlflow.runName"] == here.data.tags["mlflow.runName"]
         assert remote.data.params == here.data.params
         assert remote.data.tags.keys() - PER_PROCESS - {"ray_task"} == here.data.tags.keys() - PER_PROCESS
-        assert {k: v for k, v in remote.data.tags.items() if k not in PER_PROCESS} == {k: v for k, v in here.data.tags.items() if k not in PER_PROCESS}
+        assert {k: v for k, v in remote.data.tags.items() if k not in PER_PROCESS} == {
+            k: v for k, v in here.data.tags.items() if k not in PER_PROCESS
+        }
         results = [{k: repr(v) for k, v in run.data.metrics.items() if k not in MEASURED} for run in (remote, here)]
         assert results[0] == results[1], key  # exact (repr: base's NaN losses compare equal): same seeds, same numbers
         losses = [[m.value for m in client.get_metric_history(run.info.run_id, "train/loss")] for client, run in zip(clients, (remote, here))]
         assert losses[0] == losses[1]
         assert _artifacts(clients[0], remote.info.run_id) == _artifacts(clients[1], here.info.run_id)
     first = next(iter(ray_runs))
-    samples = [json.loads(Path(c.download_artifacts(r[first].info.run_id, "lm_eval/samples.json", tempfile.mkdtemp())).read_text()) for c, r in zip(clients, (ray_runs, local_runs))]
+    samples = [
+        json.loads(Path(c.download_artifacts(r[first].info.run_id, "lm_eval/samples.json", tempfile.mkdtemp())).read_text())
+        for c, r in zip(clients, (ray_runs, local_runs))
+    ]
     assert samples[0] == samples[1]
-    sweeps = [[r for r in store_runs(g["uri"]) if r.data.tags["kind"] == "sweep"][0] for g in (grid_sweeps["ray"], grid_sweeps["local"])]
+    sweeps = [next(r for r in store_runs(g["uri"]) if r.data.tags["kind"] == "sweep") for g in (grid_sweeps["ray"], grid_sweeps["local"])]
     assert _artifacts(clients[0], sweeps[0].info.run_id) == _artifacts(clients[1], sweeps[1].info.run_id)
     assert "sensitivity/adamole.max_threshold.png" in _artifacts(clients[0], sweeps[0].info.run_id)
-    table = [g["output"][g["output"].index("| method |"):] for g in (grid_sweeps["ray"], grid_sweeps["local"])]
+    table = [g["output"][g["output"].index("| method |") :] for g in (grid_sweeps["ray"], grid_sweeps["local"])]
     assert table[0] == table[1]  # the driver prints the same table (and sensitivity tables) as a local sweep
 
 
@@ -210,14 +231,30 @@ def test_killed_worker_is_retried_and_the_trial_recorded_once(ray_cluster, tmp_p
     assert attempts[1].data.tags["pid"] != victim.data.tags["pid"]
     assert not [r for r in store_runs(uri) if r.info.status == "RUNNING"]
     report = run_cli(["report", "--format", "csv"], env)
-    assert report.returncode == 0 and [line.split(",")[4] for line in report.stdout.splitlines() if line.startswith("lora,")] == ["fruit_or_color"]  # counted once
+    assert report.returncode == 0 and [line.split(",")[4] for line in report.stdout.splitlines() if line.startswith("lora,")] == [
+        "fruit_or_color"
+    ]  # counted once
 
 
 @pytest.mark.slow
 def test_ctrl_c_on_the_driver_cancels_tasks_and_marks_them_failed(ray_cluster, tmp_path):
     runs = tmp_path / "runs"
     uri, env = f"sqlite:///{runs / 'mlflow.db'}", _env(runs)
-    args = ["run", *TINY, "--methods", "lora", "--seeds", "0,1", "--max-steps", "2000", "reference=false", "--executor", "ray", "--ray-address", ray_cluster]
+    args = [
+        "run",
+        *TINY,
+        "--methods",
+        "lora",
+        "--seeds",
+        "0,1",
+        "--max-steps",
+        "2000",
+        "reference=false",
+        "--executor",
+        "ray",
+        "--ray-address",
+        ray_cluster,
+    ]
     driver = start(args, env, tmp_path / "driver.log")
     names = ("lora/fruit_or_color/seed0", "lora/fruit_or_color/seed1")
     wait_until(lambda: all(_running_in_worker(uri, n) for n in names), what="both trials to run in Ray workers")
@@ -255,5 +292,8 @@ def test_a_trial_that_fits_no_node_is_one_line_before_any_run(ray_cluster, tmp_p
     runs = tmp_path / "runs"
     result = run_cli(["run", *TINY, "--methods", "lora", "resources.cpus_per_trial=4", "--executor", "ray", "--ray-address", ray_cluster], _env(runs))
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "no node of the Ray cluster (2 CPU/0 GPU) has resources.cpus_per_trial=4 CPU" in result.stderr and "Traceback" not in result.stdout + result.stderr
+    assert (
+        "no node of the Ray cluster (2 CPU/0 GPU) has resources.cpus_per_trial=4 CPU" in result.stderr
+        and "Traceback" not in result.stdout + result.stderr
+    )
     assert store_runs(f"sqlite:///{runs / 'mlflow.db'}") == []

@@ -16,13 +16,13 @@ import pytest
 import torch
 from tokenizers import processors
 
+from adamole_bench.base.errors import UserError
+from adamole_bench.base.paths import package_root
 from adamole_bench.harness import distributed
 from adamole_bench.harness.config import EvalConfig, TrainConfig, config_hash, load_config, trial_config
 from adamole_bench.harness.data import EncodedExamples, encode_example
-from adamole_bench.harness.errors import UserError
 from adamole_bench.harness.evaluate import evaluate
 from adamole_bench.harness.models import byte_level_tokenizer, smollm2_checkpoint, tiny_llama
-from adamole_bench.harness.paths import package_root
 from adamole_bench.harness.train import training_loader
 from adamole_bench.tasks.registry import eval_row, training_pair
 from adamole_bench.tasks.sources import load_task
@@ -156,7 +156,14 @@ def test_reference_generate_scores_as_the_reference_pipeline(task, tokenizer):
 
 # --- data steps ------------------------------------------------------------------------------------
 
-REFERENCE_STEPS = {"length_grouping": "hf", "padding_side": "left", "pad_token": "eos", "pad_to_multiple_of": 8, "supervise_eos": False, "truncation_side": "right"}
+REFERENCE_STEPS = {
+    "length_grouping": "hf",
+    "padding_side": "left",
+    "pad_token": "eos",
+    "pad_to_multiple_of": 8,
+    "supervise_eos": False,
+    "truncation_side": "right",
+}
 
 
 def test_reference_data_steps_give_the_reference_trainers_batches(task, tokenizer, tmp_path):
@@ -180,7 +187,11 @@ def test_reference_data_steps_give_the_reference_trainers_batches(task, tokenize
         seen.append({key: batch[key].clone() for key in ("input_ids", "attention_mask", "labels")})
         return batch
 
-    grouping = {"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__ else {"group_by_length": True}
+    grouping = (
+        {"train_sampling_strategy": "group_by_length"}
+        if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
+        else {"group_by_length": True}
+    )
     args = TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=5, seed=seed, data_seed=seed,
         remove_unused_columns=False, report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, disable_tqdm=True, **grouping,
@@ -259,7 +270,14 @@ def test_right_truncation_and_unsupervised_eos(tokenizer):
 
 def test_our_data_steps_stay_the_defaults_and_every_option_enters_the_hash():
     train, reference = TrainConfig(), load_config(package_root() / "configs" / "adamole-reference.yaml", ["methods=[lora]"])
-    assert (train.length_grouping, train.padding_side, train.pad_token, train.pad_to_multiple_of, train.supervise_eos, train.truncation_side) == ("ours", "right", "tokenizer", None, True, "left")
+    assert (train.length_grouping, train.padding_side, train.pad_token, train.pad_to_multiple_of, train.supervise_eos, train.truncation_side) == (
+        "ours",
+        "right",
+        "tokenizer",
+        None,
+        True,
+        "left",
+    )
     assert EvalConfig().protocol == "letter"
     assert {key: getattr(reference.train, key) for key in REFERENCE_STEPS} == REFERENCE_STEPS
     assert reference.eval.protocol == "reference_logits" and reference.train.group_by_length

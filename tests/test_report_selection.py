@@ -5,9 +5,9 @@ import pytest
 import yaml
 from scipy import stats
 
+from adamole_bench.base.errors import UserError
+from adamole_bench.base.paths import package_root
 from adamole_bench.harness.compare import compare_rows, render_comparison
-from adamole_bench.harness.errors import UserError
-from adamole_bench.harness.paths import package_root
 from adamole_bench.harness.report import build_table
 from adamole_bench.harness.results import check_single_model, group_variants, load_published, same_value, select_rows, variant_id
 from adamole_bench.tests.hand_runs import labels, right_on, run
@@ -92,7 +92,11 @@ def test_compare_tests_per_column_and_over_runs(store):
 def test_run_level_tests_match_scipy():
     samples = {}
     accuracies = {"lora": [0.60, 0.64, 0.62], "adamole": [0.66, 0.65, 0.70]}
-    rows = [run(m, "copa", s, right_on(labels(50, 50), round(a * 100)), labels(50, 50), samples) for m, values in accuracies.items() for s, a in enumerate(values)]
+    rows = [
+        run(m, "copa", s, right_on(labels(50, 50), round(a * 100)), labels(50, 50), samples)
+        for m, values in accuracies.items()
+        for s, a in enumerate(values)
+    ]
     variants = group_variants(rows)
     table = build_table(variants, samples.get)
     result = compare_rows(table, variants[1], variants[0])  # adamole vs lora

@@ -19,7 +19,20 @@ from adamole_bench.harness.tracking import Tracker
 
 pytestmark = pytest.mark.integration  # real sweeps read back from MLflow
 
-COMMON = ["run", "--model", "tiny-llama", "--methods", "lora", "--tasks", "fruit_or_color", "--max-steps", "3", "--limit", "16", "save_adapters=false"]
+COMMON = [
+    "run",
+    "--model",
+    "tiny-llama",
+    "--methods",
+    "lora",
+    "--tasks",
+    "fruit_or_color",
+    "--max-steps",
+    "3",
+    "--limit",
+    "16",
+    "save_adapters=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +97,17 @@ def test_the_ui_shows_the_comparison_on_the_sweep_run(store):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI: the runs view
     assert "named by what it compares" in experiment.tags["mlflow.note.content"]
     sweeps = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'sweep'", order_by=["attributes.start_time DESC"])
-    assert [r.data.tags["mlflow.runName"] for r in sweeps] == ["lora × fruit_or_color · tiny-llama · 2 seeds", "lora × fruit_or_color · tiny-llama · 1 seed"]
+    assert [r.data.tags["mlflow.runName"] for r in sweeps] == [
+        "lora × fruit_or_color · tiny-llama · 2 seeds",
+        "lora × fruit_or_color · tiny-llama · 1 seed",
+    ]
     latest = sweeps[0]
-    summary = {r["row"]: r for r in csv.DictReader(io.StringIO(Path(tracker.client.download_artifacts(latest.info.run_id, "tables/summary.csv", str(store["root"] / "dl"))).read_text()))}
+    summary = {
+        r["row"]: r
+        for r in csv.DictReader(
+            io.StringIO(Path(tracker.client.download_artifacts(latest.info.run_id, "tables/summary.csv", str(store["root"] / "dl"))).read_text())
+        )
+    }
     metrics = latest.data.metrics
     for row, name in (("lora", "lora"), ("base (zero-shot)", "base_zero-shot")):
         for statistic, column in (("acc", "mean"), ("ci_low", "ci_low"), ("ci_high", "ci_high")):
@@ -94,7 +115,9 @@ def test_the_ui_shows_the_comparison_on_the_sweep_run(store):
         assert metrics[f"fruit_or_color/{name}/n"] == 16
     assert metrics["fruit_or_color/lora/seeds"] == 2 and metrics["fruit_or_color/base_zero-shot/seeds"] == 1
     description = latest.data.tags["mlflow.note.content"]
-    assert description.startswith(Path(tracker.client.download_artifacts(latest.info.run_id, "tables/summary.md", str(store["root"] / "dl"))).read_text())
+    assert description.startswith(
+        Path(tracker.client.download_artifacts(latest.info.run_id, "tables/summary.md", str(store["root"] / "dl"))).read_text()
+    )
     assert "Artifacts → tables/summary.html" in description
     assert "<table>" in Path(tracker.client.download_artifacts(latest.info.run_id, "tables/summary.html", str(store["root"] / "dl"))).read_text()
 
@@ -103,7 +126,10 @@ def test_sweep_names_say_what_is_compared():
     from adamole_bench.harness.tracking import sweep_name
 
     assert sweep_name(["adamole", "mole"], ["copa", "boolq"], "smollm2-135m", [0, 1, 2]) == "adamole,mole × copa,boolq · smollm2-135m · 3 seeds"
-    assert sweep_name(["lora"], ["copa", "boolq"], "tiny-llama", [0], mix=True, shard=(1, 2)) == "lora × copa+boolq (mix) · tiny-llama · 1 seed · shard 1/2"
+    assert (
+        sweep_name(["lora"], ["copa", "boolq"], "tiny-llama", [0], mix=True, shard=(1, 2))
+        == "lora × copa+boolq (mix) · tiny-llama · 1 seed · shard 1/2"
+    )
     many = [f"t{i}" for i in range(19)]
     assert sweep_name(["lora"], many, "m", [0]) == "lora × t0,t1,t2… (19) · m · 1 seed"
 
@@ -125,7 +151,9 @@ def test_filters_on_resolved_params_and_config_hash(store):
     rows = list(csv.DictReader(io.StringIO(_invoke(store, "report", "--format", "csv", "--where", "train.lr=3e-3"))))
     assert sorted({r["row"] for r in rows}) == ["base (zero-shot)", "lora"]
     slow = next(r for r in _trials(store["tracker"]) if r.data.params.get("train.lr") == "0.0005")
-    rows = list(csv.DictReader(io.StringIO(_invoke(store, "report", "--format", "csv", "--config-hash", slow.data.tags["config_hash"][:8], "--no-reference"))))
+    rows = list(
+        csv.DictReader(io.StringIO(_invoke(store, "report", "--format", "csv", "--config-hash", slow.data.tags["config_hash"][:8], "--no-reference")))
+    )
     assert [(r["row"], r["run_ids"]) for r in rows] == [("lora", slow.info.run_id)]
     compared = _invoke(store, "compare", "lora", "lora")
     assert "lora (train.lr=0.0005) vs lora (train.lr=0.003)" in compared and "16 paired docs" in compared

@@ -5,7 +5,7 @@ real CLI. Nothing runs first: no trial, no model load, no store (a fast test is 
 import pytest
 import yaml
 
-from adamole_bench.harness.paths import package_root
+from adamole_bench.base.paths import package_root
 
 RUN = ("run", "--model", "tiny-llama", "--tasks", "fruit_or_color")
 FIX = ("e.g.", "leave", "use ", "pass ", "name ", "must be", "expected ", "did you mean")  # every message says what to do instead
@@ -26,7 +26,14 @@ def nothing_runs(runs_dir, monkeypatch):
 
         return started_work
 
-    for module, name in ((sweep, "run_sweep"), (bench, "run_bench"), (tracking, "Tracker"), (regression, "Tracker"), (liveness, "run_supervised"), (export, "export_run")):
+    for module, name in (
+        (sweep, "run_sweep"),
+        (bench, "run_bench"),
+        (tracking, "Tracker"),
+        (regression, "Tracker"),
+        (liveness, "run_supervised"),
+        (export, "export_run"),
+    ):
         monkeypatch.setattr(module, name, refuse(f"{module.__name__.rpartition('.')[2]}.{name}"))
     yield started
     assert not started
@@ -47,14 +54,20 @@ def refused(cli, args, expected: str):
     ("args", "expected"),
     [
         # empty items of comma lists
-        (("--methods", "lora,,mole"), "--methods 'lora,,mole' has an empty item (item 2); separate items with single commas and no trailing comma, e.g. --methods lora,mole"),
+        (
+            ("--methods", "lora,,mole"),
+            "--methods 'lora,,mole' has an empty item (item 2); separate items with single commas and no trailing comma, e.g. --methods lora,mole",
+        ),
         (("--methods", ","), "--methods is empty (an unset shell variable?)"),
         (("--tasks", "copa,"), "--tasks 'copa,' has an empty item (item 2)"),
         (("--seeds", "0,,1"), "--seeds '0,,1' has an empty item (item 2)"),
         (("--seeds", " "), "--seeds is empty"),
         (("seeds=0,,1",), "'seeds' has an empty item (item 2 of '0,,1')"),
         (("methods=lora,,mole",), "'methods' has an empty item"),
-        (("lora.target_modules=q_proj,,v_proj",), "'lora.target_modules=q_proj,,v_proj' has an empty item (item 2); separate items with single commas and no trailing comma, e.g. lora.target_modules=q_proj,v_proj"),
+        (
+            ("lora.target_modules=q_proj,,v_proj",),
+            "'lora.target_modules=q_proj,,v_proj' has an empty item (item 2); separate items with single commas and no trailing comma, e.g. lora.target_modules=q_proj,v_proj",
+        ),
         (("lora.target_modules=q_proj,",), "has an empty item (item 2)"),
         (("--methods", "soft-moa", "soft-moa.lora_targets=q_proj,,v_proj"), "'soft-moa.lora_targets=q_proj,,v_proj' has an empty item"),
         (("train.lr=1e-4,,1e-3",), "has an empty grid value (value 2)"),
@@ -110,7 +123,10 @@ def refused(cli, args, expected: str):
         (("train.lr=",), "'train.lr' needs a value (got none, e.g. 'train.lr=' with nothing after it); e.g. train.lr=0.0005, or leave it out"),
         (("lora.rank=",), "'lora.rank' needs a value (got none, e.g. 'lora.rank=' with nothing after it); e.g. lora.rank=32, or leave it out"),
         (("lora.alpha=",), "'lora.alpha' needs a value"),
-        (("--methods", "soft-moa", "soft-moa.lora_targets="), "'soft-moa.lora_targets' needs a value (got none, e.g. 'soft-moa.lora_targets=' with nothing after it); e.g. soft-moa.lora_targets=q_proj,k_proj,v_proj,o_proj,down_proj"),
+        (
+            ("--methods", "soft-moa", "soft-moa.lora_targets="),
+            "'soft-moa.lora_targets' needs a value (got none, e.g. 'soft-moa.lora_targets=' with nothing after it); e.g. soft-moa.lora_targets=q_proj,k_proj,v_proj,o_proj,down_proj",
+        ),
         (("experiment=",), "'experiment' needs a value"),
         (("model=",), "'model' needs a value"),
         # shards
@@ -157,7 +173,7 @@ def test_a_slurm_array_that_maps_to_no_slice_asks_for_shard(cli, nothing_runs, m
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (("report", "--model", "it's"), "--model \"it's\" contains a single quote"),
+        (("report", "--model", "it's"), '--model "it\'s" contains a single quote'),
         (("report", "--model", ""), "--model is empty (an unset shell variable?); name one, e.g. --model smollm2-135m"),  # was: every model
         (("report", "--sensitivity", "lora.rank", "--model", "it's"), "contains a single quote"),
         (("report", "--methods", "lora,,mole"), "--methods 'lora,,mole' has an empty item"),
@@ -222,10 +238,19 @@ def test_filters_with_quotes_or_wildcards_never_break_a_store_query(cli, runs_di
 
     tracker = Tracker("adamole-bench")
     for model in ("tiny-llama", 'odd"name\\x', "50%_off"):
-        run_id = tracker.client.create_run(tracker.experiment_id, tags={"kind": "trial", "model": model, "method": "lora", "task": "copa", "seed": "0", "config_hash": model}).info.run_id
+        run_id = tracker.client.create_run(
+            tracker.experiment_id, tags={"kind": "trial", "model": model, "method": "lora", "task": "copa", "seed": "0", "config_hash": model}
+        ).info.run_id
         tracker.client.log_metric(run_id, "eval/acc", 0.5)
         tracker.client.set_terminated(run_id, "FINISHED")
-    for query, found in (("tiny-llama", ["tiny-llama"]), ("tiny%", []), ("tiny_llama", []), ("%", []), ('odd"name\\x', ['odd"name\\x']), ("50%_off", ["50%_off"])):
+    for query, found in (
+        ("tiny-llama", ["tiny-llama"]),
+        ("tiny%", []),
+        ("tiny_llama", []),
+        ("%", []),
+        ('odd"name\\x', ['odd"name\\x']),
+        ("50%_off", ["50%_off"]),
+    ):
         assert [row["model"] for row in rows_from_mlflow(tracker, model=query)] == found, query
     for args in (("--model", "tiny%"), ("--model", 'odd"nam'), ("--where", "train.lr='3e-3'"), ("--config-hash", "ab'c")):
         result = cli("report", *args)
@@ -258,6 +283,12 @@ def test_errors_go_to_stderr_so_redirected_output_stays_clean(runs_dir):
 
     env = {**os.environ, "ADAMOLE_BENCH_RUNS": str(runs_dir)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run([sys.executable, "-m", "adamole_bench.cli", "report", "--format", "json", "--model", "it's"], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "adamole_bench.cli", "report", "--format", "json", "--model", "it's"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("error: ") and "single quote" in done.stderr and done.stderr.count("\n") == 1

@@ -2,7 +2,7 @@
 
 import pytest
 
-from adamole_bench.harness.errors import UserError
+from adamole_bench.base.errors import UserError
 from adamole_bench.harness.sweep import select_shard, slurm_array_shard
 
 

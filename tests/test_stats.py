@@ -53,7 +53,9 @@ def _brute_force(differences):
     return sum(abs(sum(s * d for s, d in zip(signs, nonzero))) >= observed for signs in flips) / len(flips)
 
 
-@pytest.mark.parametrize("differences", [[1, 2, 3, -1, 0, 2, 2, -3, 1, 1, 1, 2], [2, 2, 2, -1, 3, 3, 1, 1, 2, 2, 3, -2, 1, 1], [1, -1, 2, -2], [3, 3, 3, 3, 3]])
+@pytest.mark.parametrize(
+    "differences", [[1, 2, 3, -1, 0, 2, 2, -3, 1, 1, 1, 2], [2, 2, 2, -1, 3, 3, 1, 1, 2, 2, 3, -2, 1, 1], [1, -1, 2, -2], [3, 3, 3, 3, 3]]
+)
 def test_several_seed_sign_flip_test_equals_enumeration(differences):
     assert sign_flip_pvalue(differences) == pytest.approx(_brute_force(differences), rel=1e-9)
 

@@ -121,12 +121,32 @@ def test_shards_partition_the_plan_deterministically(store):
 
 
 def test_provenance_is_readable_with_search_runs(store, tmp_path):
-    runs = _search_runs(store["tracker"].uri, experiment_names=[store["config"].experiment], filter_string="tags.kind = 'trial' and attributes.status = 'FINISHED'")
+    runs = _search_runs(
+        store["tracker"].uri, experiment_names=[store["config"].experiment], filter_string="tags.kind = 'trial' and attributes.status = 'FINISHED'"
+    )
     assert len(runs) == 4
     run = runs.iloc[0]
-    for tag in ("git_commit", "git_dirty", "mlflow.source.git.commit", "model", "model_source", "model_fingerprint", "precision",
-                "data_fingerprint.train", "data_fingerprint.eval", "data_source", "protocol", "eval_batch_size", "config_hash",
-                "eval_task_hash.fruit_or_color_letter", "cpu", "platform", "python", "torch_threads", "device"):
+    for tag in (
+        "git_commit",
+        "git_dirty",
+        "mlflow.source.git.commit",
+        "model",
+        "model_source",
+        "model_fingerprint",
+        "precision",
+        "data_fingerprint.train",
+        "data_fingerprint.eval",
+        "data_source",
+        "protocol",
+        "eval_batch_size",
+        "config_hash",
+        "eval_task_hash.fruit_or_color_letter",
+        "cpu",
+        "platform",
+        "python",
+        "torch_threads",
+        "device",
+    ):
         value = run[f"tags.{tag}"]
         assert isinstance(value, str) and value and value != "unknown", tag
     for package in ("torch", "transformers", "peft", "lm_eval", "mlflow"):
@@ -151,7 +171,9 @@ def test_same_config_and_seed_give_identical_numbers(store, tmp_path, monkeypatc
     def measured(tracker):
         run = tracker.client.search_runs([tracker.experiment_id], "tags.method = 'lora' and tags.seed = '0' and attributes.status = 'FINISHED'")[0]
         losses = [m.value for m in sorted(tracker.client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
-        samples = json.loads(Path(tracker.client.download_artifacts(run.info.run_id, "lm_eval/samples.json", str(tmp_path / run.info.run_id))).read_text())
+        samples = json.loads(
+            Path(tracker.client.download_artifacts(run.info.run_id, "lm_eval/samples.json", str(tmp_path / run.info.run_id))).read_text()
+        )
         return run.data.metrics["eval/acc"], losses, [s["loglikelihoods"] for s in samples]
 
     acc, losses, logliks = measured(first)

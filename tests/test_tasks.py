@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from adamole_bench.base.errors import UserError
 from adamole_bench.harness.config import EvalConfig
 from adamole_bench.harness.data import EncodedExamples
-from adamole_bench.harness.errors import UserError
 from adamole_bench.harness.evaluate import evaluate
 from adamole_bench.harness.models import load_base_model
 from adamole_bench.tasks.lm_eval.loader import extract_letter
@@ -34,35 +34,108 @@ from adamole_bench.tasks.sources import load_task
 # One or two docs per hub-only task, in the official HF schema (aps/super_glue, derek-thomas/ScienceQA, ...).
 FIXTURES = {
     "wic": [
-        {"word": "bank", "sentence1": "He sat on the bank of the river.", "sentence2": "She robbed the bank.",
-         "start1": 14, "end1": 18, "start2": 15, "end2": 19, "idx": 0, "label": 0},
-        {"word": "run", "sentence1": "I run every day.", "sentence2": "They run each morning.",
-         "start1": 2, "end1": 5, "start2": 5, "end2": 8, "idx": 1, "label": 1},
+        {
+            "word": "bank",
+            "sentence1": "He sat on the bank of the river.",
+            "sentence2": "She robbed the bank.",
+            "start1": 14,
+            "end1": 18,
+            "start2": 15,
+            "end2": 19,
+            "idx": 0,
+            "label": 0,
+        },
+        {
+            "word": "run",
+            "sentence1": "I run every day.",
+            "sentence2": "They run each morning.",
+            "start1": 2,
+            "end1": 5,
+            "start2": 5,
+            "end2": 8,
+            "idx": 1,
+            "label": 1,
+        },
     ],
     "multirc": [
-        {"paragraph": "Tom has two cats. One is black.", "question": "How many cats does Tom have?", "answer": "Two",
-         "idx": {"paragraph": 0, "question": 0, "answer": 0}, "label": 1},
-        {"paragraph": "Tom has two cats. One is black.", "question": "How many cats does Tom have?", "answer": "Five",
-         "idx": {"paragraph": 0, "question": 0, "answer": 1}, "label": 0},
+        {
+            "paragraph": "Tom has two cats. One is black.",
+            "question": "How many cats does Tom have?",
+            "answer": "Two",
+            "idx": {"paragraph": 0, "question": 0, "answer": 0},
+            "label": 1,
+        },
+        {
+            "paragraph": "Tom has two cats. One is black.",
+            "question": "How many cats does Tom have?",
+            "answer": "Five",
+            "idx": {"paragraph": 0, "question": 0, "answer": 1},
+            "label": 0,
+        },
     ],
     "wsc": [
-        {"text": "Mark told Pete many lies about himself, which Pete included in his book. He should have been more skeptical.",
-         "span1_index": 0, "span2_index": 13, "span1_text": "Mark", "span2_text": "He", "idx": 0, "label": 0},
-        {"text": "The city councilmen refused the demonstrators a permit because they feared violence.",
-         "span1_index": 0, "span2_index": 9, "span1_text": "The city councilmen", "span2_text": "they", "idx": 1, "label": 1},
+        {
+            "text": "Mark told Pete many lies about himself, which Pete included in his book. He should have been more skeptical.",
+            "span1_index": 0,
+            "span2_index": 13,
+            "span1_text": "Mark",
+            "span2_text": "He",
+            "idx": 0,
+            "label": 0,
+        },
+        {
+            "text": "The city councilmen refused the demonstrators a permit because they feared violence.",
+            "span1_index": 0,
+            "span2_index": 9,
+            "span1_text": "The city councilmen",
+            "span2_text": "they",
+            "idx": 1,
+            "label": 1,
+        },
     ],
     "scienceqa": [
-        {"image": None, "question": "Which is a mammal?", "choices": ["shark", "whale", "trout"], "answer": 1, "hint": "",
-         "task": "closed choice", "grade": "grade3", "subject": "natural science", "topic": "biology",
-         "category": "Classify", "skill": "mammals", "lecture": "", "solution": ""},
-        {"image": {"bytes": b"png", "path": None}, "question": "Which map shows Ohio?", "choices": ["left", "right"], "answer": 0,
-         "hint": "", "task": "closed choice", "grade": "grade4", "subject": "social science", "topic": "geography",
-         "category": "States", "skill": "maps", "lecture": "", "solution": ""},
+        {
+            "image": None,
+            "question": "Which is a mammal?",
+            "choices": ["shark", "whale", "trout"],
+            "answer": 1,
+            "hint": "",
+            "task": "closed choice",
+            "grade": "grade3",
+            "subject": "natural science",
+            "topic": "biology",
+            "category": "Classify",
+            "skill": "mammals",
+            "lecture": "",
+            "solution": "",
+        },
+        {
+            "image": {"bytes": b"png", "path": None},
+            "question": "Which map shows Ohio?",
+            "choices": ["left", "right"],
+            "answer": 0,
+            "hint": "",
+            "task": "closed choice",
+            "grade": "grade4",
+            "subject": "social science",
+            "topic": "geography",
+            "category": "States",
+            "skill": "maps",
+            "lecture": "",
+            "solution": "",
+        },
     ],
     "cosmos_qa": [
-        {"id": "q1", "context": "I missed the bus, so I walked to work.", "question": "Why did I walk?",
-         "answer0": "I like walking.", "answer1": "I missed the bus.", "answer2": "The car broke.", "answer3": "None of the above choices.",
-         "label": 1},
+        {
+            "id": "q1",
+            "context": "I missed the bus, so I walked to work.",
+            "question": "Why did I walk?",
+            "answer0": "I like walking.",
+            "answer1": "I missed the bus.",
+            "answer2": "The car broke.",
+            "answer3": "None of the above choices.",
+            "label": 1,
+        },
     ],
 }
 
@@ -93,8 +166,27 @@ def tiny():
 
 
 def test_every_paper_task_is_registered():
-    paper = {"copa", "boolq", "cb", "rte", "wic", "multirc", "wsc", "commonsense_qa", "openbookqa", "arc_easy",
-             "arc_challenge", "piqa", "social_iqa", "hellaswag", "winogrande", "scienceqa", "cosmos_qa", "sciq", "strategyqa"}
+    paper = {
+        "copa",
+        "boolq",
+        "cb",
+        "rte",
+        "wic",
+        "multirc",
+        "wsc",
+        "commonsense_qa",
+        "openbookqa",
+        "arc_easy",
+        "arc_challenge",
+        "piqa",
+        "social_iqa",
+        "hellaswag",
+        "winogrande",
+        "scienceqa",
+        "cosmos_qa",
+        "sciq",
+        "strategyqa",
+    }
     assert paper <= set(all_tasks())
     assert set(paper_tasks()) == paper  # `--tasks all`: the paper suite, not the synthetic sanity task
     assert all_tasks()["fruit_or_color"].synthetic
@@ -117,8 +209,22 @@ def test_every_task_loads_and_formats(task_data):
 
 def test_offline_tasks_come_from_the_wheels(task_data):
     offline = {name for name, data in task_data.items() if data.source.startswith(("wheel:", "sdist:"))}
-    assert offline == {"copa", "boolq", "cb", "rte", "commonsense_qa", "openbookqa", "arc_easy", "arc_challenge", "piqa",
-                       "social_iqa", "hellaswag", "winogrande", "sciq", "strategyqa"}
+    assert offline == {
+        "copa",
+        "boolq",
+        "cb",
+        "rte",
+        "commonsense_qa",
+        "openbookqa",
+        "arc_easy",
+        "arc_challenge",
+        "piqa",
+        "social_iqa",
+        "hellaswag",
+        "winogrande",
+        "sciq",
+        "strategyqa",
+    }
     assert len(task_data["commonsense_qa"].splits["train"]) == 9741
     assert len(task_data["commonsense_qa"].splits["eval"]) == 1221
     assert len(task_data["arc_challenge"].splits["eval"]) == 1172  # the test split, as the reference evaluates
@@ -152,8 +258,9 @@ def test_letters_follow_the_doc_not_its_labels():
 
 
 def test_sciq_answer_position_varies():
-    docs = [{"question": f"q{i}", "distractor1": "x", "distractor2": "y", "distractor3": "z", "correct_answer": "ok", "support": ""}
-            for i in range(40)]
+    docs = [
+        {"question": f"q{i}", "distractor1": "x", "distractor2": "y", "distractor3": "z", "correct_answer": "ok", "support": ""} for i in range(40)
+    ]
     golds = {eval_row(get_task("sciq"), doc)["label"] for doc in docs}
     assert len(golds) > 1
     assert all(eval_row(get_task("sciq"), doc)["choices"][eval_row(get_task("sciq"), doc)["label"]] == "ok" for doc in docs)
@@ -203,7 +310,7 @@ def test_hub_path_requests_official_ids(monkeypatch):
 
 def test_sdist_member_streams_one_file(monkeypatch, tmp_path):
     """The bigbench source reads task.json out of the sdist pip downloads, and caches only that file."""
-    from adamole_bench.harness import assets
+    from adamole_bench.base import assets
 
     monkeypatch.setenv("ADAMOLE_BENCH_CACHE", str(tmp_path / "cache"))
     payload = json.dumps({"examples": [{"input": "Is water wet?", "target_scores": {"Yes": 1, "No": 0}}]}).encode()
@@ -262,8 +369,9 @@ def test_cloze_and_generate_run_end_to_end(task_data, tiny):
     generate = evaluate(tiny.model, tiny.tokenizer, data, EvalConfig(protocol="generate", batch_size=8, limit=6))
     assert 0.0 <= generate.metrics["acc"] <= 1.0
     assert all(isinstance(s["generation"], str) for s in generate.samples) and len(generate.samples) == 6
-    expected = [float(extract_letter(s["generation"]) == eval_row(data.spec, data.splits["eval"][i])["gold_letter"])
-                for i, s in enumerate(generate.samples)]
+    expected = [
+        float(extract_letter(s["generation"]) == eval_row(data.spec, data.splits["eval"][i])["gold_letter"]) for i, s in enumerate(generate.samples)
+    ]
     assert generate.metrics["acc"] == pytest.approx(sum(expected) / 6)
 
 
@@ -291,8 +399,16 @@ def test_mix_trains_once_and_reports_per_task(monkeypatch, tmp_path):
         return real_train(model, method, examples, *args, **kwargs)
 
     monkeypatch.setattr(trial_state, "train", counting_train)
-    config = load_config(None, ["train.batch_size=4", "save_adapters=false"], model="tiny-llama", methods=["lora"],
-                         tasks=["copa", "fruit_or_color"], mix=True, train__max_steps=2, eval__limit=4)
+    config = load_config(
+        None,
+        ["train.batch_size=4", "save_adapters=false"],
+        model="tiny-llama",
+        methods=["lora"],
+        tasks=["copa", "fruit_or_color"],
+        mix=True,
+        train__max_steps=2,
+        eval__limit=4,
+    )
     tracker = Tracker("mix-test", uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     outcomes = sweep.run_sweep(config, Console(quiet=True), tracker)
     # The zero-shot base reference of each task comes first, then the mixture's trials.

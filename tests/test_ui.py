@@ -21,7 +21,20 @@ from adamole_bench.tests.fault_tools import cli_env, free_port, run_cli, store_r
 
 pytestmark = pytest.mark.slow
 
-SWEEP = ["run", "--model", "tiny-llama", "--methods", "lora,mole", "--tasks", "fruit_or_color", "--limit", "8", "--max-steps", "2", "save_adapters=false"]
+SWEEP = [
+    "run",
+    "--model",
+    "tiny-llama",
+    "--methods",
+    "lora,mole",
+    "--tasks",
+    "fruit_or_color",
+    "--limit",
+    "8",
+    "--max-steps",
+    "2",
+    "save_adapters=false",
+]
 CHROMIUM_FLAGS = [  # as root on a closed network: no sandbox, no background connections Chromium would retry
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
@@ -37,7 +50,9 @@ def ui(tmp_path_factory):
     assert finished.returncode == 0, finished.stdout + finished.stderr
     port = free_port()
     log = open(root / "ui.log", "w+")  # noqa: SIM115 - the server writes to it until the test stops it
-    server = subprocess.Popen([sys.executable, "-m", "adamole_bench.cli", "ui", "--port", str(port)], env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "adamole_bench.cli", "ui", "--port", str(port)], env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health")
         log.seek(0)
@@ -57,7 +72,11 @@ def test_ui_lists_recorded_runs(ui):
         headers={"Content-Type": "application/json"},
     )
     runs = json.loads(urllib.request.urlopen(request, timeout=30).read())["runs"]
-    assert {r["info"]["run_name"] for r in runs} >= {"base/fruit_or_color/seed0", "lora/fruit_or_color/seed0", "lora,mole × fruit_or_color · tiny-llama · 1 seed"}
+    assert {r["info"]["run_name"] for r in runs} >= {
+        "base/fruit_or_color/seed0",
+        "lora/fruit_or_color/seed0",
+        "lora,mole × fruit_or_color · tiny-llama · 1 seed",
+    }
 
 
 def _browser():

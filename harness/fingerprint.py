@@ -33,6 +33,7 @@ RESULT_PATH = (
     "harness/one_base.py",  # putting an adapter on the one loaded base and taking it off
     "harness/precision.py",  # dtypes and autocast
     "harness/train.py",  # the training loop
+    "harness/trial.py",  # which trials share one trained adapter (a --mix group)
     "harness/trial_state.py",  # what trials share: the base, the data, a --mix group's adapter
     "harness/trials.py",  # seeding and the order of steps within a trial
     "methods/*.py",  # the mixing core every method shares

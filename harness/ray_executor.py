@@ -27,7 +27,8 @@ from ..base.errors import UserError, error_line
 from .claims import mark_stale
 from .config import ExperimentConfig
 from .tracking import Tracker, failure_kind
-from .trials import Outcome, Trial, TrialState, attempt, await_trial
+from .trial import Trial
+from .trials import Outcome, TrialState, attempt, await_trial
 
 FORWARDED = ("ADAMOLE_BENCH_", "HF_", "MLFLOW_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM")  # the workers' environment
 CANCEL_GRACE_SECONDS = 30.0  # after Ctrl-C, how long cancelled tasks get to mark their runs FAILED themselves

@@ -22,7 +22,8 @@ from .progress import sweep_progress
 from .provenance import code_version
 from .results import REFERENCE_METHOD
 from .tracking import Tracker, sweep_name
-from .trials import Outcome, Trial, TrialState, attempt, await_trial
+from .trial import Trial
+from .trials import Outcome, TrialState, attempt, await_trial
 
 EXECUTORS = ("local", "ray")
 

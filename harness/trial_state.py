@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..base.errors import Diverged, UserError
 from ..methods.registry import Method, build_method
@@ -17,9 +16,7 @@ from .data import EncodedExamples
 from .models import BaseModel, load_base_model, resolve_device
 from .one_base import Attachment
 from .train import TrainResult, set_seed, train
-
-if TYPE_CHECKING:
-    from .trials import Trial
+from .trial import Trial
 
 
 @dataclass
@@ -72,7 +69,7 @@ class TrialState:
             self._trained = None
 
     @contextmanager
-    def adapter(self, trial: "Trial") -> Iterator[TrainedAdapter]:
+    def adapter(self, trial: Trial) -> Iterator[TrainedAdapter]:
         """This trial's adapter on the base, trained now or put back on (its --mix group's); off again after.
         A --mix group whose training diverged fails each of its trials at once."""
         key = trial.adapter_key
@@ -92,7 +89,7 @@ class TrialState:
             trained.attachment.detach()
 
 
-def _train_adapter(trial: "Trial", config: ExperimentConfig, state: TrialState) -> TrainedAdapter:
+def _train_adapter(trial: Trial, config: ExperimentConfig, state: TrialState) -> TrainedAdapter:
     base = state.base()
     method = build_method(trial.method, config.method_options.get(trial.method))
     set_seed(trial.seed)  # adapter initialisation depends on the seed

@@ -5,7 +5,6 @@ marks it FAILED and propagates. A trial another live process holds is waited for
 that process dies (harness/claims.py).
 """
 
-import hashlib
 import tempfile
 import time
 import traceback
@@ -27,40 +26,8 @@ from .progress import end_header
 from .provenance import code_version, eval_protocol_tags, hardware, package_versions
 from .tracking import Tracker, run_page
 from .train import PeakMemory
+from .trial import Trial
 from .trial_state import TrainedAdapter, TrialState
-
-
-@dataclass(frozen=True)
-class Trial:
-    method: str
-    task: str  # the task evaluated (one MLflow run per trial)
-    seed: int
-    resolved: dict = field(compare=False, repr=False)
-    config_hash: str = ""
-    train_tasks: tuple[str, ...] = ()  # what the adapter is trained on: (task,), or every task with --mix
-    grid: tuple[tuple[str, object], ...] = field(default=(), compare=False)  # the swept values that apply to it
-    settings: ExperimentConfig | None = field(default=None, compare=False, repr=False)  # its grid point's config
-    implementation: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # harness/fingerprint.py
-
-    @property
-    def identity(self) -> str:
-        """What decides reuse: the settings (config_hash) and the code and packages that compute the number."""
-        return hashlib.sha256(f"{self.config_hash}/{self.implementation.get('implementation')}".encode()).hexdigest()[:12]
-
-    @property
-    def name(self) -> str:
-        details = [f"{key}={value_text(value)}" for key, value in self.grid]
-        details = [", ".join(details)] if details else []
-        if self.train_tasks != (self.task,):
-            details.append(f"mix: {'+'.join(self.train_tasks)}")
-        return f"{self.method}/{self.task}/seed{self.seed}" + (f" ({'; '.join(details)})" if details else "")
-
-    @property
-    def adapter_key(self) -> tuple:
-        """Trials with equal keys share one trained adapter (a --mix group); eval settings do not change it."""
-        trained_with = tuple((k, value_text(v)) for k, v in self.grid if not k.startswith("eval."))
-        return (self.method, self.train_tasks, self.seed, trained_with)
-
 
 FAILURES = ("user", "disk", "diverged", "crashed")  # what failed a trial; decides the exit code (cli.py)
 

@@ -483,16 +483,21 @@ def report(
     if output:
         from .harness.report_bundle import write_report
 
-        filters = {
-            "model": model,
-            "methods": methods,
-            "tasks": tasks,
-            "config_hash": config_hash,
-            "where": " ".join(where or []),
-            "current_code": current_code and "true",
-        }
+        filters = _filters(model, methods, tasks, config_hash, where, current_code)
         written = write_report(tracker, table, output, filters)
         console.print(f"wrote {len(written)} files to {output} (and a kind=report run in MLflow)")
+
+
+def _filters(model, methods, tasks, config_hash, where, current: bool) -> dict:
+    """The filters a report was built with, as tags of its kind=report run."""
+    return {
+        "model": model,
+        "methods": methods,
+        "tasks": tasks,
+        "config_hash": config_hash,
+        "where": " ".join(where or []),
+        "current_code": current and "true",
+    }
 
 
 def _report_sensitivity(key, table_format, experiment, model, methods, tasks, config_hash, where, reference, output, current) -> None:
@@ -506,14 +511,7 @@ def _report_sensitivity(key, table_format, experiment, model, methods, tasks, co
         console.print(sensitivity.render_rich(result))
     else:
         console.print(sensitivity.TEXT_RENDERERS[table_format](result), markup=False, end="", soft_wrap=True)
-    filters = {
-        "model": model,
-        "methods": methods,
-        "tasks": tasks,
-        "config_hash": config_hash,
-        "where": " ".join(where or []),
-        "current_code": current and "true",
-    }
+    filters = _filters(model, methods, tasks, config_hash, where, current)
     run_id, written = sensitivity.log_report(tracker, result, output, filters)
     console.print(
         f"plot and tables → MLflow run {run_id} (sensitivity/{result.key}.png)" + (f" and {len(written)} files in {output}" if written else ""),

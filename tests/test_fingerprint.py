@@ -14,20 +14,9 @@ import pytest
 from adamole_bench.base.paths import package_root
 from adamole_bench.harness import fingerprint
 from adamole_bench.harness.regression import Suite, compare, provenance_lines
+from adamole_bench.tests.fault_tools import TINY
 
-SWEEP = [
-    "run",
-    "--model",
-    "tiny-llama",
-    "--tasks",
-    "fruit_or_color",
-    "--limit",
-    "8",
-    "--max-steps",
-    "2",
-    "save_adapters=false",
-    "train.warmup_steps=0",
-]
+SWEEP = ["run", *TINY, "--max-steps", "2"]
 
 
 def test_comments_docstrings_and_layout_do_not_count_but_code_does(tmp_path):

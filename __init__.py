@@ -14,7 +14,7 @@ register_with_peft()
 def __getattr__(name: str):
     """`load_adapter` and `save_adapter` without importing torch for every CLI command."""
     if name in ("load_adapter", "save_adapter", "LoadedAdapter"):
-        from .harness import adapters
+        from .harness.model import adapters
 
         return getattr(adapters, name)
     raise AttributeError(f"module 'adamole_bench' has no attribute {name!r}")

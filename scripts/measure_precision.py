@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from adamole_bench.base.paths import offline_defaults
-from adamole_bench.harness.config import EvalConfig
-from adamole_bench.harness.evaluate import evaluate
-from adamole_bench.harness.models import load_base_model
-from adamole_bench.harness.precision import FP32_ATTENTION, Precision
+from adamole_bench.harness.evaluate.scoring import evaluate
+from adamole_bench.harness.model.loading import load_base_model
+from adamole_bench.harness.model.precision import FP32_ATTENTION, Precision
+from adamole_bench.harness.settings.config import EvalConfig
 from adamole_bench.methods.registry import build_method
 from adamole_bench.tasks.sources import load_task
 
@@ -141,10 +141,10 @@ def measure_parity(args) -> None:
 
     from rich.console import Console
 
-    from adamole_bench.harness.config import load_config
-    from adamole_bench.harness.report import rows_from_mlflow
-    from adamole_bench.harness.sweep import run_sweep
-    from adamole_bench.harness.tracking import Tracker
+    from adamole_bench.harness.report.table import rows_from_mlflow
+    from adamole_bench.harness.run.sweep import run_sweep
+    from adamole_bench.harness.settings.config import load_config
+    from adamole_bench.harness.store.tracking import Tracker
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
     runs: dict[str, dict] = {}

@@ -1,7 +1,7 @@
 """Task registry: each task is a YAML file in this folder (prompt, answer fields, data sources).
 
 One place decides each fact: the prompts and training targets of every protocol are built
-here, and both training (harness/data.py) and evaluation (tasks/lm_eval/loader.py) call
+here, and both training (harness/train/data.py) and evaluation (tasks/lm_eval/loader.py) call
 `eval_row` / `training_pair`, so a model is always scored on the text it was trained on.
 """
 

@@ -16,7 +16,7 @@ import torch
 
 import adamole_bench
 from adamole_bench.base.errors import UserError
-from adamole_bench.harness.models import load_base_model
+from adamole_bench.harness.model.loading import load_base_model
 from adamole_bench.methods.registry import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_CONFIG, build_method
 
 METHODS = ["lora", "mole", "adamole", "soft-moa", "sparse-moa"]
@@ -100,7 +100,7 @@ def test_load_adapter_from_folder_generates_like_the_trained_model(saved):
 @pytest.fixture(scope="module")
 def tracker(tmp_path_factory):
     """One real MLflow store for the runs:/ tests (creating a store costs seconds)."""
-    from adamole_bench.harness.tracking import Tracker
+    from adamole_bench.harness.store.tracking import Tracker
 
     return Tracker("adapter-reuse", f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}")
 
@@ -152,7 +152,7 @@ def test_peft_loads_an_exported_mixture_in_every_import_order(exported_mixture, 
         "from peft import PeftModel",
         "from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING as tuners",
         "print(sorted(t.__name__ for k, t in tuners.items() if k in ('MOLE', 'ADAMOLE', 'SOFT_MOA', 'SPARSE_MOA')))",
-        "from adamole_bench.harness.models import load_base_model",
+        "from adamole_bench.harness.model.loading import load_base_model",
         f"model = PeftModel.from_pretrained(load_base_model('tiny-llama').model, {str(folder)!r})",
         f"out = model(input_ids=torch.load({str(folder / 'ids.pt')!r})).logits.detach()",
         f"print('diff', (out - torch.load({str(folder / 'expected.pt')!r})).abs().max().item())",
@@ -256,7 +256,7 @@ def test_local_and_mismatched_bases_need_an_explicit_choice(tmp_path):
 def test_hub_models_are_recorded_and_reloaded_at_their_commit(tmp_path):
     """A hub model from a local HF cache (offline): the adapter records id + commit, and loads onto that
     commit even after the repo's main moved to other weights."""
-    from adamole_bench.harness.models import tiny_llama
+    from adamole_bench.harness.model.loading import tiny_llama
 
     repo = tmp_path / "hub" / "models--testorg--tiny"
     old, new = "a" * 40, "b" * 40
@@ -268,7 +268,7 @@ def test_hub_models_are_recorded_and_reloaded_at_their_commit(tmp_path):
     script = f"""
 import json, pathlib, torch, adamole_bench
 from adamole_bench.base.errors import UserError
-from adamole_bench.harness.models import load_base_model
+from adamole_bench.harness.model.loading import load_base_model
 from adamole_bench.methods.registry import build_method
 base = load_base_model("testorg/tiny")
 method = build_method("mole")

@@ -198,7 +198,7 @@ def test_truncated_smollm2_checkpoint_that_cannot_be_rebuilt_names_the_fix(cli, 
 @pytest.mark.slow
 def test_truncated_smollm2_checkpoint_is_rebuilt(private_cache):
     """The real rebuild: converts the GGUF (read from the shared cache through a link) again, ~30 s."""
-    from adamole_bench.harness.models import load_base_model
+    from adamole_bench.harness.model.loading import load_base_model
 
     target = _damaged_smollm2(private_cache)
     (private_cache / "unpacked").mkdir()

@@ -8,9 +8,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from adamole_bench.cli import app
-from adamole_bench.harness.bench import render
-from adamole_bench.harness.bench_loop import loop_over_experts, loop_reference
-from adamole_bench.harness.models import tiny_llama
+from adamole_bench.harness.bench.loop import loop_over_experts, loop_reference
+from adamole_bench.harness.bench.suite import render
+from adamole_bench.harness.model.loading import tiny_llama
 from adamole_bench.methods.experts import LoraExperts
 from adamole_bench.tests import toy_moe  # noqa: F401  (registers the test-only "toy-moe" mixture)
 
@@ -54,7 +54,7 @@ def test_loop_reference_context_restores_the_vectorized_forward():
 @pytest.mark.parametrize("method", ["adamole", "sparse-moa"])
 def test_loop_reference_covers_methods_that_reach_the_core_through_subclasses(method):
     """MoA's GatedLora calls the core as super().forward(x, gate): the loop must take that path too."""
-    from adamole_bench.harness.models import tiny_llama
+    from adamole_bench.harness.model.loading import tiny_llama
     from adamole_bench.methods.registry import build_method
 
     torch.manual_seed(0)
@@ -126,7 +126,7 @@ def test_bench_command_reports_every_method_and_logs_a_bench_run(tmp_path, monke
     assert "error" not in evaluation["lm_eval_cli"], evaluation["lm_eval_cli"]
     assert evaluation["lm_eval_cli"]["acc"] == pytest.approx(evaluation["in_memory"]["acc"])  # same model, same docs
 
-    from adamole_bench.harness.tracking import Tracker
+    from adamole_bench.harness.store.tracking import Tracker
 
     tracker = Tracker("adamole-bench")
     runs = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'bench'")
@@ -188,8 +188,8 @@ def test_bench_compares_dropout_modes_precisions_layers_and_saved_bytes(tmp_path
 
 
 def test_a_target_is_met_only_when_every_round_meets_it():
-    from adamole_bench.harness.bench import judged
-    from adamole_bench.harness.bench_training import paired_ratios
+    from adamole_bench.harness.bench.suite import judged
+    from adamole_bench.harness.bench.training import paired_ratios
 
     assert judged([1.1, 1.25], 1.3) == "met" and judged([1.35, 1.6], 1.3) == "missed"
     assert judged([1.2, 1.4], 1.3) == "unclear"  # one round under, one over: no verdict

@@ -9,7 +9,7 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from adamole_bench.harness import regression
+from adamole_bench.harness.check import regression
 from adamole_bench.methods.lora import Lora
 
 pytestmark = pytest.mark.integration  # the regression gate rerunning real suites

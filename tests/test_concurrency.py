@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from adamole_bench.harness.liveness import stop_tree
-from adamole_bench.harness.tracking import Tracker
+from adamole_bench.harness.store.liveness import stop_tree
+from adamole_bench.harness.store.tracking import Tracker
 from adamole_bench.tests.fault_tools import TINY, cli_env, finish, free_port, start, store_runs, trial_runs, wait_for_http
 
 pytestmark = pytest.mark.integration  # racing processes and a real mlflow server
@@ -22,7 +22,7 @@ RACERS, TRIALS = 4, 12
 RACER = """
 import json, os, sys, time
 from pathlib import Path
-from adamole_bench.harness.tracking import Tracker
+from adamole_bench.harness.store.tracking import Tracker
 
 uri, barrier, racers, trials = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 tracker = Tracker("race", uri=uri)
@@ -88,8 +88,8 @@ def test_a_stale_claim_without_a_run_is_taken_over(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker("adamole-bench", uri=uri)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    from adamole_bench.harness.claims import claim_name
-    from adamole_bench.harness.liveness import machine_id
+    from adamole_bench.harness.store.claims import claim_name
+    from adamole_bench.harness.store.liveness import machine_id
 
     claim = tracker.client.create_experiment(claim_name(tracker.experiment_id, "abc123", 0, 0),
                                              tags={"process": f"{machine_id()}|{dead}|1", "pid": dead, "host": "here"})  # fmt: skip

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adamole_bench.harness.tracking import Tracker
+from adamole_bench.harness.store.tracking import Tracker
 
 pytestmark = pytest.mark.integration  # two processes under torchrun
 

@@ -25,7 +25,7 @@ def test_bad_input_is_one_line_with_exit_code_2(cli, runs_dir, args, expected):
 
 
 def test_ctrl_c_says_how_to_resume(cli, runs_dir, monkeypatch):
-    from adamole_bench.harness import sweep
+    from adamole_bench.harness.run import sweep
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

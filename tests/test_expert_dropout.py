@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import stats
 
-from adamole_bench.harness.models import tiny_llama
+from adamole_bench.harness.model.loading import tiny_llama
 from adamole_bench.methods.expert_dropout import ActiveRows, DroppedEntries, drop_positions, dropout_correction
 from adamole_bench.methods.experts import LoraExperts
 from adamole_bench.methods.moe_lora import moe_adapters

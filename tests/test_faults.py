@@ -13,8 +13,8 @@ import time
 import pytest
 
 from adamole_bench.base.errors import Diverged
-from adamole_bench.harness.tracking import Tracker
-from adamole_bench.harness.train import check_finite
+from adamole_bench.harness.store.tracking import Tracker
+from adamole_bench.harness.train.loop import check_finite
 from adamole_bench.tests.fault_tools import TINY, cli_env, finish, run_cli, start, store_runs, trial_runs, wait_until
 
 pytestmark = pytest.mark.integration  # real processes killed, terminated and out of disk

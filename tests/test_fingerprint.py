@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from adamole_bench.base.paths import package_root
-from adamole_bench.harness import fingerprint
-from adamole_bench.harness.regression import Suite, compare, provenance_lines
+from adamole_bench.harness.check.regression import Suite, compare, provenance_lines
+from adamole_bench.harness.store import fingerprint
 from adamole_bench.tests.fault_tools import TINY
 
 SWEEP = ["run", *TINY, "--max-steps", "2"]
@@ -50,7 +50,7 @@ def _package_imports(module: Path, root: Path) -> set[Path]:
 def test_every_module_a_trial_imports_is_either_on_the_result_path_or_listed_as_not():
     """A new module on the trial path must be placed in one list: otherwise its edits would silently reuse results."""
     root = package_root()
-    seen, todo = set(), [root / "harness" / "trials.py"]
+    seen, todo = set(), [root / "harness" / "run" / "trials.py"]
     while todo:
         module = todo.pop()
         if module not in seen:
@@ -60,8 +60,8 @@ def test_every_module_a_trial_imports_is_either_on_the_result_path_or_listed_as_
     placed = hashed | {root / name for name in fingerprint.NOT_RESULT_PATH}
     method_folders = [p for p in (root / "methods").iterdir() if p.is_dir() and (p / "__init__.py").exists()]  # in code.method
     unplaced = sorted(str(p.relative_to(root)) for p in seen - placed if p.name != "__init__.py" and not any(f in p.parents for f in method_folders))
-    assert unplaced == [], f"add these to RESULT_PATH or NOT_RESULT_PATH in harness/fingerprint.py: {unplaced}"
-    assert {root / "harness" / "train.py", root / "harness" / "evaluate.py", root / "tasks" / "copa.yaml"} <= hashed
+    assert unplaced == [], f"add these to RESULT_PATH or NOT_RESULT_PATH in harness/store/fingerprint.py: {unplaced}"
+    assert {root / "harness" / "train" / "loop.py", root / "harness" / "evaluate" / "scoring.py", root / "tasks" / "copa.yaml"} <= hashed
 
 
 def test_check_says_which_code_its_records_came_from():

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from adamole_bench.base.errors import UserError
-from adamole_bench.harness import sweep
-from adamole_bench.harness.config import load_config
+from adamole_bench.harness.run import sweep
+from adamole_bench.harness.settings.config import load_config
 
 BASE = {"model": "tiny-llama", "methods": ["lora", "adamole"], "tasks": ["fruit_or_color"], "seeds": [0, 1]}
 
@@ -105,13 +105,13 @@ def test_grid_section_must_name_sweepable_settings():
 
 
 def _set_grid(grid: dict):
-    from adamole_bench.harness.config import ExperimentConfig, _set_fields
+    from adamole_bench.harness.settings.config import ExperimentConfig, _set_fields
 
     _set_fields(ExperimentConfig(), {"grid": grid})
 
 
 def test_mix_groups_are_one_ray_task_each_and_grid_points_split_them():
-    from adamole_bench.harness.ray_executor import groups_of
+    from adamole_bench.harness.run.ray_executor import groups_of
 
     trials = sweep.plan(load_config(None, ["train.lr=1e-3,3e-3"], **{**BASE, "methods": ["lora"], "tasks": ["copa", "fruit_or_color"], "mix": True}))
     groups = [[t.name for _, t in group] for group in groups_of(trials)]

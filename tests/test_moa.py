@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adamole_bench.harness.models import BaseModel, _state_fingerprint
+from adamole_bench.harness.model.loading import BaseModel, _state_fingerprint
 from adamole_bench.methods.moa.model import MoaBlock, decoder_layers
 from adamole_bench.methods.registry import build_method
 
@@ -339,7 +339,7 @@ def test_sweep_logs_expert_statistics_to_mlflow(tmp_path, monkeypatch):
 
     from mlflow.tracking import MlflowClient
 
-    from adamole_bench.harness.tracking import default_tracking_uri
+    from adamole_bench.harness.store.tracking import default_tracking_uri
 
     client = MlflowClient(default_tracking_uri())
     trials = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id]) if r.data.tags.get("kind") == "trial"]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from adamole_bench.base.errors import UserError
-from adamole_bench.harness.models import load_base_model, tiny_llama
+from adamole_bench.harness.model.loading import load_base_model, tiny_llama
 from adamole_bench.methods import registry
 from adamole_bench.methods.experts import LoraExperts
 from adamole_bench.methods.moe_lora import MoeLoraAdapter, moe_adapters

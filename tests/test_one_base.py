@@ -1,4 +1,4 @@
-"""One base model per process (harness/one_base.py): trials adapt the loaded base in place and leave it
+"""One base model per process (harness/model/one_base.py): trials adapt the loaded base in place and leave it
 exactly as it was, so trials run one after another give bitwise the numbers each gives in a fresh process."""
 
 import json
@@ -13,12 +13,12 @@ from rich.console import Console
 from safetensors.torch import load_file
 from torch import nn
 
-from adamole_bench.harness import sweep
-from adamole_bench.harness.config import load_config
-from adamole_bench.harness.models import load_base_model
-from adamole_bench.harness.one_base import Attachment
-from adamole_bench.harness.tracking import Tracker
-from adamole_bench.harness.trials import TrialState, attempt
+from adamole_bench.harness.model.loading import load_base_model
+from adamole_bench.harness.model.one_base import Attachment
+from adamole_bench.harness.run import sweep
+from adamole_bench.harness.run.trials import TrialState, attempt
+from adamole_bench.harness.settings.config import load_config
+from adamole_bench.harness.store.tracking import Tracker
 from adamole_bench.methods.registry import Method, build_method
 from adamole_bench.tests.fault_tools import cli_env
 
@@ -196,9 +196,9 @@ def test_a_method_that_fails_while_adapting_leaves_the_base_as_it_was():
 
 def test_bench_rows_have_their_own_modules_over_the_base_weights():
     """No row copies the base: every frozen weight a row computes with is the base's own tensor."""
-    from adamole_bench.harness.bench import BenchSettings
-    from adamole_bench.harness.bench_training import build_rows
-    from adamole_bench.harness.precision import Precision
+    from adamole_bench.harness.bench.suite import BenchSettings
+    from adamole_bench.harness.bench.training import build_rows
+    from adamole_bench.harness.model.precision import Precision
 
     base = load_base_model("tiny-llama")
     weights = {p.data_ptr() for p in base.model.parameters()}

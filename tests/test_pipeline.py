@@ -94,7 +94,7 @@ def test_rerun_skips_finished_trials(finished_sweep, cli, search_runs):
 
 
 def test_crash_marks_run_failed_and_sweep_continues(cli, runs_dir, monkeypatch):
-    from adamole_bench.harness import trial_state
+    from adamole_bench.harness.run import trial_state
 
     real_train = trial_state.train
 

@@ -1,4 +1,4 @@
-"""Mixed precision (harness/precision.py) and waste-free evaluation, on the tiny random Llama."""
+"""Mixed precision (harness/model/precision.py) and waste-free evaluation, on the tiny random Llama."""
 
 import copy
 import json
@@ -12,13 +12,13 @@ import yaml
 from scipy import stats
 
 from adamole_bench.base.errors import UserError
-from adamole_bench.harness.config import EvalConfig, TrainConfig, load_config, trial_config
-from adamole_bench.harness.data import EncodedExamples
-from adamole_bench.harness.evaluate import evaluate
-from adamole_bench.harness.models import load_base_model
-from adamole_bench.harness.precision import FP32_ATTENTION, Precision, cpu_bf16_flags, resolve_precision
-from adamole_bench.harness.stats import wilson_interval
-from adamole_bench.harness.train import set_seed, train
+from adamole_bench.harness.evaluate.scoring import evaluate
+from adamole_bench.harness.model.loading import load_base_model
+from adamole_bench.harness.model.precision import FP32_ATTENTION, Precision, cpu_bf16_flags, resolve_precision
+from adamole_bench.harness.report.stats import wilson_interval
+from adamole_bench.harness.settings.config import EvalConfig, TrainConfig, load_config, trial_config
+from adamole_bench.harness.train.data import EncodedExamples
+from adamole_bench.harness.train.loop import set_seed, train
 from adamole_bench.methods.moe_lora import MoeLoraAdapter, MoeLoraMethod
 from adamole_bench.methods.registry import build_method
 from adamole_bench.tasks.sources import load_task
@@ -243,8 +243,8 @@ def test_bf16_evaluation_runs_in_bf16_under_inference_mode(tiny, task):
 def _sweep(tmp_path, overrides, **flags):
     from rich.console import Console
 
-    from adamole_bench.harness.sweep import run_sweep
-    from adamole_bench.harness.tracking import Tracker
+    from adamole_bench.harness.run.sweep import run_sweep
+    from adamole_bench.harness.store.tracking import Tracker
 
     config = load_config(None, overrides, **flags)
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -328,9 +328,9 @@ def _smoke(tmp_path, precision, methods=PARITY_METHODS, seeds=SEEDS):
     tmp_path.mkdir(parents=True, exist_ok=True)
     from rich.console import Console
 
-    from adamole_bench.harness.results import REFERENCE_METHOD, rows_from_mlflow
-    from adamole_bench.harness.sweep import run_sweep
-    from adamole_bench.harness.tracking import Tracker
+    from adamole_bench.harness.report.results import REFERENCE_METHOD, rows_from_mlflow
+    from adamole_bench.harness.run.sweep import run_sweep
+    from adamole_bench.harness.store.tracking import Tracker
 
     tracker = Tracker(config.experiment, uri=f"sqlite:///{tmp_path}/mlflow.db")
     previous = torch.get_num_threads()
@@ -387,8 +387,8 @@ def test_smoke_suite_gives_the_same_accuracies_and_loss_curves_in_fp32_and_bf16(
 def test_supervised_loss_equals_transformers_shifted_loss_in_value_and_gradient(method_name):
     """Logits only where a label follows: the same loss and the same gradients (float64), with ragged
     right padding, answers at different positions per row, and the multi-process num_items scaling."""
-    from adamole_bench.harness.models import keeps_logits, tiny_llama
-    from adamole_bench.harness.train import supervised_loss
+    from adamole_bench.harness.model.loading import keeps_logits, tiny_llama
+    from adamole_bench.harness.train.loop import supervised_loss
 
     torch.manual_seed(0)
     model = build_method(method_name, {}).apply(tiny_llama().double()).train()

@@ -7,9 +7,9 @@ from scipy import stats
 
 from adamole_bench.base.errors import UserError
 from adamole_bench.base.paths import package_root
-from adamole_bench.harness.compare import compare_rows, render_comparison
-from adamole_bench.harness.report import build_table
-from adamole_bench.harness.results import check_single_model, group_variants, load_published, same_value, select_rows, variant_id
+from adamole_bench.harness.report.compare import compare_rows, render_comparison
+from adamole_bench.harness.report.results import check_single_model, group_variants, load_published, same_value, select_rows, variant_id
+from adamole_bench.harness.report.table import build_table
 from adamole_bench.tests.hand_runs import labels, right_on, run
 
 GOLD = labels(30, 30)

@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from adamole_bench.cli import app
-from adamole_bench.harness import sweep
-from adamole_bench.harness.config import load_config
-from adamole_bench.harness.plots import efficiency_points
-from adamole_bench.harness.report_bundle import report_table
-from adamole_bench.harness.tracking import Tracker
+from adamole_bench.harness.report.bundle import report_table
+from adamole_bench.harness.report.plots import efficiency_points
+from adamole_bench.harness.run import sweep
+from adamole_bench.harness.settings.config import load_config
+from adamole_bench.harness.store.tracking import Tracker
 
 pytestmark = pytest.mark.integration  # real sweeps read back from MLflow
 
@@ -123,7 +123,7 @@ def test_the_ui_shows_the_comparison_on_the_sweep_run(store):
 
 
 def test_sweep_names_say_what_is_compared():
-    from adamole_bench.harness.tracking import sweep_name
+    from adamole_bench.harness.store.tracking import sweep_name
 
     assert sweep_name(["adamole", "mole"], ["copa", "boolq"], "smollm2-135m", [0, 1, 2]) == "adamole,mole × copa,boolq · smollm2-135m · 3 seeds"
     assert (

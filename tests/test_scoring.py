@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from adamole_bench.harness import evaluate as evaluate_module
-from adamole_bench.harness.config import EvalConfig
-from adamole_bench.harness.evaluate import continuation_scorer, evaluate
-from adamole_bench.harness.models import load_base_model
+from adamole_bench.harness.evaluate import scoring as evaluate_module
+from adamole_bench.harness.evaluate.scoring import continuation_scorer, evaluate
+from adamole_bench.harness.model.loading import load_base_model
+from adamole_bench.harness.settings.config import EvalConfig
 from adamole_bench.tasks.sources import load_task
 
 

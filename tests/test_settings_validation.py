@@ -15,7 +15,11 @@ FIX = ("e.g.", "leave", "use ", "pass ", "name ", "must be", "expected ", "did y
 def nothing_runs(runs_dir, monkeypatch):
     """Every place work starts (a sweep, the bench, a store, the UI server, an export) raises instead:
     a value that slips past validation fails the test at once rather than running a trial."""
-    from adamole_bench.harness import bench, export, liveness, regression, sweep, tracking
+    from adamole_bench.harness.bench import suite as bench
+    from adamole_bench.harness.check import regression
+    from adamole_bench.harness.report import export
+    from adamole_bench.harness.run import sweep
+    from adamole_bench.harness.store import liveness, tracking
 
     started = []
 
@@ -233,8 +237,8 @@ def test_check_validates_its_suite_before_rerunning_or_reading(cli, nothing_runs
 def test_filters_with_quotes_or_wildcards_never_break_a_store_query(cli, runs_dir):
     """`tags.model = '...'` matches literally: % and _ are no wildcards, a double quote or a backslash
     needs nothing; --where and --config-hash are matched in Python, so their quotes cannot reach a query."""
-    from adamole_bench.harness.results import rows_from_mlflow
-    from adamole_bench.harness.tracking import Tracker
+    from adamole_bench.harness.report.results import rows_from_mlflow
+    from adamole_bench.harness.store.tracking import Tracker
 
     tracker = Tracker("adamole-bench")
     for model in ("tiny-llama", 'odd"name\\x', "50%_off"):

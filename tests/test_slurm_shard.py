@@ -3,7 +3,7 @@
 import pytest
 
 from adamole_bench.base.errors import UserError
-from adamole_bench.harness.sweep import select_shard, slurm_array_shard
+from adamole_bench.harness.run.sweep import select_shard, slurm_array_shard
 
 
 def _array(first: int, last: int, step: int = 1) -> list[dict[str, str]]:

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_smollm2_pipeline_smoke(cli, runs_dir, search_runs):
-    from adamole_bench.harness.models import smollm2_checkpoint
+    from adamole_bench.harness.model.loading import smollm2_checkpoint
 
     result = cli("run", "--methods", "base,lora", "--tasks", "copa", "--max-steps", "2", "--limit", "8", "train.batch_size=2", "eval.batch_size=8")
     assert result.exit_code == 0, result.output

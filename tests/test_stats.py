@@ -1,4 +1,4 @@
-"""The statistics behind each table cell (harness/stats.py) against hand-computed values, scipy and
+"""The statistics behind each table cell (harness/report/stats.py) against hand-computed values, scipy and
 brute-force enumeration of the sign-flip null distribution."""
 
 import itertools
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from adamole_bench.harness.stats import (
+from adamole_bench.harness.report.stats import (
     MONTE_CARLO_DRAWS,
     most_common,
     normal_interval,

@@ -12,10 +12,11 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from adamole_bench.harness import regression, sweep
-from adamole_bench.harness import trials as trial_runner
-from adamole_bench.harness.config import load_config
-from adamole_bench.harness.tracking import Tracker
+from adamole_bench.harness.check import regression
+from adamole_bench.harness.run import sweep
+from adamole_bench.harness.run import trials as trial_runner
+from adamole_bench.harness.settings.config import load_config
+from adamole_bench.harness.store.tracking import Tracker
 
 pytestmark = pytest.mark.integration  # a real sweep, interrupted, crashed and resumed
 
@@ -185,7 +186,7 @@ def test_report_reads_mlflow_and_writes_every_format(store, tmp_path):
     import matplotlib.pyplot as plt
 
     from adamole_bench.cli import app
-    from adamole_bench.harness.plots import HEATMAP_ARTIFACT
+    from adamole_bench.harness.report.plots import HEATMAP_ARTIFACT
 
     tracker = store["tracker"]
     lora_run = tracker.client.search_runs([tracker.experiment_id], "tags.method = 'lora' and tags.seed = '1' and attributes.status = 'FINISHED'")[0]

@@ -9,12 +9,12 @@ import math
 import pytest
 from scipy import stats
 
-from adamole_bench.harness.plots import pareto_front
-from adamole_bench.harness.render import render_csv, render_html, render_json, render_latex, render_markdown, render_rich
-from adamole_bench.harness.report import AVERAGE, build_table
-from adamole_bench.harness.results import group_variants
-from adamole_bench.harness.stats import normal_interval, t_interval, wilson_interval
-from adamole_bench.harness.verdict import verdict
+from adamole_bench.harness.report.plots import pareto_front
+from adamole_bench.harness.report.render import render_csv, render_html, render_json, render_latex, render_markdown, render_rich
+from adamole_bench.harness.report.results import group_variants
+from adamole_bench.harness.report.stats import normal_interval, t_interval, wilson_interval
+from adamole_bench.harness.report.table import AVERAGE, build_table
+from adamole_bench.harness.report.verdict import verdict
 from adamole_bench.tests.hand_runs import labels, right_on, run
 
 COPA = labels(32, 18)  # the offline COPA eval set: 50 docs, 64% "A"

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from adamole_bench.base.errors import UserError
-from adamole_bench.harness.config import EvalConfig
-from adamole_bench.harness.data import EncodedExamples
-from adamole_bench.harness.evaluate import evaluate
-from adamole_bench.harness.models import load_base_model
+from adamole_bench.harness.evaluate.scoring import evaluate
+from adamole_bench.harness.model.loading import load_base_model
+from adamole_bench.harness.settings.config import EvalConfig
+from adamole_bench.harness.train.data import EncodedExamples
 from adamole_bench.tasks.lm_eval.loader import extract_letter
 from adamole_bench.tasks.registry import (
     LM_EVAL_DIR,
@@ -386,10 +386,10 @@ def test_extract_letter():
 def test_mix_trains_once_and_reports_per_task(monkeypatch, tmp_path):
     from rich.console import Console
 
-    from adamole_bench.harness import sweep, trial_state
-    from adamole_bench.harness.config import load_config
-    from adamole_bench.harness.results import rows_from_mlflow
-    from adamole_bench.harness.tracking import Tracker
+    from adamole_bench.harness.report.results import rows_from_mlflow
+    from adamole_bench.harness.run import sweep, trial_state
+    from adamole_bench.harness.settings.config import load_config
+    from adamole_bench.harness.store.tracking import Tracker
 
     trained_on = []
     real_train = trial_state.train

@@ -1,12 +1,12 @@
-"""Each trial logs its own peak memory (harness/train.py PeakMemory), not the process's lifetime peak."""
+"""Each trial logs its own peak memory (harness/train/loop.py PeakMemory), not the process's lifetime peak."""
 
 import pytest
 import torch
 from rich.console import Console
 
-from adamole_bench.harness import sweep, trial_state
-from adamole_bench.harness.config import load_config
-from adamole_bench.harness.tracking import Tracker
+from adamole_bench.harness.run import sweep, trial_state
+from adamole_bench.harness.settings.config import load_config
+from adamole_bench.harness.store.tracking import Tracker
 
 pytestmark = pytest.mark.integration  # real sweeps, memory sampled while they train
 

@@ -1,0 +1,232 @@
+"""lm-eval bridge: score the in-memory model on the project's own task YAMLs (tasks/lm_eval/)."""
+
+import copy
+import functools
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from ...base.progress import phase
+from ...tasks.registry import TASK_DIR, lm_eval_task_name
+from ...tasks.sources import TaskData, pinned
+from ..model.loading import keeps_logits
+from ..model.precision import Precision
+from ..settings.config import EvalConfig
+from ..store.provenance import code_version
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # clean names: acc, acc_stderr, acc_norm, ...
+    lm_eval_task: str
+    results_json: dict  # lm-eval's output without per-sample records
+    samples: list[dict] = field(default_factory=list)  # per doc: label, prediction, log-likelihoods
+
+
+@functools.cache
+def _environment() -> dict:
+    """lm-eval's environment record: torch's collect_env runs ~60 subprocesses (~0.8 s) for a
+    result that is the same for every evaluation in the process."""
+    from lm_eval.loggers.utils import add_env_info
+
+    record = {}
+    add_env_info(record)
+    return record
+
+
+@contextmanager
+def _lm_eval_provenance():
+    """lm-eval runs `git describe` in the cwd (the wrong repo for us, or a 'fatal:' line) and collects
+    the environment at every call: record our commit, and the environment once per process."""
+    import lm_eval.evaluator
+
+    patches = {
+        "get_git_commit_hash": lambda: code_version()["git_commit"],
+        "add_env_info": lambda results: results.update(copy.deepcopy(_environment())),
+    }
+    originals = {name: getattr(lm_eval.evaluator, name) for name in patches if hasattr(lm_eval.evaluator, name)}
+    for name in originals:  # another lm-eval version without one of them: leave that alone
+        setattr(lm_eval.evaluator, name, patches[name])
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(lm_eval.evaluator, name, original)
+
+
+@functools.cache
+def task_manager():
+    """Only our YAMLs: indexing lm-eval's ~10k default tasks would cost ~11 s per process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASK_DIR / "lm_eval"), include_defaults=False)
+
+
+def clean_metric_name(key: str) -> str:
+    """lm-eval's "acc,none" → "acc"; other filters keep their name ("exact_match,strict" → "exact_match/strict")."""
+    metric, _, filter_name = key.partition(",")
+    return metric if filter_name in ("", "none") else f"{metric}/{filter_name}"
+
+
+def _sample_record(sample: dict) -> dict:
+    """Per doc: the prediction and what it came from (choice log-likelihoods, or the generated text)."""
+    record = {"doc_id": sample["doc_id"], "label": sample["target"], "acc": sample.get("acc")}
+    responses = sample["resps"]
+    if responses and isinstance(responses[0][0], str):  # generate protocol
+        record["generation"] = responses[0][0]
+        return record
+    logliks = [float(resp[0][0]) for resp in responses]
+    record["prediction"] = int(max(range(len(logliks)), key=logliks.__getitem__))
+    record["loglikelihoods"] = logliks
+    return record
+
+
+@contextmanager
+def _without_bars(lm):
+    """lm-eval's own tqdm bars (one per request type, passed disable=False, and one while it builds the
+    requests) would tear the sweep's display in a terminal and are noise in a log: our eval bar
+    (base/progress.py) replaces them. The request methods take `disable_tqdm`; the builder is patched
+    for the call, as `_lm_eval_provenance` patches its git and environment lookups."""
+    import lm_eval.api.task
+    from tqdm import tqdm
+
+    for request_type in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
+    original = getattr(lm_eval.api.task, "tqdm", None)
+    lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        lm_eval.api.task.tqdm = original
+
+
+@functools.cache
+def continuation_scorer():
+    """lm-eval's HFLM, with the output head and log-softmax computed only where a continuation is
+    scored. A multiple-choice doc needs logits at its answer tokens alone, yet HFLM asks for all
+    positions: for a 135M model with a 49k vocabulary, that head, its fp32 cast and the softmax over
+    every prompt token make BoolQ scoring 1.13× slower (SmolLM2, bf16, measured side by side).
+    Scores are unchanged up to GEMM rounding (tests/test_scoring.py)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class ContinuationScorer(HFLM):
+        _longest_continuation: int | None = None
+
+        def _loglikelihood_tokens(self, requests, *args, **kwargs):
+            self._longest_continuation = max((len(continuation) for _, _, continuation in requests), default=None)
+            try:
+                return super()._loglikelihood_tokens(requests, *args, **kwargs)
+            finally:
+                self._longest_continuation = None
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            if self._longest_continuation is None or attn_mask is not None or self.backend != "causal":
+                return super()._model_call(inps, attn_mask, labels)
+            # HFLM right-pads rows with token 0, so a row is at least as long as its last nonzero
+            # token (a real trailing 0 only makes this shorter, which keeps more positions: safe).
+            # Every row's continuation then lies in the last `keep` positions of the batch.
+            width = inps.shape[1]
+            real = inps != 0
+            lengths = torch.where(real.any(dim=1), width - real.flip(1).int().argmax(dim=1), 0)
+            keep = min(width, width - int(lengths.min()) + self._longest_continuation)
+            autocast = torch.autocast(self.device.type, dtype=self.mixed_precision_dtype, enabled=self.mixed_precision_dtype is not None)
+            with torch.no_grad(), autocast:
+                return self.model(inps, logits_to_keep=keep).logits
+
+        def _select_cont_toks(self, logits, contlen=None, inplen=None):
+            if self.backend == "causal" and inplen is not None and contlen is not None and inplen < contlen:
+                raise RuntimeError(f"scoring lost a continuation's logits ({contlen} tokens, {inplen} kept): a bug in ContinuationScorer")
+            return super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
+
+    return ContinuationScorer
+
+
+@functools.cache
+def reference_logits_scorer(scorer: type) -> type:
+    """`scorer` encoding requests as the reference's --logits mode reads them (test.py:33-43): the
+    prompt as written, trailing space included (lm-eval's `_encode_pair` would move it into the
+    continuation), and each letter as the one id `tokenizer.encode(letter, add_special_tokens=False)[-1]`.
+    lm-eval then returns log_softmax(last position's logits)[id] per letter, whose argmax is the
+    argmax of the raw logits the reference takes."""
+
+    class ReferenceLogits(scorer):
+        def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+            return self.tok_encode(context), self.tokenizer.encode(continuation, add_special_tokens=False)[-1:]
+
+    return ReferenceLogits
+
+
+@functools.cache
+def reference_generation_scorer(scorer: type) -> type:
+    """`scorer` generating as the reference's generation mode on transformers 4.38.2 (test.py:104-127):
+    its GenerationConfig(max_new_tokens=16, do_sample=False) has no eos_token_id, so EOS stops
+    nothing and every doc gets exactly max_gen_toks tokens, special tokens dropped when decoded.
+    No BOS: see `protocol_scorer`."""
+
+    class ReferenceGeneration(scorer):
+        def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+            return super()._model_generate(context, max_length, stop=[], **generation_kwargs | {"eos_token_id": None})
+
+    return ReferenceGeneration
+
+
+def protocol_scorer(scorer: type, protocol: str) -> tuple[type, dict]:
+    """The LM class and extra HFLM arguments a protocol scores with. The reference protocols need
+    both: their rules are about tokens, which lm-eval's text requests cannot express. Its
+    text-generation pipeline tokenizes without special tokens (add_special_tokens=False, 4.38.2
+    text_generation.py:120), so reference_generate adds no BOS; reference_logits keeps the
+    tokenizer's default, as test.py's `tokenizer(prompts)` does."""
+    if protocol == "reference_logits":
+        return reference_logits_scorer(scorer), {}
+    if protocol == "reference_generate":
+        return reference_generation_scorer(scorer), {"add_bos_token": False}
+    return scorer, {}
+
+
+def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConfig, precision: Precision | None = None) -> EvalResult:
+    """Score `model` as it is, without autograd, in `precision` (default fp32); log-softmax in fp32."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    device = next(model.parameters()).device
+    precision = precision or Precision("fp32", device.type)
+    # HFLM enters its own autocast around every model call (disabled unless given a dtype), so the
+    # precision goes in here rather than as an outer autocast, which that inner one would switch off.
+    scorer, protocol_arguments = protocol_scorer(continuation_scorer() if keeps_logits(model) else HFLM, config.protocol)
+    lm = scorer(
+        pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=str(device),
+        mixed_precision_dtype=precision.compute_dtype if precision.mixed else None, softmax_dtype=torch.float32,
+        **protocol_arguments,
+    )  # fmt: skip
+    name = lm_eval_task_name(data.spec.name, config.protocol)
+    docs = len(data.splits["eval"][: config.limit])
+    with (
+        pinned(data),
+        _lm_eval_provenance(),
+        _without_bars(lm),
+        phase("  eval", kind="eval", detail=f"{data.spec.name}, {docs} docs"),
+        torch.inference_mode(),
+    ):
+        output = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[name],
+            task_manager=task_manager(),
+            num_fewshot=0,
+            limit=config.limit,
+            log_samples=True,
+            bootstrap_iters=1000,  # 'mean' metrics get lm-eval's analytic stderr; this only affects others
+            random_seed=0,
+            numpy_random_seed=0,
+            torch_random_seed=0,
+            fewshot_random_seed=0,
+        )
+    metrics = {
+        clean_metric_name(key): float(value) for key, value in output["results"][name].items() if "," in key and isinstance(value, (int, float))
+    }
+    samples = [_sample_record(s) for s in output.pop("samples", {}).get(name, [])]
+    results_json = json.loads(json.dumps(output, default=str))  # drop objects MLflow can't serialise
+    return EvalResult(metrics=metrics, lm_eval_task=name, results_json=results_json, samples=samples)

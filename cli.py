@@ -192,7 +192,7 @@ def run(
 ):
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
     from .harness.run.sweep import run_sweep
-    from .harness.settings.config import load_config
+    from .harness.settings.load import load_config
     from .harness.store.liveness import sigterm_as_interrupt
     from .harness.train.distributed import context
 

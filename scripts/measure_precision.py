@@ -143,7 +143,7 @@ def measure_parity(args) -> None:
 
     from adamole_bench.harness.report.table import rows_from_mlflow
     from adamole_bench.harness.run.sweep import run_sweep
-    from adamole_bench.harness.settings.config import load_config
+    from adamole_bench.harness.settings.load import load_config
     from adamole_bench.harness.store.tracking import Tracker
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from adamole_bench.base.errors import UserError
-from adamole_bench.harness.settings.config import config_hash, load_config, to_dict, trial_config
+from adamole_bench.harness.settings.config import config_hash, to_dict, trial_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.tests.fault_tools import cli_env
 
 ANSI = re.compile(r"\x1b\[")

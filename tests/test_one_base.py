@@ -17,7 +17,7 @@ from adamole_bench.harness.model.loading import load_base_model
 from adamole_bench.harness.model.one_base import Attachment
 from adamole_bench.harness.run import sweep
 from adamole_bench.harness.run.trials import TrialState, attempt
-from adamole_bench.harness.settings.config import load_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.store.tracking import Tracker
 from adamole_bench.methods.registry import Method, build_method
 from adamole_bench.tests.fault_tools import cli_env

@@ -16,7 +16,8 @@ from adamole_bench.harness.evaluate.scoring import evaluate
 from adamole_bench.harness.model.loading import load_base_model
 from adamole_bench.harness.model.precision import FP32_ATTENTION, Precision, cpu_bf16_flags, resolve_precision
 from adamole_bench.harness.report.stats import wilson_interval
-from adamole_bench.harness.settings.config import EvalConfig, TrainConfig, load_config, trial_config
+from adamole_bench.harness.settings.config import EvalConfig, TrainConfig, trial_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.train.data import EncodedExamples
 from adamole_bench.harness.train.loop import set_seed, train
 from adamole_bench.methods.moe_lora import MoeLoraAdapter, MoeLoraMethod

@@ -20,7 +20,8 @@ from adamole_bench.base.errors import UserError
 from adamole_bench.base.paths import package_root
 from adamole_bench.harness.evaluate.scoring import evaluate
 from adamole_bench.harness.model.loading import byte_level_tokenizer, smollm2_checkpoint, tiny_llama
-from adamole_bench.harness.settings.config import EvalConfig, TrainConfig, config_hash, load_config, trial_config
+from adamole_bench.harness.settings.config import EvalConfig, TrainConfig, config_hash, trial_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.train import distributed
 from adamole_bench.harness.train.data import EncodedExamples, encode_example
 from adamole_bench.harness.train.loop import training_loader

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from adamole_bench.harness.check import regression
 from adamole_bench.harness.run import sweep
 from adamole_bench.harness.run import trials as trial_runner
-from adamole_bench.harness.settings.config import load_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.store.tracking import Tracker
 
 pytestmark = pytest.mark.integration  # a real sweep, interrupted, crashed and resumed

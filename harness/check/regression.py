@@ -23,7 +23,8 @@ from rich.table import Table
 
 from ...base.errors import UserError
 from ..report.results import current_code, rows_from_mlflow
-from ..settings.config import ExperimentConfig, load_config, read_yaml_mapping
+from ..settings.config import ExperimentConfig, read_yaml_mapping
+from ..settings.load import load_config
 from ..store.fingerprint import differences, implementation
 from ..store.provenance import code_version, package_versions
 from ..store.tracking import Tracker

@@ -163,9 +163,6 @@ class ExperimentConfig:
         self.train.validate()
         self.eval.validate()
         self.resources.validate()
-        from .grid import grid_points
-
-        grid_points(self)  # every grid point is valid, or one line now
 
     def resolved_precision(self) -> Precision:
         return resolve_precision(self.precision, resolve_device(self.device), self.model)
@@ -343,7 +340,7 @@ def _unknown_setting(prefix: str, key: str, names: list[str]) -> UserError:
 # --- building from YAML + overrides -------------------------------------------------------------
 
 
-def _set_fields(obj, values: dict, prefix: str = "") -> None:
+def set_fields(obj, values: dict, prefix: str = "") -> None:
     from ...methods.registry import all_methods, coerce
 
     hints = typing.get_type_hints(type(obj))
@@ -355,7 +352,7 @@ def _set_fields(obj, values: dict, prefix: str = "") -> None:
             if not prefix and key in all_methods():  # `lora: {rank: 8}`, as lora.rank=8 on the command line
                 if not isinstance(value, dict):
                     raise UserError(f"'{key}' takes {key}'s options as a mapping, e.g. {key}: {{rank: 8}} (or {key}.rank=8 on the command line)")
-                _set_fields(obj, {"method_options": {key: value}})
+                set_fields(obj, {"method_options": {key: value}})
                 continue
             target = _alias(prefix, key)
             if target is None:
@@ -364,17 +361,13 @@ def _set_fields(obj, values: dict, prefix: str = "") -> None:
             given = values.get(section) if section else values
             if isinstance(given, dict) and ours in given:
                 raise UserError(f"'{prefix}{key}' and '{prefix}{section + '.' if section else ''}{ours}' set the same setting; keep one")
-            _set_fields(getattr(obj, section) if section else obj, {ours: value}, f"{prefix}{section}." if section else prefix)
+            set_fields(getattr(obj, section) if section else obj, {ours: value}, f"{prefix}{section}." if section else prefix)
             continue
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise UserError(f"'{prefix}{key}' is a section; set its fields, e.g. {prefix}{key}.<name>=...")
-            _set_fields(current, value, f"{prefix}{key}.")
-        elif key == "grid":
-            from .grid import grid_section
-
-            current.update(grid_section(value))
+            set_fields(current, value, f"{prefix}{key}.")
         elif key == "method_options":
             if not isinstance(value, dict) or not all(isinstance(o, dict | None) for o in value.values()):
                 raise UserError(f"'{prefix}{key}' must map each method to its options, e.g. method_options: {{lora: {{rank: 8}}}} (or lora.rank=8)")
@@ -441,32 +434,6 @@ def read_yaml_mapping(path: str | Path, kind: str, example: str = "") -> dict:
     if not isinstance(values, dict):
         raise UserError(f"{kind} {path} must be a mapping of settings")
     return values
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] = (), **cli: object) -> ExperimentConfig:
-    """Defaults, then the YAML file, then CLI flags (`cli`, None = not given), then key=value overrides."""
-    config = ExperimentConfig()
-    if path:
-        _set_fields(config, read_yaml_mapping(path, "config file"))
-    flags = {k: v for k, v in cli.items() if v is not None}
-    for dotted, value in flags.items():
-        if isinstance(value, str) and not value.strip():
-            flag = "--" + dotted.rpartition("__")[2].replace("_", "-")
-            raise UserError(f"{flag} is empty (an unset shell variable?); give a value or leave the flag out")
-    for dotted, value in flags.items():
-        section, _, name = dotted.rpartition("__")
-        _set_fields(config, {section: {name: value}} if section else {name: value})
-    from .grid import grid_override
-
-    for text in overrides:
-        swept = grid_override(text)  # `key=v1,v2`: a grid (harness/settings/grid.py)
-        if swept:
-            config.grid[swept[0]] = swept[1]
-            continue
-        _set_fields(config, parse_override(text))
-        config.grid.pop(text.partition("=")[0].strip(), None)  # a plain value on the command line beats the file's grid
-    config.validate()
-    return config
 
 
 # --- the identity of one trial ------------------------------------------------------------------

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: setup lock test test-integration test-all test-slow test-latest
+.PHONY: setup lock typecheck test test-integration test-all test-slow test-latest
 
 setup:  ## venv + install (CPU torch pinned in the same install) + offline assets
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ setup:  ## venv + install (CPU torch pinned in the same install) + offline asset
 
 lock:  ## rewrite constraints.txt from the installed stack (after a deliberate upgrade; review the diff)
 	{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable --disable-pip-version-check | grep -v '^adamole' | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > constraints.new && mv constraints.new constraints.txt
+
+typecheck:  ## mypy on the whole tree, seen as the package `adamole_bench` (the repository root is the package)
+	link=$$(mktemp -d) && ln -s "$(CURDIR)" $$link/adamole_bench && cd $$link && \
+	  $(CURDIR)/.venv/bin/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache -p adamole_bench; \
+	  status=$$?; rm -rf $$link; exit $$status
 
 test:  ## the unit tier: method math, configs, tables, tasks, errors (tiny model, no sweeps): about a minute
 	$(BIN)/python -m pytest -m "not slow and not integration"

@@ -18,6 +18,7 @@ import re
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .moe_lora import MoeLoraAdapter, moe_adapters
 from .registry import StatisticsRecorder
@@ -45,6 +46,7 @@ class _Accumulator:
         self.selections += counted @ decision.selected.detach().to(torch.float64)
         self.entropy += counted @ torch.special.entr(decision.weights.detach().to(torch.float64)).sum(-1)
         if decision.threshold is not None and self.threshold_histogram is not None:
+            assert self.threshold_cap is not None  # the histogram exists only with a cap
             tau = decision.threshold.detach().reshape(-1).to(torch.float64)
             self.threshold_sum += counted @ tau
             bins = (tau / self.threshold_cap * THRESHOLD_BINS).long().clamp_(0, THRESHOLD_BINS - 1)
@@ -70,7 +72,7 @@ class ExpertStatistics(StatisticsRecorder):
         self._names = {id(adapter): name.removesuffix(".adapter") for name, adapter in self.adapters}
         self._sums: dict[str, _Accumulator] = {}
         self._attention_mask: torch.Tensor | None = None
-        self._hook = None
+        self._hook: RemovableHandle | None = None
 
     # -- collection ---------------------------------------------------------------------------
 
@@ -124,7 +126,7 @@ class ExpertStatistics(StatisticsRecorder):
                 "entropy": float(acc.entropy) / tokens,
                 "dead": int((acc.selections == 0).sum()),
             }
-            if acc.threshold_histogram is not None:
+            if acc.threshold_histogram is not None and acc.threshold_cap is not None:  # both or neither
                 histogram = acc.threshold_histogram.cpu()
                 row["threshold_mean"] = float(acc.threshold_sum) / tokens
                 row |= {f"threshold_p{round(q * 100)}": _quantile(histogram, q, acc.threshold_cap) for q in QUANTILES}

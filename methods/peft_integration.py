@@ -20,7 +20,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import peft
 import torch
@@ -38,6 +38,10 @@ from .registry import ADAPTER_WEIGHTS, Method, build_method, get_method_class
 
 ADAPTER_ATTRIBUTE = "adapter"  # the tuner layers keep the harness's AdaptedLinear names: q_proj.adapter.experts.lora_A
 PEFT_ROOT = "base_model.model."  # what PeftModel puts in front of the base model's own names
+# PEFT's method tables, typed by its closed PeftType enum; we key them by MixtureType, which compares and hashes equal.
+_CONFIGS = cast(dict[str, type[PeftConfig]], PEFT_TYPE_TO_CONFIG_MAPPING)
+_TUNERS = cast(dict[str, type[BaseTuner]], PEFT_TYPE_TO_TUNER_MAPPING)
+_PREFIXES = cast(dict[str, str], PEFT_TYPE_TO_PREFIX_MAPPING)
 
 
 class MixtureType(str, enum.Enum):
@@ -116,14 +120,14 @@ class MixtureTuner(BaseTuner):
 
     prefix = ADAPTER_ATTRIBUTE
     tuner_layer_cls = MixtureLinear
-    target_module_mapping: ClassVar[dict] = {}
+    target_module_mapping: ClassVar[dict] = {}  # type: ignore[misc]  # PEFT declares it without ClassVar, yet its tuners set it on the class
 
     def make_branch(self, config: MixtureConfig, adapter_name: str, key: str, linear: nn.Linear) -> nn.Module:
         raise NotImplementedError
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, parameter_name=None):
         if isinstance(target, MixtureLinear):
-            target.add(adapter_name, self.make_branch(peft_config, adapter_name, current_key, target.get_base_layer()))
+            target.add(adapter_name, self.make_branch(peft_config, adapter_name, current_key, target.base_layer))
         elif isinstance(target, nn.Linear):
             layer = MixtureLinear(target, adapter_name, self.make_branch(peft_config, adapter_name, current_key, target))
             self._replace_module(parent, target_name, layer, target)
@@ -169,14 +173,14 @@ def register() -> None:
     """Make PEFT know our mixtures (idempotent). Runs when this module is imported, which
     `import adamole_bench` arranges for the moment `peft` is imported (methods/peft_hook.py)."""
     for peft_type in MixtureType:
-        if PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type) is MixtureConfig:
+        if _CONFIGS.get(peft_type) is MixtureConfig:
             continue
-        if peft_type in PEFT_TYPE_TO_CONFIG_MAPPING:  # never break `import peft`; saving refuses instead
+        if peft_type in _CONFIGS:  # never break `import peft`; saving refuses instead
             warnings.warn(f"PEFT {peft.__version__} has its own {peft_type.value}; adamole-bench leaves it registered", stacklevel=2)
             continue
-        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = MixtureConfig
-        PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = tuner_class(peft_type)
-        PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = ADAPTER_ATTRIBUTE
+        _CONFIGS[peft_type] = MixtureConfig
+        _TUNERS[peft_type] = tuner_class(peft_type)
+        _PREFIXES[peft_type] = ADAPTER_ATTRIBUTE
 
 
 register()
@@ -193,11 +197,12 @@ def save_peft_adapter(method: Method, model: nn.Module, path: Path, base_model: 
         state = get_peft_model_state_dict(model, save_embedding_layers=False)
     else:
         config = MixtureConfig(method=method.name, method_config=dataclasses.asdict(method.config))
-        if PEFT_TYPE_TO_CONFIG_MAPPING.get(config.peft_type) is not MixtureConfig:
+        peft_type = MixtureType(config.peft_type)
+        if _CONFIGS.get(peft_type) is not MixtureConfig:
             raise UserError(
-                f"PEFT {peft.__version__} defines its own {config.peft_type.value}, so {method.name} cannot be saved in its layout; use peft 0.21"
+                f"PEFT {peft.__version__} defines its own {peft_type.value}, so {method.name} cannot be saved in its layout; use peft 0.21"
             )
-        state = tuner_class(config.peft_type).harness_state_dict(model)
+        state = tuner_class(peft_type).harness_state_dict(model)
     config.base_model_name_or_path = base_model["id"]
     config.revision = base_model.get("revision")
     config.inference_mode = True

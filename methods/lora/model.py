@@ -1,5 +1,6 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import nn
@@ -38,12 +39,14 @@ class Lora(Method):
         weight would be rounded to 8 (or 11) mantissa bits, which rounds part of a small update
         away (docs/performance.md, "Mixed precision").
         """
+        from peft import PeftModel
         from peft.tuners.lora import LoraLayer
 
         if compute_dtype != torch.float32:
             yield model
             return
-        bases = [module.get_base_layer() for module in model.modules() if isinstance(module, LoraLayer)]
+        assert isinstance(model, PeftModel), "scoring takes the model `apply` returned"
+        bases = [cast(nn.Linear, module.get_base_layer()) for module in model.modules() if isinstance(module, LoraLayer)]
         originals = [base.weight.detach().to("cpu", copy=True) for base in bases]  # host RAM, not GPU memory
         model.merge_adapter()
         try:

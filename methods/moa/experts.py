@@ -41,8 +41,11 @@ class GatedLora(LoraExperts):
         super().__init__(in_features, out_features, num_experts=1, rank=rank, scaling=scaling)
         self.state, self.column = state, column
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x, self.state.gate(self.column))
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor | None = None, active: torch.Tensor | None = None, projected: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """LoraExperts.forward with weights defaulting to this expert's gate (a MoA layer passes only x)."""
+        return super().forward(x, self.state.gate(self.column) if weights is None else weights, active, projected)
 
 
 class ParallelAdapter(nn.Module):

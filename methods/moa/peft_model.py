@@ -76,5 +76,5 @@ class MoaTuner(MixtureTuner):
         """LoRA experts as every mixture, plus `model.layers.3.moa.*` → `base_model.moa_blocks.3.*`."""
         state = super().harness_state_dict(model)
         for index, (_, layer) in enumerate(decoder_layers(model)):
-            state |= {f"base_model.moa_blocks.{index}.{key}": tensor for key, tensor in layer.moa.state_dict().items()}
+            state |= {f"base_model.moa_blocks.{index}.{key}": tensor for key, tensor in layer.get_submodule("moa").state_dict().items()}
         return state

@@ -311,6 +311,7 @@ def bench(
         for method, values in parsed["method_options"].items():
             options.setdefault(method, {}).update(values)
     bench_methods = _split(methods, "--methods", "lora,adamole")
+    assert bench_methods is not None  # --methods has a default
     for method in dict.fromkeys([*bench_methods, *options]):
         make_config(method, options.get(method))  # a bad option is one line before the model loads
     settings = BenchSettings(
@@ -366,6 +367,7 @@ def _list_tasks() -> Table:
         return (high - low) / 2 * 100
 
     limit = EvalConfig().limit
+    assert limit is not None  # the default limit is a number; null is what the caption contrasts it with
     caption = f"eval: docs scored with eval.limit=null; the default eval.limit={limit} gives a 95% CI of ±{half_width(limit):.1f} points"
     table = Table("train", "eval", "source", "template", "notes", caption=caption, caption_justify="left")
     table.columns.insert(0, Column("task", no_wrap=True))  # names must stay copyable on narrow terminals

@@ -32,7 +32,7 @@ def _environment() -> dict:
     result that is the same for every evaluation in the process."""
     from lm_eval.loggers.utils import add_env_info
 
-    record = {}
+    record: dict = {}
     add_env_info(record)
     return record
 

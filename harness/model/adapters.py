@@ -12,6 +12,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -19,11 +20,14 @@ from ...base.errors import UserError
 from ...methods.registry import ADAPTER_CONFIG, Method, build_method
 from .loading import DTYPES, EMBEDDED_MODELS, BaseModel, load_base_model
 
+if TYPE_CHECKING:  # transformers is slow to import; here its classes are annotations only
+    from transformers import PreTrainedTokenizerBase
+
 
 @dataclass
 class LoadedAdapter:
     model: nn.Module  # the base model with the adapter, in eval mode (a PeftModel for PEFT-layout adapters)
-    tokenizer: object
+    tokenizer: "PreTrainedTokenizerBase"
     method: Method
     base: BaseModel
     metadata: dict  # the adapter's adamole_bench_adapter.json: method, config, tags, base_model
@@ -53,10 +57,10 @@ def load_adapter(
     if str(source).startswith("runs:/"):
         with tempfile.TemporaryDirectory() as folder:
             return _load_folder(download_run_artifact(str(source), folder, tracking_uri), base_model, device, dtype, check_base)
-    folder = Path(source).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"no adapter folder at {folder}; pass a folder written by `adamole-bench export` or a runs:/<run_id>/adapter URI")
-    return _load_folder(folder, base_model, device, dtype, check_base)
+    local = Path(source).expanduser()
+    if not local.is_dir():
+        raise UserError(f"no adapter folder at {local}; pass a folder written by `adamole-bench export` or a runs:/<run_id>/adapter URI")
+    return _load_folder(local, base_model, device, dtype, check_base)
 
 
 def download_run_artifact(uri: str, folder: str | Path, tracking_uri: str | None = None) -> Path:

@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,13 +16,16 @@ from ...base.assets import SMOLLM2, extracted, unpacked_dir
 from ...base.errors import UserError, unknown
 from ...base.paths import atomic_dir, cache_dir
 
+if TYPE_CHECKING:  # transformers is slow to import; here its classes are annotations only
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class BaseModel:
-    model: torch.nn.Module
-    tokenizer: object
+    model: "PreTrainedModel"
+    tokenizer: "PreTrainedTokenizerBase"
     name: str  # what the user asked for
     source: str  # embedded | code | local | hub
     fingerprint: str  # identity of the weights (file hash, hub commit, or state hash)
@@ -113,7 +117,8 @@ def tiny_llama(vocab_size: int = 259, hidden: int = 64, layers: int = 2, heads: 
 
 def keeps_logits(model: torch.nn.Module) -> bool:
     """Whether the causal LM under any PEFT wrapper can compute logits at chosen positions only."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)
+    base = get_base_model() if get_base_model else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
@@ -152,7 +157,7 @@ def smollm2_checkpoint() -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # save_pretrained refuses while the GGUF quantizer is attached; the weights are already dequantized.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # torch types Module.__setattr__ values as Tensor | Module; any value works
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with atomic_dir(target) as building:

@@ -21,12 +21,17 @@ import functools
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import torch
 from torch import nn
 
 from ...base.errors import UserError
 
+if TYPE_CHECKING:  # transformers is slow to import; here its classes are annotations only
+    from transformers import PreTrainedModel
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Models for which `auto` may pick bf16: where it measured faster. The 64-wide tiny-llama's
@@ -79,7 +84,7 @@ class Precision:
     def grad_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: ModelT) -> ModelT:
         """Store the frozen base's Linear weights in the compute dtype (once, in place); see module doc.
 
         Call it on the base model before adapters are added: only frozen Linear layers are cast,
@@ -95,7 +100,7 @@ class Precision:
         config = getattr(model, "config", None)
         if self.device_type == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa":
             _register_fp32_attention()
-            model.set_attn_implementation(FP32_ATTENTION)
+            cast("PreTrainedModel", model).set_attn_implementation(FP32_ATTENTION)  # a transformers model: it has an sdpa config
         return model
 
 

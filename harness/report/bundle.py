@@ -65,7 +65,7 @@ def summary_metrics(table: AccuracyTable) -> dict[str, float]:
     for (label, column), cell in table.cells.items():
         prefix = f"{column}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', label).strip('_')}"
         metrics[f"{prefix}/{table.metric}"] = round(cell.mean, 4)
-        if cell.low is not None:
+        if cell.low is not None and cell.high is not None:
             metrics[f"{prefix}/ci_low"], metrics[f"{prefix}/ci_high"] = round(cell.low, 4), round(cell.high, 4)
         if cell.docs:
             metrics[f"{prefix}/n"] = cell.docs

@@ -11,10 +11,14 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...base.errors import UserError
 from ..model.adapters import download_run_artifact, load_adapter, read_metadata
 from ..store.tracking import _check_reachable, default_tracking_uri
+
+if TYPE_CHECKING:  # mlflow is slow to import; here its classes are annotations only
+    from mlflow.entities import Run
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 TRIAL_SPEC = re.compile(r"^(?P<method>[\w.-]+)/(?P<task>[\w.-]+)/(?:seed)?(?P<seed>\d+)$")
@@ -36,7 +40,7 @@ def find_trial(spec: str, experiment: str, model: str | None = None, config_hash
         raise UserError(f"no experiment '{experiment}' in MLflow store {store}; pass --experiment, or a run id")
     wanted = {"kind": "trial", **match.groupdict(), **({"model": model} if model else {})}
     conditions = [f"tags.{key} = '{value}'" for key, value in wanted.items()] + ["attributes.status = 'FINISHED'"]
-    runs = client.search_runs([found.experiment_id], " and ".join(conditions), order_by=["attributes.start_time DESC"], max_results=1000)
+    runs: list[Run] = client.search_runs([found.experiment_id], " and ".join(conditions), order_by=["attributes.start_time DESC"], max_results=1000)
     runs = [r for r in runs if not config_hash or r.data.tags.get("config_hash", "").startswith(config_hash)]
     if not runs:
         raise UserError(
@@ -44,7 +48,7 @@ def find_trial(spec: str, experiment: str, model: str | None = None, config_hash
             + (f" for model {model}" if model else "")
             + "; `adamole-bench report` lists what is there"
         )
-    newest: dict[str, object] = {}
+    newest: dict[str, Run] = {}
     for run in runs:  # a trial recorded twice with one identity: the newest counts, as in report
         newest.setdefault(run.data.tags.get("identity") or run.data.tags.get("config_hash", ""), run)
     if len(newest) > 1:
@@ -93,7 +97,10 @@ def export_run(run_id: str, target: str | Path, merged: bool = False, tracking_u
         trial_config = json.loads(download_run_artifact(f"runs:/{run_id}/config/trial.json", staging / "download", store).read_text())
         shutil.rmtree(staging / "download")
         if merged:
+            from peft import PeftModel  # slow to import; only --merged needs it
+
             loaded = load_adapter(staging)
+            assert isinstance(loaded.model, PeftModel)  # --merged is refused above for anything but LoRA
             full = loaded.model.merge_and_unload()
             full.config._name_or_path = read_metadata(staging)["base_model"]["id"]  # no machine path in config.json
             full.save_pretrained(staging / "merged")

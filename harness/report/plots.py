@@ -3,6 +3,7 @@ bars with 95% CIs, the accuracy / size / speed Pareto view, and each trial's exp
 
 import statistics
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -11,7 +12,7 @@ import matplotlib.pyplot as plt
 from matplotlib import ticker
 
 from .results import download
-from .table import AVERAGE, AccuracyTable
+from .table import AVERAGE, AccuracyTable, Cell
 
 HEATMAP_ARTIFACT = "experts/usage_heatmap.png"
 
@@ -40,10 +41,10 @@ def accuracy_bars(table: AccuracyTable, path: Path) -> Path:
     for index, variant in enumerate(variants):
         cells = [(i, table.cells[(variant.label, c)]) for i, c in enumerate(columns) if (variant.label, c) in table.cells]
         xs = [i + (index - (len(variants) - 1) / 2) * width for i, _ in cells]
-        style = {"color": "0.6", "hatch": "//", "edgecolor": "0.3"} if variant.reference else {}
+        style: dict[str, Any] = {"color": "0.6", "hatch": "//", "edgecolor": "0.3"} if variant.reference else {}
         axes.bar(xs, [c.mean * 100 for _, c in cells], width, yerr=_errors([c for _, c in cells]), capsize=3, label=variant.label, **style)
         for x, (_, cell) in zip(xs, cells):
-            if cell.collapsed:
+            if cell.collapsed and cell.top_answer is not None:
                 axes.annotate(
                     cell.top_answer,
                     (x, cell.high * 100 if cell.high is not None else cell.mean * 100),
@@ -63,7 +64,7 @@ def accuracy_bars(table: AccuracyTable, path: Path) -> Path:
                 colors="black",
                 linestyles="dashed",
                 linewidth=1,
-                label="majority class" if i == 0 else None,
+                label="majority class" if i == 0 else None,  # type: ignore[arg-type]  # matplotlib's stubs say str; None means no legend entry
             )
     axes.set_xticks(range(len(columns)), [f"{c}\n(n={_docs(table, c)})" for c in columns])
     axes.set_ylabel(f"{table.metric} (%)")
@@ -90,10 +91,12 @@ def pareto_front(points: list[tuple[float, float]], cost_is_high: bool) -> list[
     return front
 
 
-def efficiency_points(table: AccuracyTable) -> dict[str, tuple[float, float, object]]:
+def efficiency_points(table: AccuracyTable) -> dict[str, tuple[float, float, Cell]]:
     """Row label → (trainable parameters, train tokens/s, the accuracy cell plotted: average or the one task)."""
     column = AVERAGE if AVERAGE in table.columns else table.columns[0] if len(table.columns) == 1 else None
-    points = {}
+    points: dict[str, tuple[float, float, Cell]] = {}
+    if column is None:  # several tasks and no average: no one cell to plot
+        return points
     for variant in table.variants:
         runs = [r for runs in variant.runs.values() for r in runs]
         params = [r["trainable_params"] for r in runs if r.get("trainable_params")]
@@ -116,11 +119,11 @@ def efficiency(table: AccuracyTable, path: Path) -> Path | None:
     for axes, index, label, cost_is_high in ((left, 0, "trainable parameters", False), (right, 1, "train tokens / s", True)):
         for name, cell in references:  # what a method has to beat, drawn across the whole axis
             axes.axhline(cell.mean * 100, color="0.4", linestyle=":", linewidth=1.2, label=name)
-        xs = _dodge([v[index] for v in points.values()], relative=index == 0)
+        xs = _dodge([v[:2][index] for v in points.values()], relative=index == 0)  # v[:2]: the two costs
         for x, (name, values) in zip(xs, points.items()):
             cell = values[2]
             axes.errorbar(x, cell.mean * 100, yerr=_errors([cell]), fmt="o", capsize=3, label=name)
-        measured = [(v[index], v[2].mean * 100) for v in points.values()]
+        measured = [(v[:2][index], v[2].mean * 100) for v in points.values()]
         drawn_at = dict(zip(measured, xs))  # the front is decided on measured values, drawn through the dodged points
         front = sorted((drawn_at[point], point[1]) for point in pareto_front(measured, cost_is_high))
         axes.plot(*zip(*front), linestyle="--", color="grey", linewidth=1)

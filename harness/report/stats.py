@@ -7,7 +7,7 @@ scipy and brute-force enumeration.
 
 import math
 from collections import Counter
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -73,7 +73,7 @@ def sign_flip_pvalue(differences: Iterable[int]) -> float:
     return float(min(1.0, pmf[np.abs(sums) >= observed].sum()))
 
 
-def weighted_sign_flip_pvalue(differences: np.ndarray, weights: np.ndarray, seed: int = 0) -> float:
+def weighted_sign_flip_pvalue(differences: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray, seed: int = 0) -> float:
     """The same test for a weighted sum (an average over tasks of different sizes), where the
     exact distribution is not on a small integer grid: MONTE_CARLO_DRAWS seeded random sign flips,
     p = (1 + #{|S*| ≥ |S|}) / (1 + draws), so p is never 0 and the same inputs give the same p."""

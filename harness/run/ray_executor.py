@@ -230,6 +230,7 @@ def run_group(trials: list[Trial], uri: str, experiment: str, sweep_id: str, tok
     offline_defaults()
     tracker = _cached.get(("tracker", uri, experiment)) or _cached.setdefault(("tracker", uri, experiment), Tracker(experiment, uri=uri))
     settings = trials[0].settings
+    assert settings is not None  # planned trials carry their settings (sweep.plan)
     key = ("state", settings.model, settings.precision, settings.trust_remote_code, settings.data_dir)
     state = _cached.get(key) or _cached.setdefault(key, TrialState(settings))
     tags = {"executor": "ray", "ray_task": token}

@@ -8,6 +8,7 @@ The trials run here one after another (`--executor local`) or as Ray tasks (harn
 """
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -26,6 +27,7 @@ from .trial import Trial
 from .trials import Outcome, TrialState, attempt, await_trial
 
 EXECUTORS = ("local", "ray")
+TrialT = TypeVar("TrialT")  # select_shard only slices: any list shards the same way
 
 
 def plan(config: ExperimentConfig) -> list[Trial]:
@@ -96,7 +98,7 @@ def slurm_array_shard(environ: Mapping[str, str]) -> tuple[int, int] | None:
     return offset, count
 
 
-def select_shard(trials: list[Trial], index: int, count: int) -> list[Trial]:
+def select_shard(trials: list[TrialT], index: int, count: int) -> list[TrialT]:
     """Deterministic slice i/n, so several machines can share one sweep through one MLflow server."""
     if count < 1 or not 0 <= index < count:
         raise UserError(f"invalid shard {index}/{count}: use i/n with 0 <= i < n, e.g. --shard 0/2")

@@ -47,6 +47,7 @@ def attempt(
     """Skip a finished trial, or claim and run it; None when another live process holds it. `tags` go on the
     trial's run from its creation (e.g. the Ray task that runs it)."""
     config = trial.settings
+    assert config is not None  # planned trials carry their settings (sweep.plan)
     try:
         done = tracker.completed_trial(trial.identity, trial.seed)
         if done:
@@ -115,6 +116,7 @@ def await_trial(trial: Trial, state: "TrialState", tracker: Tracker, sweep_id: s
 
 def trial_tags(trial: Trial) -> dict[str, str]:
     config = trial.settings
+    assert config is not None  # planned trials carry their settings (sweep.plan)
     return {
         "kind": "trial",
         "method": trial.method,

@@ -276,7 +276,8 @@ def method_options(method: str, options: dict) -> dict:
     from ...methods.registry import get_method_class
 
     fields = {f.name for f in dataclasses.fields(get_method_class(method).config_class)}
-    named, given_as = {}, {}
+    named: dict[str, object] = {}
+    given_as: dict[str, str] = {}
     for key, value in options.items():
         ours = METHOD_ALIASES.get(key, key) if key not in fields and METHOD_ALIASES.get(key) in fields else key
         setting = _setting_named(key)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import yaml
 
 from ...base.errors import UserError, unknown
-from .config import EvalConfig, TrainConfig, nested, set_fields
+from .config import EvalConfig, ExperimentConfig, TrainConfig, nested, set_fields
 
 SECTIONS = ("train", "eval")
 HOW = "sweep train.<field>, eval.<field> or <method>.<option> settings, e.g. adamole.max_threshold=0.0625,0.125"
@@ -147,7 +147,7 @@ def value_text(value) -> str:
 @dataclass(frozen=True)
 class GridPoint:
     values: tuple[tuple[str, object], ...]  # (key, value as the trial's config holds it), in grid order
-    config: object  # the ExperimentConfig of this point (no grid left in it)
+    config: ExperimentConfig  # this point's config (no grid left in it)
 
 
 def applies(key: str, method: str, trains: bool) -> bool:

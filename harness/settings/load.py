@@ -4,6 +4,7 @@ every check (the config's own, then each grid point's) before any work.
 Above config.py and grid.py: the grid is read from the file and the command line here, so neither of
 them needs the other's loader."""
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from ...base.errors import UserError
@@ -19,7 +20,7 @@ def _set_with_grid(config: ExperimentConfig, values: dict) -> None:
     set_fields(config, values)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), **cli: object) -> ExperimentConfig:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), **cli: object) -> ExperimentConfig:
     """Defaults, then the YAML file, then CLI flags (`cli`, None = not given), then key=value overrides."""
     config = ExperimentConfig()
     if path:

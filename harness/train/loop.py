@@ -153,7 +153,7 @@ def training_loader(examples: EncodedExamples, config: TrainConfig, seed: int, p
         order = {"batch_size": global_batch, "shuffle": True, "generator": generator, "drop_last": ctx.enabled}
     pad = examples.eos_id if config.pad_token == "eos" else pad_id
     collate = distributed.ShardedCollate(pad, ctx, side=config.padding_side, multiple_of=config.pad_to_multiple_of)
-    return torch.utils.data.DataLoader(examples, collate_fn=collate, **order)
+    return torch.utils.data.DataLoader(examples, collate_fn=collate, **order)  # type: ignore[arg-type]  # torch types it Dataset; any sized indexable works
 
 
 def _endless(loader) -> Iterator[dict]:
@@ -164,7 +164,7 @@ def _endless(loader) -> Iterator[dict]:
 def train(
     model: torch.nn.Module,
     method,
-    examples: EncodedExamples,
+    examples: EncodedExamples | list[dict],
     config: TrainConfig,
     seed: int,
     pad_id: int,
@@ -174,6 +174,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or not examples:
         return TrainResult()  # e.g. the `base` method: nothing to train
+    assert isinstance(examples, EncodedExamples)  # [] means nothing to train, returned above
     device = params[0].device
     precision = precision or Precision("fp32", device.type)
     set_seed(seed)

@@ -185,6 +185,7 @@ def test_get_peft_model_builds_the_harness_modules():
         harness = build_method(name).apply(load_base_model("tiny-llama").model)
         torch.manual_seed(0)
         peft_model = get_peft_model(load_base_model("tiny-llama").model, config)
+        assert config.peft_type is not None
         ours = tuner_class(config.peft_type).harness_state_dict(harness)
         theirs = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
         assert ours.keys() == theirs.keys() and len(ours) > 0
@@ -355,7 +356,9 @@ def sweep_store(tmp_path_factory):
             result = CliRunner().invoke(app, ["run", *common, *extra])
             assert result.exit_code == 0, result.output
         client = mlflow.MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
-        trials = client.search_runs(client.get_experiment_by_name("adamole-bench").experiment_id, "tags.kind = 'trial'")
+        experiment = client.get_experiment_by_name("adamole-bench")
+        assert experiment is not None
+        trials = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'")
         ids = {(r.data.tags["method"], r.data.tags["seed"]): r for r in trials}
         yield runs, ids
 

@@ -82,7 +82,11 @@ def test_methods_and_tasks_do_not_know_each_other():
 
 def _circles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
     """The strongly connected components of more than one module (Tarjan's algorithm)."""
-    index, low, stack, on_stack, found = {}, {}, [], set(), set()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: set[frozenset[str]] = set()
 
     def connect(node: str) -> None:
         index[node] = low[node] = len(index)

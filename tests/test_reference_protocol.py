@@ -11,6 +11,7 @@ import copy
 import itertools
 import re
 from collections.abc import Sequence
+from typing import Any, cast, overload
 
 import pytest
 import torch
@@ -157,7 +158,7 @@ def test_reference_generate_scores_as_the_reference_pipeline(task, tokenizer):
 
 # --- data steps ------------------------------------------------------------------------------------
 
-REFERENCE_STEPS = {
+REFERENCE_STEPS: dict[str, Any] = {
     "length_grouping": "hf",
     "padding_side": "left",
     "pad_token": "eos",
@@ -222,7 +223,13 @@ class _Numbered(Sequence):
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __getitem__(self, index: int) -> dict:
+    @overload
+    def __getitem__(self, index: int) -> dict: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict]: ...
+    def __getitem__(self, index: int | slice) -> dict | list[dict]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
         return {"input_ids": [index + 3] * self.lengths[index], "labels": [index + 3] * self.lengths[index]}
 
     def length(self, index: int) -> int:
@@ -247,7 +254,7 @@ def test_hf_length_grouping_is_transformers_sampler_seeded_as_the_trainer():
     finally:
         torch.random.set_rng_state(state)
     config = TrainConfig(batch_size=batch_size, grad_accum=grad_accum, **REFERENCE_STEPS)
-    loader = training_loader(_Numbered(lengths), config, seed, 0, distributed.Context())
+    loader = training_loader(cast(EncodedExamples, _Numbered(lengths)), config, seed, 0, distributed.Context())
     order = [int(row.max()) - 3 for _epoch in range(2) for batch, _tokens in loader for row in batch["input_ids"]]
     assert order == expected and sorted(order[:500]) == list(range(500))
 

@@ -73,7 +73,7 @@ def store(tmp_path_factory):
         torch.set_num_threads(1)  # much faster on a shared machine, and the CPU protocol of the recorded suite
         config = load_config(config_file)
         console = Console(quiet=True)
-        phases = {}
+        phases: dict[str, dict] = {}
         patch.setattr(trial_runner, "run_trial", _failing_at("lora/fruit_or_color/seed0", KeyboardInterrupt()))
         with pytest.raises(KeyboardInterrupt):
             sweep.run_sweep(config, console)

@@ -32,7 +32,7 @@ from adamole_bench.tasks.registry import (
 from adamole_bench.tasks.sources import load_task
 
 # One or two docs per hub-only task, in the official HF schema (aps/super_glue, derek-thomas/ScienceQA, ...).
-FIXTURES = {
+FIXTURES: dict[str, list[dict]] = {
     "wic": [
         {
             "word": "bank",

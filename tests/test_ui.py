@@ -93,7 +93,9 @@ def _browser():
             pytest.fail(why)
         pytest.skip(why)
     options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
+    chromium = shutil.which("chromium")
+    assert chromium is not None  # the skip above covers a missing browser
+    options.binary_location = chromium
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={Path(os.environ.get('TMPDIR', '/tmp')) / f'adamole-ui-test-{os.getpid()}-{time.time_ns()}'}"]:
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))

@@ -69,7 +69,7 @@ def precision_label(label: str, precision: Precision, several: bool) -> str:
 def _make_row(label: str, method: Method, base: BaseModel, device: torch.device, precision: Precision, lr: float, seed: int, **extra) -> Row:
     """A row: its own modules over the base's weights (moved to the device once), a mixed precision's own casts."""
     set_seed(seed)
-    model = method.apply(precision.prepare(sharing_weights(base.model.to(device))))  # type: ignore[arg-type]  # transformers' functools.wraps on `to`
+    model = method.apply(precision.prepare(sharing_weights(base.model.to(device))))  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to hides its self from mypy
     if any(p.requires_grad for p in base.model.parameters()):
         raise UserError(f"{method.name} trains base weights, which the bench's rows share; bench it alone")
     model.train()

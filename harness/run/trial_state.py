@@ -95,7 +95,7 @@ def _train_adapter(trial: Trial, config: ExperimentConfig, state: TrialState) ->
     method = build_method(trial.method, config.method_options.get(trial.method))
     set_seed(trial.seed)  # adapter initialisation depends on the seed
     device = distributed.context().device(resolve_device(config.device))  # cuda:<local rank> under DDP
-    attachment = Attachment(base.model.to(device), method.apply)  # type: ignore[arg-type]  # transformers' functools.wraps on `to`  # the base moves to the device once
+    attachment = Attachment(base.model.to(device), method.apply)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to hides its self from mypy; the base moves to the device once
     try:
         model = attachment.model
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,140 @@
+"""`adamole-bench lm-eval ARGS`: lm-eval's own CLI (`lm-eval run ARGS`) on our tasks and on any export.
+
+It is lm-eval's entry point, with what it would lack or do wrong here set up first:
+- our task YAMLs (tasks/lm_eval/) as `--include_path`, named `<task>_<protocol>` (`copa_letter`,
+  `boolq_cloze`); when every task asked for is ours, lm-eval's own ~10k are not indexed (~58 s);
+- the mixtures registered with PEFT, so `--model hf --model_args pretrained=BASE,peft=EXPORT` loads them;
+- the model type `adamole-bench` (`--model_args pretrained=EXPORT`): an `adamole-bench export` folder
+  on the base it was trained on (an embedded base has no path to give `hf`), or a merged folder,
+  scored as `run` scores it: the same scorer, fp32 log-softmax, the precision `auto` picks;
+- our commit recorded where lm-eval runs `git describe` (which prints `fatal:` outside a checkout).
+"""
+
+import argparse
+import fnmatch
+import functools
+import importlib
+import logging
+import sys
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+
+from ...methods.registry import ADAPTER_CONFIG
+from ...tasks.registry import LM_EVAL_DIR, PROTOCOLS, all_tasks, lm_eval_task_name
+from ..model.adapters import load_adapter
+from ..model.loading import keeps_logits, load_base_model
+from ..model.precision import resolve_precision
+from .scoring import continuation_scorer, lm_eval_provenance
+
+MODEL_TYPE = "adamole-bench"
+USAGE = f"""adamole-bench lm-eval [LM-EVAL ARGS...]: lm-eval's own CLI with our tasks and exports.
+
+Tasks are named <task>_<protocol>: a task of `adamole-bench list tasks` and a protocol of
+{", ".join(PROTOCOLS)}, e.g. copa_letter, boolq_cloze (lm-eval globs work: 'copa_*').
+Task YAMLs: {LM_EVAL_DIR} (the --include_path this command adds).
+
+  adamole-bench lm-eval --model {MODEL_TYPE} --model_args pretrained=EXPORT --tasks copa_letter --limit 50
+  adamole-bench lm-eval --model hf --model_args pretrained=EXPORT/merged --tasks copa_letter
+
+EXPORT is a folder `adamole-bench export` wrote (LoRA or any mixture; its base is loaded as recorded,
+or pass base_model=NAME|PATH); model_args also take precision=auto|fp32|bf16 (default auto, as `run`).
+The reference_* protocols score through `run`'s own token rules and match it only there.
+
+lm-eval's options follow (`lm-eval run --help`):
+"""
+
+
+def our_task_names() -> list[str]:
+    return [lm_eval_task_name(task, protocol) for task in all_tasks() for protocol in PROTOCOLS]
+
+
+def _requested(args: list[str]) -> argparse.Namespace:
+    """The two lm-eval options this command acts on, read as lm-eval's parser reads them."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--tasks", "-t", nargs="+", default=None)
+    parser.add_argument("--include_path", default=None)
+    return parser.parse_known_args(args)[0]
+
+
+def only_ours(tasks: list[str] | None) -> bool:
+    """Whether every requested task (name or glob, comma- or space-separated) is one of ours."""
+    patterns = [pattern for entry in tasks or () for pattern in entry.split(",") if pattern]
+    names = our_task_names()
+    return bool(patterns) and all(fnmatch.filter(names, pattern) for pattern in patterns)
+
+
+@contextmanager
+def _without_default_tasks():
+    """lm-eval's CLI builds its TaskManager with the defaults; our tasks alone need none of them."""
+    import lm_eval.tasks
+
+    default = lm_eval.tasks.TaskManager
+    lm_eval.tasks.TaskManager = functools.partial(default, include_defaults=False)
+    try:
+        yield
+    finally:
+        lm_eval.tasks.TaskManager = default
+
+
+# lm-eval's warnings about what this command does on purpose: an already-loaded model for `adamole-bench`,
+# a callable dataset for our tasks. None of them is something the user could act on.
+EXPECTED_WARNINGS = {
+    "lm_eval.models.huggingface": ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model through `pretrained`"),
+    "lm_eval.api.task": ("Custom kwargs can be passed to `--metadata`",),
+}
+
+
+def _drop_expected_warnings() -> None:
+    for name, phrases in EXPECTED_WARNINGS.items():
+        logging.getLogger(name).addFilter(lambda record, phrases=phrases: not any(phrase in record.getMessage() for phrase in phrases))
+
+
+@functools.cache
+def register_export_model() -> type:
+    """Register the `adamole-bench` model type with lm-eval (once per process)."""
+    from lm_eval.api.registry import register_model
+
+    @register_model(MODEL_TYPE)
+    class ExportScorer(continuation_scorer()):
+        def __init__(self, pretrained: str, base_model: str | None = None, precision: str = "auto", device: str | None = None, **kwargs):
+            if not device or (device.startswith("cuda") and not torch.cuda.is_available()):
+                device = "cuda" if torch.cuda.is_available() else "cpu"  # as HFLM does: lm-eval's default is cuda:0
+            folder = Path(pretrained).expanduser()
+            if (folder / ADAPTER_CONFIG).is_file():
+                loaded = load_adapter(folder, base_model=base_model, device=device)
+                model, tokenizer, name = loaded.model, loaded.tokenizer, loaded.base.name
+            else:  # a merged export, any model folder or name `run` takes
+                base = load_base_model(str(pretrained), device=device)
+                model, tokenizer, name = base.model, base.tokenizer, base.name
+            resolved = resolve_precision(precision, device, name)
+            self.trims_logits = keeps_logits(model)
+            super().__init__(
+                pretrained=model.eval(), tokenizer=tokenizer, softmax_dtype=torch.float32,
+                mixed_precision_dtype=resolved.compute_dtype if resolved.mixed else None, **kwargs,
+            )  # fmt: skip
+
+    return ExportScorer
+
+
+def main(args: list[str]) -> None:
+    """Run lm-eval's CLI on `args`, the words after `adamole-bench lm-eval`."""
+    if not args or args in (["-h"], ["--help"]):
+        print(USAGE, flush=True)
+        args = ["run", "--help"]
+    # Registers the mixtures with PEFT now, before lm-eval can load a model (peft is imported with it).
+    importlib.import_module("adamole_bench.methods.peft_integration")
+    from lm_eval.__main__ import cli_evaluate  # lm-eval takes seconds to import: only this command needs it
+
+    register_export_model()
+    _drop_expected_warnings()
+    requested = _requested(args)
+    if requested.include_path is None:
+        args = [*args, "--include_path", str(LM_EVAL_DIR)]
+    saved, sys.argv = sys.argv, ["lm-eval", *args]
+    try:
+        with lm_eval_provenance(), _without_default_tasks() if only_ours(requested.tasks) else nullcontext():
+            cli_evaluate()
+    finally:
+        sys.argv = saved

@@ -1,0 +1,99 @@
+"""`adamole-bench lm-eval`: lm-eval's own CLI, in a fresh process, gives every export the numbers its trial recorded."""
+
+import json
+
+import pytest
+
+from adamole_bench.harness.evaluate.lm_eval_cli import MODEL_TYPE, _without_default_tasks, only_ours
+from adamole_bench.tasks.registry import LM_EVAL_DIR
+from adamole_bench.tests.fault_tools import cli_env, run_cli
+
+LIMIT, BATCH = 32, 8  # the trial's eval.limit and eval.batch_size, given to lm-eval as --limit and --batch_size
+TASK = "fruit_or_color_letter"
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """lora and mole trained part-way (so predictions vary by doc), exported as LoRA, merged LoRA and mixture."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("lm-eval-cli")
+    env = cli_env(root / "runs")
+    sweep = ["run", "--model", "tiny-llama", "--tasks", "fruit_or_color", "--methods", "lora,mole", "--max-steps", "12", "--limit", str(LIMIT)]
+    sweep += ["train.lr=3e-3", "train.warmup_steps=0", f"eval.batch_size={BATCH}", "reference=false"]
+    result = run_cli(sweep, env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    trials = client.search_runs(client.get_experiment_by_name("adamole-bench").experiment_id, "tags.kind = 'trial'")
+    runs = {run.data.tags["method"]: run for run in trials}
+    folders = {}
+    for name, method, extra in (("lora", "lora", ["--merged"]), ("mole", "mole", [])):
+        exported = run_cli(["export", runs[method].info.run_id, str(root / name), *extra], env)
+        assert exported.returncode == 0, exported.stdout + exported.stderr
+        folders[name] = root / name
+    recorded = {}
+    for method, run in runs.items():
+        samples = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/lm_eval/samples.json"))
+        recorded[method] = (run.data.metrics["eval/acc"], [s["acc"] for s in sorted(samples, key=lambda s: s["doc_id"])])
+    return env, folders, recorded
+
+
+def stock_cli(env: dict, cwd, model: str, pretrained) -> tuple[float, list[float], str]:
+    """acc, per-doc acc and stderr of `adamole-bench lm-eval` run from a folder outside any git checkout."""
+    out = cwd / "lm-eval-out"
+    args = [
+        "lm-eval",
+        "--model",
+        model,
+        "--model_args",
+        f"pretrained={pretrained}",
+        "--tasks",
+        TASK,
+        "--limit",
+        str(LIMIT),
+        "--batch_size",
+        str(BATCH),
+    ]
+    result = run_cli([*args, "--output_path", str(out), "--log_samples", "--device", "cpu"], env, timeout=300, cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (results,) = out.rglob("results_*.json")
+    (samples,) = out.rglob(f"samples_{TASK}_*.jsonl")
+    per_doc = sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda s: s["doc_id"])
+    return json.loads(results.read_text())["results"][TASK]["acc,none"], [s["acc"] for s in per_doc], result.stdout + result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "export, method, model, inside",
+    [
+        ("lora", "lora", MODEL_TYPE, ""),  # the adapter on its embedded base
+        ("lora", "lora", "hf", "merged"),  # stock HFLM on the merged folder
+        ("mole", "mole", MODEL_TYPE, ""),  # a mixture: registered with PEFT before lm-eval loads it
+    ],
+)
+def test_the_stock_cli_scores_every_export_as_its_trial_did(exports, tmp_path, export, method, model, inside):
+    env, folders, recorded = exports
+    acc, per_doc, output = stock_cli(env, tmp_path, model, folders[export] / inside)
+    expected_acc, expected_per_doc = recorded[method]
+    assert len(per_doc) == LIMIT and per_doc == expected_per_doc and acc == expected_acc
+    assert 0 < sum(per_doc) < LIMIT  # the docs disagree, so equal lists say something
+    assert "fatal:" not in output  # lm-eval's `git describe` probe, run outside a checkout
+    assert "Custom kwargs can be passed" not in output and "is not of type `str`" not in output  # warnings that do not apply
+
+
+def test_only_our_tasks_skip_lm_evals_own_index():
+    import lm_eval.tasks
+
+    assert only_ours(["copa_letter,boolq_cloze"]) and only_ours(["copa_*", "fruit_or_color_generate"])
+    assert not only_ours(["copa_letter,hellaswag"]) and not only_ours(None) and not only_ours(["copa"])
+    with _without_default_tasks():
+        indexed = set(lm_eval.tasks.TaskManager(include_path=str(LM_EVAL_DIR)).all_tasks)
+    assert "copa_letter" in indexed and "boolq_reference_generate" in indexed and "hellaswag" not in indexed
+
+
+@pytest.mark.integration
+def test_help_names_the_task_names_and_the_export_model(tmp_path):
+    result = run_cli(["lm-eval", "--help"], cli_env(tmp_path / "runs"), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "<task>_<protocol>" in result.stdout and f"--model {MODEL_TYPE}" in result.stdout and str(LM_EVAL_DIR) in result.stdout
+    assert "--model_args" in result.stdout and "--include_path" in result.stdout  # lm-eval's own options follow

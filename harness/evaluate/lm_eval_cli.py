@@ -16,7 +16,7 @@ import functools
 import importlib
 import logging
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -104,11 +104,14 @@ def register_export_model() -> type:
             folder = Path(pretrained).expanduser()
             if (folder / ADAPTER_CONFIG).is_file():
                 loaded = load_adapter(folder, base_model=base_model, device=device)
-                model, tokenizer, name = loaded.model, loaded.tokenizer, loaded.base.name
+                model, tokenizer, name, method = loaded.model, loaded.tokenizer, loaded.base.name, loaded.method
             else:  # a merged export, any model folder or name `run` takes
                 base = load_base_model(str(pretrained), device=device)
-                model, tokenizer, name = base.model, base.tokenizer, base.name
+                model, tokenizer, name, method = base.model, base.tokenizer, base.name, None
             resolved = resolve_precision(precision, device, name)
+            if method is not None:  # as a trial scores (LoRA merged in fp32); the process ends with the model in this state
+                self._scoring = ExitStack()
+                model = self._scoring.enter_context(method.scoring(model, resolved.compute_dtype))
             self.trims_logits = keeps_logits(model)
             super().__init__(
                 pretrained=model.eval(), tokenizer=tokenizer, softmax_dtype=torch.float32,

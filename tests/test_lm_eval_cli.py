@@ -14,7 +14,8 @@ TASK = "fruit_or_color_letter"
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """lora and mole trained part-way (so predictions vary by doc), exported as LoRA, merged LoRA and mixture."""
+    """lora and mole trained part-way (so predictions vary by doc), exported as LoRA, merged LoRA and mixture,
+    and the tiny base saved as a plain transformers folder (what `hf ... peft=` needs)."""
     import mlflow
 
     root = tmp_path_factory.mktemp("lm-eval-cli")
@@ -26,7 +27,12 @@ def exports(tmp_path_factory):
     client = mlflow.MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
     trials = client.search_runs(client.get_experiment_by_name("adamole-bench").experiment_id, "tags.kind = 'trial'")
     runs = {run.data.tags["method"]: run for run in trials}
-    folders = {}
+    from adamole_bench.harness.model.loading import load_base_model
+
+    base = load_base_model("tiny-llama")
+    base.model.save_pretrained(root / "base")
+    base.tokenizer.save_pretrained(root / "base")
+    folders = {"base": root / "base"}
     for name, method, extra in (("lora", "lora", ["--merged"]), ("mole", "mole", [])):
         exported = run_cli(["export", runs[method].info.run_id, str(root / name), *extra], env)
         assert exported.returncode == 0, exported.stdout + exported.stderr
@@ -38,22 +44,10 @@ def exports(tmp_path_factory):
     return env, folders, recorded
 
 
-def stock_cli(env: dict, cwd, model: str, pretrained) -> tuple[float, list[dict], str]:
+def stock_cli(env: dict, cwd, model: str, model_args: str) -> tuple[float, list[dict], str]:
     """acc, per-doc samples and output of `adamole-bench lm-eval` run from a folder outside any git checkout."""
     out = cwd / "lm-eval-out"
-    args = [
-        "lm-eval",
-        "--model",
-        model,
-        "--model_args",
-        f"pretrained={pretrained}",
-        "--tasks",
-        TASK,
-        "--limit",
-        str(LIMIT),
-        "--batch_size",
-        str(BATCH),
-    ]
+    args = ["lm-eval", "--model", model, "--model_args", model_args, "--tasks", TASK, "--limit", str(LIMIT), "--batch_size", str(BATCH)]
     result = run_cli([*args, "--output_path", str(out), "--log_samples", "--device", "cpu"], env, timeout=300, cwd=cwd)
     assert result.returncode == 0, result.stdout + result.stderr
     (results,) = out.rglob("results_*.json")
@@ -64,23 +58,24 @@ def stock_cli(env: dict, cwd, model: str, pretrained) -> tuple[float, list[dict]
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    "export, method, model, inside",
+    "method, model, model_args",
     [
-        ("lora", "lora", MODEL_TYPE, ""),  # the adapter on its embedded base
-        ("lora", "lora", "hf", "merged"),  # stock HFLM on the merged folder
-        ("mole", "mole", MODEL_TYPE, ""),  # a mixture: registered with PEFT before lm-eval loads it
+        ("lora", MODEL_TYPE, "pretrained={lora}"),  # the adapter on its embedded base
+        ("lora", "hf", "pretrained={lora}/merged"),  # stock HFLM on the merged folder
+        ("mole", MODEL_TYPE, "pretrained={mole}"),  # a mixture: registered with PEFT before lm-eval loads it
+        ("mole", "hf", "pretrained={base},peft={mole}"),  # stock HFLM and PEFT loading the mixture
     ],
 )
-def test_the_stock_cli_scores_every_export_as_its_trial_did(exports, tmp_path, export, method, model, inside):
+def test_the_stock_cli_scores_every_export_as_its_trial_did(exports, tmp_path, method, model, model_args):
     env, folders, recorded = exports
-    acc, samples, output = stock_cli(env, tmp_path, model, folders[export] / inside)
+    acc, samples, output = stock_cli(env, tmp_path, model, model_args.format(**folders))
     expected_acc, expected = recorded[method]
     assert [s["acc"] for s in samples] == [s["acc"] for s in expected] and acc == expected_acc and len(samples) == LIMIT
     assert 0 < sum(s["acc"] for s in samples) < LIMIT  # the docs disagree, so equal lists say something
     logliks = [[float(choice[0]) for choice in s["filtered_resps"]] for s in samples]
     differences = [abs(a - b) for got, want in zip(logliks, expected) for a, b in zip(got, want["loglikelihoods"], strict=True)]
     # Our model type runs the trial's own scorer on the same batches: the very same floats. Stock HFLM
-    # on the merged weights computes the full output head: GEMM rounding apart (as in tests/test_scoring.py).
+    # computes the full output head (on merged weights for LoRA): GEMM rounding apart (as in tests/test_scoring.py).
     assert max(differences) == 0.0 if model == MODEL_TYPE else max(differences) < 1e-5
     assert "fatal:" not in output  # lm-eval's `git describe` probe, run outside a checkout
     assert "Custom kwargs can be passed" not in output and "is not of type `str`" not in output  # warnings that do not apply

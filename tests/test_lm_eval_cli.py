@@ -78,6 +78,7 @@ def test_the_stock_cli_scores_every_export_as_its_trial_did(exports, tmp_path, m
     # computes the full output head (on merged weights for LoRA): GEMM rounding apart (as in tests/test_scoring.py).
     assert max(differences) == 0.0 if model == MODEL_TYPE else max(differences) < 1e-5
     assert "fatal:" not in output  # lm-eval's `git describe` probe, run outside a checkout
+    assert "it/s" not in output and "\r" not in output  # no progress bars in captured output
     assert "Custom kwargs can be passed" not in output and "is not of type `str`" not in output  # warnings that do not apply
 
 

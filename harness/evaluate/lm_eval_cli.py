@@ -7,7 +7,8 @@ It is lm-eval's entry point, with what it would lack or do wrong here set up fir
 - the model type `adamole-bench` (`--model_args pretrained=EXPORT`): an `adamole-bench export` folder
   on the base it was trained on (an embedded base has no path to give `hf`), or a merged folder,
   scored as `run` scores it: the same scorer, fp32 log-softmax, the precision `auto` picks;
-- our commit recorded where lm-eval runs `git describe` (which prints `fatal:` outside a checkout).
+- our commit recorded where lm-eval runs `git describe` (which prints `fatal:` outside a checkout);
+- in a file or CI log, no progress bars (lm-eval passes disable=False to its own).
 """
 
 import argparse
@@ -26,7 +27,7 @@ from ...tasks.registry import LM_EVAL_DIR, PROTOCOLS, all_tasks, lm_eval_task_na
 from ..model.adapters import load_adapter
 from ..model.loading import keeps_logits, load_base_model
 from ..model.precision import resolve_precision
-from .scoring import continuation_scorer, lm_eval_provenance
+from .scoring import continuation_scorer, lm_eval_bars_off, lm_eval_provenance
 
 MODEL_TYPE = "adamole-bench"
 USAGE = f"""adamole-bench lm-eval [LM-EVAL ARGS...]: lm-eval's own CLI with our tasks and exports.
@@ -137,7 +138,11 @@ def main(args: list[str]) -> None:
         args = [*args, "--include_path", str(LM_EVAL_DIR)]
     saved, sys.argv = sys.argv, ["lm-eval", *args]
     try:
-        with lm_eval_provenance(), _without_default_tasks() if only_ours(requested.tasks) else nullcontext():
+        with (
+            lm_eval_provenance(),
+            _without_default_tasks() if only_ours(requested.tasks) else nullcontext(),
+            nullcontext() if sys.stderr.isatty() else lm_eval_bars_off(),  # in a file or CI log, plain lines only (README, Output)
+        ):
             cli_evaluate()
     finally:
         sys.argv = saved

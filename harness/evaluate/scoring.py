@@ -86,22 +86,28 @@ def _sample_record(sample: dict) -> dict:
 
 
 @contextmanager
-def _without_bars(lm):
-    """lm-eval's own tqdm bars (one per request type, passed disable=False, and one while it builds the
-    requests) would tear the sweep's display in a terminal and are noise in a log: our eval bar
-    (base/progress.py) replaces them. The request methods take `disable_tqdm`; the builder is patched
-    for the call, as `lm_eval_provenance` patches its git and environment lookups."""
+def lm_eval_bars_off():
+    """lm-eval's own tqdm bars (one while it builds the requests, one per request type, passed
+    disable=False) would tear the sweep's display in a terminal and are noise in a log: our eval bar
+    (base/progress.py) replaces them. lm-eval's `tqdm` is patched for the call, as `lm_eval_provenance`
+    patches its git and environment lookups."""
+    import lm_eval.api.model
     import lm_eval.api.task
+    import lm_eval.models.huggingface
     from tqdm import tqdm
 
-    for request_type in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
-        setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
-    original = getattr(lm_eval.api.task, "tqdm", None)
-    lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)
+    def quiet(*args, **kwargs):
+        return tqdm(*args, **kwargs | {"disable": True})
+
+    modules = (lm_eval.api.model, lm_eval.api.task, lm_eval.models.huggingface)
+    originals = [module.tqdm for module in modules]
+    for module in modules:
+        module.tqdm = quiet
     try:
         yield
     finally:
-        lm_eval.api.task.tqdm = original
+        for module, original in zip(modules, originals, strict=True):
+            module.tqdm = original
 
 
 @functools.cache
@@ -208,7 +214,7 @@ def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConf
     docs = len(data.splits["eval"][: config.limit])
     with (
         lm_eval_provenance(),
-        _without_bars(lm),
+        lm_eval_bars_off(),
         phase("  eval", kind="eval", detail=f"{data.spec.name}, {docs} docs"),
         torch.inference_mode(),
     ):

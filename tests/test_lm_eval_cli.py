@@ -98,3 +98,14 @@ def test_help_names_the_task_names_and_the_export_model(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "<task>_<protocol>" in result.stdout and f"--model {MODEL_TYPE}" in result.stdout and str(LM_EVAL_DIR) in result.stdout
     assert "--model_args" in result.stdout and "--include_path" in result.stdout  # lm-eval's own options follow
+
+
+@pytest.mark.integration
+def test_an_unknown_task_is_one_line_naming_the_fix_and_exit_2(tmp_path):
+    result = run_cli(["lm-eval", "--model", MODEL_TYPE, "--model_args", "pretrained=tiny-llama", "--tasks", "copa_leter"], cli_env(tmp_path / "runs"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: Tasks not found: copa_leter; ours are <task>_<protocol>: a task of `adamole-bench list tasks` and one of "
+        "letter, cloze, generate, reference_logits, reference_generate, e.g. copa_letter"
+    )
+    assert "Traceback" not in result.stderr and "Initializing" not in result.stderr  # before any model is loaded

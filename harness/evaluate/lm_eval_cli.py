@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ...base.errors import UserError
 from ...methods.registry import ADAPTER_CONFIG
 from ...tasks.registry import LM_EVAL_DIR, PROTOCOLS, all_tasks, lm_eval_task_name
 from ..model.adapters import load_adapter
@@ -144,5 +145,11 @@ def main(args: list[str]) -> None:
             nullcontext() if sys.stderr.isatty() else lm_eval_bars_off(),  # in a file or CI log, plain lines only (README, Output)
         ):
             cli_evaluate()
+    except ValueError as err:  # lm-eval's check of the task names, before any model is loaded
+        if not str(err).startswith("Tasks not found"):
+            raise
+        raise UserError(
+            f"{err}; ours are <task>_<protocol>: a task of `adamole-bench list tasks` and one of {', '.join(PROTOCOLS)}, e.g. copa_letter"
+        ) from None
     finally:
         sys.argv = saved

@@ -14,7 +14,6 @@ It is lm-eval's entry point, with what it would lack or do wrong here set up fir
 import argparse
 import fnmatch
 import functools
-import importlib
 import logging
 import sys
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -100,6 +99,8 @@ def register_export_model() -> type:
 
     @register_model(MODEL_TYPE)
     class ExportScorer(continuation_scorer()):
+        """`pretrained`: an export folder (its base loaded as recorded, or `base_model`) or a model `run` takes."""
+
         def __init__(self, pretrained: str, base_model: str | None = None, precision: str = "auto", device: str | None = None, **kwargs):
             if not device or (device.startswith("cuda") and not torch.cuda.is_available()):
                 device = "cuda" if torch.cuda.is_available() else "cpu"  # as HFLM does: lm-eval's default is cuda:0
@@ -128,9 +129,10 @@ def main(args: list[str]) -> None:
     if not args or args in (["-h"], ["--help"]):
         print(USAGE, flush=True)
         args = ["run", "--help"]
-    # Registers the mixtures with PEFT now, before lm-eval can load a model (peft is imported with it).
-    importlib.import_module("adamole_bench.methods.peft_integration")
     from lm_eval.__main__ import cli_evaluate  # lm-eval takes seconds to import: only this command needs it
+
+    # Importing it registers the mixtures with PEFT, before lm-eval can load a model (it imports peft: slow).
+    from ...methods import peft_integration  # noqa: F401
 
     register_export_model()
     _drop_expected_warnings()

@@ -9,67 +9,73 @@ from adamole_bench.tasks.registry import LM_EVAL_DIR
 from adamole_bench.tests.fault_tools import cli_env, run_cli
 
 LIMIT, BATCH = 32, 8  # the trial's eval.limit and eval.batch_size, given to lm-eval as --limit and --batch_size
-TASK = "fruit_or_color_letter"
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """lora and mole trained part-way (so predictions vary by doc), exported as LoRA, merged LoRA and mixture,
-    and the tiny base saved as a plain transformers folder (what `hf ... peft=` needs)."""
+    """lora and mole trained part-way (so predictions vary by doc), and lora under the reference's --logits
+    protocol, exported as LoRA, merged LoRA and mixture; the tiny base as a plain transformers folder
+    (what `hf ... peft=` needs). Returns the env, the folders and each trial's (acc, per-doc samples)."""
     import mlflow
+
+    from adamole_bench.harness.model.loading import load_base_model
 
     root = tmp_path_factory.mktemp("lm-eval-cli")
     env = cli_env(root / "runs")
-    sweep = ["run", "--model", "tiny-llama", "--tasks", "fruit_or_color", "--methods", "lora,mole", "--max-steps", "12", "--limit", str(LIMIT)]
-    sweep += ["train.lr=3e-3", "train.warmup_steps=0", f"eval.batch_size={BATCH}", "reference=false"]
-    result = run_cli(sweep, env, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+    common = ["run", "--model", "tiny-llama", "--tasks", "fruit_or_color", "--max-steps", "12", "--limit", str(LIMIT)]
+    common += ["train.lr=3e-3", "train.warmup_steps=0", f"eval.batch_size={BATCH}", "reference=false"]
+    for sweep in (["--methods", "lora,mole"], ["--methods", "lora", "--protocol", "reference_logits"]):
+        result = run_cli([*common, *sweep], env, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
     client = mlflow.MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
     trials = client.search_runs(client.get_experiment_by_name("adamole-bench").experiment_id, "tags.kind = 'trial'")
-    runs = {run.data.tags["method"]: run for run in trials}
-    from adamole_bench.harness.model.loading import load_base_model
-
+    runs = {(run.data.tags["method"], run.data.tags["protocol"]): run for run in trials}
     base = load_base_model("tiny-llama")
     base.model.save_pretrained(root / "base")
     base.tokenizer.save_pretrained(root / "base")
     folders = {"base": root / "base"}
-    for name, method, extra in (("lora", "lora", ["--merged"]), ("mole", "mole", [])):
-        exported = run_cli(["export", runs[method].info.run_id, str(root / name), *extra], env)
+    for name, trial, extra in (
+        ("lora", ("lora", "letter"), ["--merged"]),
+        ("mole", ("mole", "letter"), []),
+        ("lora_ref", ("lora", "reference_logits"), []),
+    ):
+        exported = run_cli(["export", runs[trial].info.run_id, str(root / name), *extra], env)
         assert exported.returncode == 0, exported.stdout + exported.stderr
         folders[name] = root / name
     recorded = {}
-    for method, run in runs.items():
+    for trial, run in runs.items():
         samples = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/lm_eval/samples.json"))
-        recorded[method] = run.data.metrics["eval/acc"], sorted(samples, key=lambda s: s["doc_id"])
+        recorded[trial] = run.data.metrics["eval/acc"], sorted(samples, key=lambda s: s["doc_id"])
     return env, folders, recorded
 
 
-def stock_cli(env: dict, cwd, model: str, model_args: str) -> tuple[float, list[dict], str]:
+def stock_cli(env: dict, cwd, model: str, model_args: str, task: str) -> tuple[float, list[dict], str]:
     """acc, per-doc samples and output of `adamole-bench lm-eval` run from a folder outside any git checkout."""
     out = cwd / "lm-eval-out"
-    args = ["lm-eval", "--model", model, "--model_args", model_args, "--tasks", TASK, "--limit", str(LIMIT), "--batch_size", str(BATCH)]
+    args = ["lm-eval", "--model", model, "--model_args", model_args, "--tasks", task, "--limit", str(LIMIT), "--batch_size", str(BATCH)]
     result = run_cli([*args, "--output_path", str(out), "--log_samples", "--device", "cpu"], env, timeout=300, cwd=cwd)
     assert result.returncode == 0, result.stdout + result.stderr
     (results,) = out.rglob("results_*.json")
-    (samples,) = out.rglob(f"samples_{TASK}_*.jsonl")
+    (samples,) = out.rglob(f"samples_{task}_*.jsonl")
     per_doc = sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda s: s["doc_id"])
-    return json.loads(results.read_text())["results"][TASK]["acc,none"], per_doc, result.stdout + result.stderr
+    return json.loads(results.read_text())["results"][task]["acc,none"], per_doc, result.stdout + result.stderr
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    "method, model, model_args",
+    "method, protocol, model, model_args",
     [
-        ("lora", MODEL_TYPE, "pretrained={lora}"),  # the adapter on its embedded base
-        ("lora", "hf", "pretrained={lora}/merged"),  # stock HFLM on the merged folder
-        ("mole", MODEL_TYPE, "pretrained={mole}"),  # a mixture: registered with PEFT before lm-eval loads it
-        ("mole", "hf", "pretrained={base},peft={mole}"),  # stock HFLM and PEFT loading the mixture
+        ("lora", "letter", MODEL_TYPE, "pretrained={lora}"),  # the adapter on its embedded base
+        ("lora", "letter", "hf", "pretrained={lora}/merged"),  # stock HFLM on the merged folder
+        ("mole", "letter", MODEL_TYPE, "pretrained={mole}"),  # a mixture: registered with PEFT before lm-eval loads it
+        ("mole", "letter", "hf", "pretrained={base},peft={mole}"),  # stock HFLM and PEFT loading the mixture
+        ("lora", "reference_logits", MODEL_TYPE, "pretrained={lora_ref},protocol=reference_logits"),  # the reference's token rules
     ],
 )
-def test_the_stock_cli_scores_every_export_as_its_trial_did(exports, tmp_path, method, model, model_args):
+def test_the_stock_cli_scores_every_export_as_its_trial_did(exports, tmp_path, method, protocol, model, model_args):
     env, folders, recorded = exports
-    acc, samples, output = stock_cli(env, tmp_path, model, model_args.format(**folders))
-    expected_acc, expected = recorded[method]
+    acc, samples, output = stock_cli(env, tmp_path, model, model_args.format(**folders), f"fruit_or_color_{protocol}")
+    expected_acc, expected = recorded[method, protocol]
     assert [s["acc"] for s in samples] == [s["acc"] for s in expected] and acc == expected_acc and len(samples) == LIMIT
     assert 0 < sum(s["acc"] for s in samples) < LIMIT  # the docs disagree, so equal lists say something
     logliks = [[float(choice[0]) for choice in s["filtered_resps"]] for s in samples]

@@ -27,7 +27,7 @@ from ...tasks.registry import LM_EVAL_DIR, PROTOCOLS, all_tasks, lm_eval_task_na
 from ..model.adapters import load_adapter
 from ..model.loading import keeps_logits, load_base_model
 from ..model.precision import resolve_precision
-from .scoring import continuation_scorer, lm_eval_bars_off, lm_eval_provenance
+from .scoring import continuation_scorer, lm_eval_bars_off, lm_eval_provenance, protocol_scorer
 
 MODEL_TYPE = "adamole-bench"
 USAGE = f"""adamole-bench lm-eval [LM-EVAL ARGS...]: lm-eval's own CLI with our tasks and exports.
@@ -40,8 +40,9 @@ Task YAMLs: {LM_EVAL_DIR} (the --include_path this command adds).
   adamole-bench lm-eval --model hf --model_args pretrained=EXPORT/merged --tasks copa_letter
 
 EXPORT is a folder `adamole-bench export` wrote (LoRA or any mixture; its base is loaded as recorded,
-or pass base_model=NAME|PATH); model_args also take precision=auto|fp32|bf16 (default auto, as `run`).
-The reference_* protocols score through `run`'s own token rules and match it only there.
+or pass base_model=NAME|PATH); model_args also take precision=auto|fp32|bf16 (default auto, as `run`)
+and, for the reference_* tasks, protocol=reference_logits|reference_generate: their token rules live in
+the scorer (`hf` scores those tasks with lm-eval's own tokenization).
 
 lm-eval's options follow (`lm-eval run --help`):
 """
@@ -92,6 +93,12 @@ def _drop_expected_warnings() -> None:
         logging.getLogger(name).addFilter(lambda record, phrases=phrases: not any(phrase in record.getMessage() for phrase in phrases))
 
 
+def _checked(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol '{protocol}' in --model_args; choose one of {', '.join(PROTOCOLS)} (the one the task name ends in)")
+    return protocol
+
+
 @functools.cache
 def register_export_model() -> type:
     """Register the `adamole-bench` model type with lm-eval (once per process)."""
@@ -99,9 +106,21 @@ def register_export_model() -> type:
 
     @register_model(MODEL_TYPE)
     class ExportScorer(continuation_scorer()):
-        """`pretrained`: an export folder (its base loaded as recorded, or `base_model`) or a model `run` takes."""
+        """`pretrained`: an export folder (its base loaded as recorded, or `base_model`) or a model `run` takes.
+        `protocol`: a reference_* protocol's token rules (they live in the scorer, not in the task)."""
 
-        def __init__(self, pretrained: str, base_model: str | None = None, precision: str = "auto", device: str | None = None, **kwargs):
+        def __new__(cls, *args, protocol: str = "letter", **kwargs):
+            return super().__new__(protocol_scorer(cls, _checked(protocol))[0])
+
+        def __init__(
+            self,
+            pretrained: str,
+            base_model: str | None = None,
+            precision: str = "auto",
+            device: str | None = None,
+            protocol: str = "letter",
+            **kwargs,
+        ):
             if not device or (device.startswith("cuda") and not torch.cuda.is_available()):
                 device = "cuda" if torch.cuda.is_available() else "cpu"  # as HFLM does: lm-eval's default is cuda:0
             folder = Path(pretrained).expanduser()
@@ -118,7 +137,7 @@ def register_export_model() -> type:
             self.trims_logits = keeps_logits(model)
             super().__init__(
                 pretrained=model.eval(), tokenizer=tokenizer, softmax_dtype=torch.float32,
-                mixed_precision_dtype=resolved.compute_dtype if resolved.mixed else None, **kwargs,
+                mixed_precision_dtype=resolved.compute_dtype if resolved.mixed else None, **protocol_scorer(ExportScorer, protocol)[1] | kwargs,
             )  # fmt: skip
 
     return ExportScorer

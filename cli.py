@@ -606,7 +606,7 @@ def export(
 @app.command("lm-eval", add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 @user_errors
 def lm_eval(context: typer.Context):
-    """lm-eval's own CLI on our tasks (<task>_<protocol>, e.g. copa_letter) and on any export: `lm-eval --help` for how."""
+    """lm-eval's own CLI on our tasks (<task>_<protocol>, e.g. copa_letter) and on any export; `adamole-bench lm-eval -h` says how."""
     from .harness.evaluate.lm_eval_cli import main as lm_eval_main
 
     offline_defaults()

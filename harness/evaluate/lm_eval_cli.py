@@ -88,6 +88,7 @@ EXPECTED_WARNINGS = {
 }
 
 
+@functools.cache
 def _drop_expected_warnings() -> None:
     for name, phrases in EXPECTED_WARNINGS.items():
         logging.getLogger(name).addFilter(lambda record, phrases=phrases: not any(phrase in record.getMessage() for phrase in phrases))

@@ -605,6 +605,16 @@ def export(
     console.print(f'wrote {len(files)} files to {folder} from run {run_id}; load with adamole_bench.load_adapter("{folder}")', soft_wrap=True)
 
 
+@app.command("lm-eval", add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+@user_errors
+def lm_eval(context: typer.Context):
+    """lm-eval's own CLI on our tasks (<task>_<protocol>, e.g. copa_letter) and on any export; `adamole-bench lm-eval -h` says how."""
+    from .harness.evaluate.lm_eval_cli import main as lm_eval_main
+
+    offline_defaults()
+    lm_eval_main(context.args)
+
+
 @app.command()
 @user_errors
 def ui(

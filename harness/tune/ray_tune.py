@@ -8,6 +8,7 @@ the study with its partial score (TPE learns from it); the choice is read from M
 where that trial is pruned and never chosen."""
 
 import io
+import os
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -95,6 +96,7 @@ def search_on_ray(study, space: SearchSpace, method: str, config, tracker: Track
             stop=StepBudget(budget.steps - spent) if budget.steps else None,
         ),
     )
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Ray Tune's newer console output prints its tables even at verbose=0
     console.print(f"[bold]{method}[/]: {left} search trials through Ray Tune (TPE, ASHA), {len(remote.nodes)} node(s)")
     try:
         tuner.fit()

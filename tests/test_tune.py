@@ -145,8 +145,8 @@ def test_search_trials_are_runs_under_their_study(tuned):
 @pytest.mark.integration
 def test_rerun_continues_the_study(tuned):
     root, _, (_, again, more) = tuned
-    assert "budget spent (2 trials)" in again.stdout and "search trial" not in again.stdout
-    assert "search trial 2" in more.stdout and "search trial 0" not in more.stdout and "search trial 1" not in more.stdout
+    assert "budget spent (2 trials)" in again.stdout and "lora search trial" not in again.stdout
+    assert "lora search trial 2" in more.stdout and "search trial 0:" not in more.stdout and "search trial 1:" not in more.stdout
     assert len(_search_runs(root)) == 3  # 2 + nothing + 1: no finished search trial redone
     assert "already done, skipped" in again.stdout  # the final sweep is reused too
 
@@ -202,3 +202,45 @@ def test_tune_through_ray_tune(tmp_path):
         if r.data.tags.get("kind") == "trial" and r.data.tags["method"] == "lora"
     ]
     assert len(finals) == 1 and finals[0].info.status == "FINISHED" and finals[0].data.tags["executor"] == "ray"
+
+
+@pytest.mark.integration  # trains tiny-llama three times in this process
+def test_pruning_stops_a_trial_and_looking_changes_nothing(tmp_path):
+    """A report that prunes at step 2 stops training there: the run is FAILED with failure=pruned and its
+    score at step 2 recorded. Scoring on the way puts the RNGs back: with a look every step or none, the
+    finished trial's losses and validation score are equal."""
+    from rich.console import Console
+
+    from adamole_bench.base.errors import Pruned
+    from adamole_bench.harness.store.tracking import Tracker
+    from adamole_bench.harness.tune.search import SearchState, run_search_trial
+
+    config = load_config(None, ["save_adapters=false", "train.warmup_steps=0", "train.max_steps=4"], tasks=["fruit_or_color"], model="tiny-llama")
+    values = {"train.lr": 3e-3, "lora.rank": 4}
+
+    def search(report_every: int, report, store: str):
+        state = SearchState(config, load_space(_space(tmp_path, report_every=report_every), config))
+        tracker = Tracker("tune-test", uri=f"sqlite:///{tmp_path / store}")
+        parent = tracker.create_run("study", {"kind": "study"})
+        result = run_search_trial(state, tracker, parent, Console(file=None, quiet=True), "lora", values, report, {"study": "s"})
+        (run,) = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.kind = 'trial'")
+        return result, run, tracker
+
+    def prune(step: int, score: float) -> None:
+        raise Pruned(f"stopped at step {step}")
+
+    pruned, run, tracker = search(2, prune, "pruned.db")
+    assert (pruned.status, pruned.steps, run.info.status, run.data.tags["failure"]) == ("pruned", 2, "FAILED", "pruned")
+    assert [m.step for m in tracker.client.get_metric_history(run.info.run_id, "search/val_score")] == [2]
+    assert "train/final_loss" not in run.data.metrics
+
+    seen = []
+    looked, looked_run, looked_store = search(1, lambda step, score: seen.append(step), "looked.db")
+    plain, plain_run, plain_store = search(99, lambda step, score: seen.append(-step), "plain.db")
+    assert seen == [1, 2, 3] and looked.status == plain.status == "complete"
+    assert looked.score == plain.score
+    losses = [
+        [m.value for m in store.client.get_metric_history(r.info.run_id, "train/loss")]
+        for store, r in ((looked_store, looked_run), (plain_store, plain_run))
+    ]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]

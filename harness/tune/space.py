@@ -82,14 +82,15 @@ def _fail(path, message: str) -> UserError:
 
 
 def _number(path, where: str, value, kind: type, low: float | None = None, optional: bool = False):
+    """`value` as `kind` (an integer is a float too), at least `low`; None only where `optional`."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, kind if kind is float else int) or (low is not None and value < low):
-        if kind is float and isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low):
-            return float(value)
-        wanted = ("an integer" if kind is int else "a number") + (f" >= {low}" if low is not None else "")
-        raise _fail(path, f"{where} must be {wanted}{' or null' if optional else ''}, got {value!r}")
-    return value
+    accepted = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, accepted) or (low is not None and value < low):
+        wanted = ("an integer" if kind is int else "a number") + (f" >= {low}" if low is not None else "") + (" or null" if optional else "")
+        hint = " (YAML reads 1e-5 as text: write 1.0e-5)" if isinstance(value, str) else ""
+        raise _fail(path, f"{where} must be {wanted}, got {value!r}{hint}")
+    return kind(value)
 
 
 def _dimension(path, method: str, key: str, spec, config: ExperimentConfig) -> Dimension:

@@ -79,12 +79,14 @@ def held_trials(study) -> int:
 
 
 def search_runs(tracker: Tracker, study: str) -> list:
-    """Every search trial's run of a study (one per task), earlier `tune` runs included."""
-    return tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.kind = 'trial' and tags.study = '{study}'", max_results=50_000)
+    """Every search trial's run of a study (one per task), earlier `tune` runs included, oldest first."""
+    return tracker.client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.kind = 'trial' and tags.study = '{study}'", order_by=["start_time ASC"], max_results=50_000
+    )
 
 
-def steps_spent(tracker: Tracker, study: str) -> int:
-    return int(sum(run.data.metrics.get("search/steps", 0) for run in search_runs(tracker, study)))
+def steps_spent(tracker: Tracker, study: str, runs: list | None = None) -> int:
+    return int(sum(run.data.metrics.get("search/steps", 0) for run in (search_runs(tracker, study) if runs is None else runs)))
 
 
 def study_run(tracker: Tracker, name: str, method: str, space: SearchSpace, executor: str) -> str:
@@ -146,7 +148,7 @@ class SearchTrialFailed(Exception):
 def choice_of(tracker: Tracker, study: str, method: str, run_id: str, space: SearchSpace, tasks: list[str]) -> Choice:
     """What the study spent and its best configuration, read from its search runs in MLflow (the same for
     both executors and across reruns): a configuration is complete when every task has a FINISHED run,
-    and scores the mean of their validation scores."""
+    and scores the mean of their validation scores; of equal scores, the first tried is chosen."""
     runs = search_runs(tracker, study)
     by_values: dict[str, list] = {}
     for run in runs:
@@ -159,7 +161,7 @@ def choice_of(tracker: Tracker, study: str, method: str, run_id: str, space: Sea
             counts["complete"] += 1
         else:
             counts["pruned" if any(r.data.tags.get("failure") == "pruned" for r in group) else "failed"] += 1
-    choice = Choice(method, study, run_id, space.methods[method].budget.text(), counts, int(sum(r.data.metrics.get("search/steps", 0) for r in runs)))
+    choice = Choice(method, study, run_id, space.methods[method].budget.text(), counts, steps_spent(tracker, study, runs))
     if scores:
         best = max(scores, key=scores.get)
         choice.score, choice.values = scores[best], json.loads(best)

@@ -261,6 +261,8 @@ def tune(
     overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. train.warmup_steps=0."),
 ):
     """Give every method the same tuning budget: search its space on a validation split, rerun the best settings, print the table."""
+    from .base.errors import unknown
+    from .harness.run.sweep import EXECUTORS
     from .harness.settings.config import load_config
     from .harness.store.liveness import sigterm_as_interrupt
     from .harness.tune.space import load_space
@@ -274,8 +276,8 @@ def tune(
     )  # fmt: skip
     search_space = load_space(space, experiment)
     import_optuna()
-    if executor not in ("local", "ray"):
-        raise UserError(f"--executor takes local or ray, got '{executor}'")
+    if executor not in EXECUTORS:
+        raise unknown("executor", executor, EXECUTORS)
     if executor == "ray":
         from .harness.run.ray_executor import import_ray
 

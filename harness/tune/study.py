@@ -36,6 +36,7 @@ def search_experiment(config) -> str:
 
 
 def storage_url() -> str:
+    runs_dir().mkdir(parents=True, exist_ok=True)  # also where MLFLOW_TRACKING_URI points the runs elsewhere
     return f"sqlite:///{runs_dir() / 'optuna.db'}"
 
 

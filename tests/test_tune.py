@@ -51,6 +51,8 @@ def _space(folder: Path, **changes) -> Path:
         ({"methods": {"lora": {"space": {"lora.rank": {"choice": [4, 4]}}}}}, "more than once"),
         ({"methods": {"mole": {"space": {"train.lr": {"uniform": [0.1, 0.2]}}}}}, "has no space for method 'lora'"),
         ({"budget": {"trials": 0}}, "budget.trials must be an integer >= 1"),
+        ({"budget": {"steps": 0}}, "budget.steps must be an integer >= 1"),
+        ({"budget": {}}, r"budget must be \{trials: N\}"),
         ({"validation": {"fraction": 1.5}}, "validation.fraction must be between 0 and 1"),
         ({"pruner": "hyperband"}, "pruner must be one of median, asha, none"),
         ({"sampler": "random"}, "unknown key 'sampler'"),

@@ -53,8 +53,9 @@ class DefineByRun:
 def search_on_ray(study, space: SearchSpace, method: str, config, tracker: Tracker, run_id: str, console: Console, address: str | None) -> None:
     optuna = import_optuna()
     budget = space.methods[method].budget
-    left, spent = budget.trials - held_trials(study), steps_spent(tracker, study.study_name)
-    if left <= 0 or (budget.steps and spent >= budget.steps):
+    spent = steps_spent(tracker, study.study_name)
+    left = budget.left(held_trials(study), spent)
+    if left == 0:
         console.print(f"[dim]{method}: budget spent ({budget.text()}); study {study.study_name} is complete[/]")
         return
     remote = RayExecutor(config, tracker, address, console)  # connects; a trial must fit, and every node reach the store
@@ -88,7 +89,7 @@ def search_on_ray(study, space: SearchSpace, method: str, config, tracker: Track
     resources = {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial}
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=left),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=left or -1),  # -1: until the step budget stops it
         run_config=tune.RunConfig(
             name=f"{study.study_name}-{held_trials(study)}",
             storage_path=str(runs_dir() / "ray_tune"),
@@ -97,7 +98,7 @@ def search_on_ray(study, space: SearchSpace, method: str, config, tracker: Track
         ),
     )
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Ray Tune's newer console output prints its tables even at verbose=0
-    console.print(f"[bold]{method}[/]: {left} search trials through Ray Tune (TPE, ASHA), {len(remote.nodes)} node(s)")
+    console.print(f"[bold]{method}[/]: searching through Ray Tune (TPE, ASHA) for {budget.text()}, {len(remote.nodes)} node(s)")
     try:
         tuner.fit()
     finally:

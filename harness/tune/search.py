@@ -139,8 +139,8 @@ def run_search_trial(
         outcome = attempt(trial, state, tracker, study_run, console, tags) or await_trial(trial, state, tracker, study_run, console, tags)
         trained = reported[-1][0] if outcome.status == "pruned" and reported else int(outcome.metrics.get("train/steps", 0))
         _record(tracker, trial, values, reported, trained)
-        if outcome.status != "finished" and outcome.status != "skipped":
-            return SearchResult(outcome.status if outcome.status == "pruned" else "failed", None, done_steps + trained)
+        if outcome.status in ("pruned", "failed"):
+            return SearchResult(outcome.status, None, done_steps + trained)
         scores.append(score_of(outcome.metrics, "eval/"))
         done_steps += trained
         if index + 1 < len(state.config.tasks):

@@ -39,11 +39,17 @@ class Dimension:
 
 @dataclass(frozen=True)
 class Budget:
-    trials: int  # search trials that run to the end or are pruned (failed ones are retried)
+    trials: int | None  # search trials that run to the end or are pruned (failed ones do not count); None: no cap
     steps: int | None = None  # optimizer steps over all search trials (pruned ones count what they ran); None: no cap
 
     def text(self) -> str:
-        return f"{self.trials} trials" + (f", ≤ {self.steps} steps" if self.steps else "")
+        return ", ".join(([f"{self.trials} trials"] if self.trials else []) + ([f"≤ {self.steps} steps"] if self.steps else []))
+
+    def left(self, held: int, spent: int) -> int | None:
+        """Trials still to run (None: as many as the step budget allows), given those held and the steps spent; 0 when spent."""
+        if self.steps and spent >= self.steps:
+            return 0
+        return None if self.trials is None else max(0, self.trials - held)
 
 
 @dataclass(frozen=True)
@@ -132,9 +138,12 @@ def _dimension(path, method: str, key: str, spec, config: ExperimentConfig) -> D
 
 
 def _budget(path, where: str, spec) -> Budget:
-    if not isinstance(spec, dict) or "trials" not in spec or set(spec) - {"trials", "steps"}:
-        raise _fail(path, f"{where} must be {{trials: N}} or {{trials: N, steps: S}}, got {spec!r}")
-    return Budget(_number(path, f"{where}.trials", spec["trials"], int, 1), _number(path, f"{where}.steps", spec.get("steps"), int, 1, optional=True))
+    if not isinstance(spec, dict) or not spec or set(spec) - {"trials", "steps"}:
+        raise _fail(path, f"{where} must be {{trials: N}}, {{steps: S}} or {{trials: N, steps: S}}, got {spec!r}")
+    return Budget(
+        _number(path, f"{where}.trials", spec.get("trials"), int, 1, optional="steps" in spec),
+        _number(path, f"{where}.steps", spec.get("steps"), int, 1, optional=True),
+    )
 
 
 def load_space(path, config: ExperimentConfig) -> SearchSpace:

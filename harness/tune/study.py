@@ -109,8 +109,8 @@ def search_here(study, space: SearchSpace, method: str, state: SearchState, trac
     """Run the trials the budget has left, one after another in this process."""
     optuna = import_optuna()
     budget = space.methods[method].budget
-    left = budget.trials - held_trials(study)
-    if left <= 0 or (budget.steps and steps_spent(tracker, study.study_name) >= budget.steps):
+    left = budget.left(held_trials(study), steps_spent(tracker, study.study_name))
+    if left == 0:
         console.print(f"[dim]{method}: budget spent ({budget.text()}); study {study.study_name} is complete[/]")
         return
 

@@ -43,7 +43,9 @@ class Budget:
     steps: int | None = None  # optimizer steps over all search trials (pruned ones count what they ran); None: no cap
 
     def text(self) -> str:
-        return ", ".join(([f"{self.trials} trials"] if self.trials else []) + ([f"≤ {self.steps} steps"] if self.steps else []))
+        return ", ".join(
+            ([f"{self.trials} trial{'s' * (self.trials != 1)}"] if self.trials else []) + ([f"≤ {self.steps} steps"] if self.steps else [])
+        )
 
     def left(self, held: int, spent: int) -> int | None:
         """Trials still to run (None: as many as the step budget allows), given those held and the steps spent; 0 when spent."""

@@ -46,6 +46,8 @@ def run_tune(
             choices.append(choice_of(tracker, study.study_name, method, run_id, space, config.tasks))
     state.forget_adapter()
     del state  # the sweeps load their own base
+    for choice in choices:  # every study's page shows what all of them spent and chose
+        tracker.log_text(choice.run_id, tuning_markdown(choices), "tables/tuning.md")
     outcomes = []
     for choice in choices:
         if not choice.values:
@@ -78,7 +80,7 @@ def tuning_rows(choices: list[Choice]) -> list[list[str]]:
 def tuning_table(choices: list[Choice]) -> Table:
     table = Table(title="tuning: each method's budget and chosen settings (validation split carved from train)")
     for column in COLUMNS:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a chosen setting is never cut to an ellipsis
     for row in tuning_rows(choices):
         table.add_row(*row)
     return table

@@ -73,6 +73,14 @@ def test_bad_space_is_one_line_and_exit_2_before_any_run(tmp_path):
     assert not (tmp_path / "runs").exists()  # no store, no study: nothing was done
 
 
+def test_the_shipped_space_is_valid_for_every_method_it_names():
+    shipped = Path(__file__).resolve().parent.parent / "configs" / "tune.yaml"
+    methods = list(yaml.safe_load(shipped.read_text())["methods"])
+    space = load_space(shipped, load_config(None, [], methods=methods, tasks=["copa"]))
+    assert set(space.methods) == {"lora", "mole", "adamole"} and all(m.budget.trials == 12 for m in space.methods.values())
+    assert space.methods["adamole"].dimensions[0].kind == "log_uniform"
+
+
 def test_study_name_follows_the_space_not_the_budget(tmp_path):
     config = load_config(None, [], methods=["lora"], tasks=["fruit_or_color"], model="tiny-llama")
     name = load_space(_space(tmp_path), config).study_name(config, "lora")

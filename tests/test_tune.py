@@ -198,10 +198,10 @@ def test_no_eval_doc_reaches_the_search(tuned):
 
 
 @pytest.mark.integration
-def test_tune_through_ray_tune(tmp_path):
+def test_tune_through_ray_tune_and_continue_its_study(tmp_path):
     pytest.importorskip("ray", reason="the ray extra (make setup installs it)")
-    space = _space(tmp_path, pruner="asha")
-    result = run_cli(["tune", "--space", str(space), "--methods", "lora", "--executor", "ray", *TINY], cli_env(tmp_path / "runs"), timeout=900)
+    args, env = ["tune", "--methods", "lora", "--executor", "ray", *TINY], cli_env(tmp_path / "runs")
+    result = run_cli([*args, "--space", str(_space(tmp_path, pruner="asha"))], env, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     search = _search_runs(tmp_path)
     assert len({r.data.tags["search.values"] for r in search}) == 2 and all(r.data.tags["executor"] == "ray" for r in search)
@@ -212,6 +212,14 @@ def test_tune_through_ray_tune(tmp_path):
         if r.data.tags.get("kind") == "trial" and r.data.tags["method"] == "lora"
     ]
     assert len(finals) == 1 and finals[0].info.status == "FINISHED" and finals[0].data.tags["executor"] == "ray"
+
+    more = run_cli([*args, "--space", str(_space(tmp_path, pruner="asha", budget={"trials": 3}))], env, timeout=900)
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    assert len(_search_runs(tmp_path)) == 3 and "| lora | 3 trials |" in more.stdout  # Ray's OptunaSearch continued the study on disk
+    import optuna
+
+    (study,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
+    assert study.n_trials == 3
 
 
 @pytest.mark.integration  # trains tiny-llama three times in this process

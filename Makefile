@@ -9,7 +9,7 @@ SHELL := /bin/bash
 
 setup:  ## venv + install (CPU torch pinned in the same install) + offline assets
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,ray]" torch==2.13.0 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,ray,tune]" torch==2.13.0 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	$(BIN)/adamole-bench setup
 
 lock:  ## rewrite constraints.txt from the installed stack (after a deliberate upgrade; review the diff)
@@ -30,7 +30,7 @@ test-all: test test-integration  ## both tiers (what CI runs before the SmolLM2 
 
 test-latest:  ## the unit tier on the newest releases pyproject allows (torch kept at the CPU build): an upstream break shows the day it ships
 	test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
-	.venv-latest/bin/pip install --quiet --disable-pip-version-check --upgrade --upgrade-strategy eager -e ".[dev,ray]" torch==2.13.0 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	.venv-latest/bin/pip install --quiet --disable-pip-version-check --upgrade --upgrade-strategy eager -e ".[dev,ray,tune]" torch==2.13.0 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	.venv-latest/bin/pip list --disable-pip-version-check 2>/dev/null | grep -iE "^(transformers|peft|lm.eval|mlflow|datasets|ray|tokenizers) "
 	.venv-latest/bin/adamole-bench setup
 	.venv-latest/bin/python -m pytest -m "not slow and not integration" -p no:cacheprovider

@@ -244,6 +244,64 @@ def run(
         raise typer.Exit(_exit_code(failed))
 
 
+@app.command()
+@user_errors
+def tune(
+    space: Path = typer.Option(..., help="Search space YAML: per method the settings to sample and the budget (configs/tune.yaml, docs/tuning.md)."),
+    methods: str = typer.Option(None, help="Comma-separated methods to tune, each with a space in --space, e.g. lora,adamole."),
+    tasks: str = typer.Option(None, help="Comma-separated tasks; search trials score on validation docs carved from their train splits."),
+    seeds: str = typer.Option(None, help="Seeds the chosen settings are rerun with on the eval split, e.g. 0,1,2."),
+    model: str = typer.Option(None, help="Embedded model name, Hugging Face id, or local path."),
+    config: Path = typer.Option(None, help="Experiment YAML (see configs/)."),
+    max_steps: int = typer.Option(None, help="Optimizer steps per trial, search and final alike."),
+    limit: int = typer.Option(None, help="Evaluate the final runs on the first N eval docs only."),
+    data_dir: str = typer.Option(None, help="Folder with <task>/train.jsonl and eval.jsonl, tried before other sources."),
+    executor: str = typer.Option("local", help="local (Optuna TPE + pruner here) or ray (Ray Tune: OptunaSearch + ASHA; needs the ray extra)."),
+    ray_address: str = typer.Option(None, help="With --executor ray: auto, HOST:PORT or ray://HOST:10001 [default: a new local instance]."),
+    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. train.warmup_steps=0."),
+):
+    """Give every method the same tuning budget: search its space on a validation split, rerun the best settings, print the table."""
+    from .base.errors import unknown
+    from .harness.run.sweep import EXECUTORS
+    from .harness.settings.config import load_config
+    from .harness.store.liveness import sigterm_as_interrupt
+    from .harness.tune.space import load_space
+    from .harness.tune.study import import_optuna
+    from .harness.tune.tuning import run_tune, tuning_markdown, tuning_table
+
+    offline_defaults()
+    experiment = load_config(
+        config, overrides or [], methods=_split(methods, "--methods", "lora,adamole"), tasks=_split(tasks, "--tasks", "copa"), seeds=_seeds(seeds),
+        model=model, data_dir=data_dir, train__max_steps=max_steps, eval__limit=limit,
+    )  # fmt: skip
+    search_space = load_space(space, experiment)
+    import_optuna()
+    if executor not in EXECUTORS:
+        raise unknown("executor", executor, EXECUTORS)
+    if executor == "ray":
+        from .harness.run.ray_executor import import_ray
+
+        import_ray()
+    try:
+        with sigterm_as_interrupt():
+            outcomes, choices = run_tune(experiment, search_space, console, executor=executor, ray_address=ray_address)
+    except KeyboardInterrupt as interrupt:
+        raise _interrupted(interrupt) from None
+    from .harness.report.bundle import sweep_table
+    from .harness.report.render import render_markdown, render_rich
+    from .harness.store.tracking import Tracker
+
+    table = sweep_table(Tracker(experiment.experiment), experiment, outcomes)
+    if table is not None:
+        console.print(render_rich(table, width=console.width))
+        console.print(render_markdown(table), markup=False, highlight=False, soft_wrap=True)
+    console.print(tuning_table(choices))
+    console.print(tuning_markdown(choices), markup=False, highlight=False, soft_wrap=True)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed or not all(c.values for c in choices):
+        raise typer.Exit(_exit_code(failed) if failed else EXIT_CRASHED)
+
+
 def _print_sensitivity(table, keys: list[str]) -> None:
     """A grid sweep's metric against each swept setting (what `report --sensitivity KEY` shows)."""
     from .harness.report.sensitivity import render_markdown, sensitivity

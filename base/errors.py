@@ -24,6 +24,11 @@ class Diverged(Exception):
         self.step = step
 
 
+class Pruned(Exception):
+    """A search trial's intermediate validation score told the pruner to stop it (harness/tune/): recorded
+    FAILED with failure `pruned`, never counted as a result, and not an error of the sweep."""
+
+
 def unknown(kind: str, name: str, valid: Iterable[str], hint: str = "") -> UserError:
     """`unknown method 'adamol' (did you mean 'adamole'?); valid: lora, mole, ...`."""
     valid = sorted(valid)

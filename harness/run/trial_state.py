@@ -2,7 +2,7 @@
 comes off it, harness/model/one_base.py), each task's data, and the last trained adapter (reused by the next
 trials of a --mix group)."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +62,10 @@ class TrialState:
                 if (Path(self.config.data_dir) / task).is_dir():
                     self.data(task)
 
+    def step_hook(self, trial: Trial, method: Method, model) -> Callable[[int, dict], None] | None:
+        """Called after every optimizer step of `trial`'s training; none here (a search scores its trials on the way, harness/tune/)."""
+        return None
+
     def forget_adapter(self, keep: "Trial | None" = None) -> None:
         """Free the last trained adapter unless `keep` reuses it (its --mix group): before a trial, so its
         memory is not counted in the next one's; a Ray worker keeps the state for its next task, not the adapter."""
@@ -109,7 +113,8 @@ def _train_adapter(trial: Trial, config: ExperimentConfig, state: TrialState) ->
             sources, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol,
             truncation_side=config.train.truncation_side, supervise_eos=config.train.supervise_eos,
         )  # fmt: skip
-        result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id, state.precision)
+        pad_id, on_step = base.tokenizer.pad_token_id, state.step_hook(trial, method, model)
+        result = train(model, method, examples if method.trains else [], config.train, trial.seed, pad_id, state.precision, on_step)
     except BaseException:
         attachment.detach()
         raise

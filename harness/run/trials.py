@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from ...base.errors import Diverged, UserError, storage_problem
+from ...base.errors import Diverged, Pruned, UserError, storage_problem
 from ...base.progress import end_header
 from ...methods.registry import StatisticsRecorder
 from ..evaluate.scoring import evaluate
@@ -35,7 +35,7 @@ FAILURES = ("user", "disk", "diverged", "crashed")  # what failed a trial; decid
 @dataclass
 class Outcome:
     trial: Trial
-    status: str  # finished | skipped | failed
+    status: str  # finished | skipped | failed | pruned (a search trial, harness/tune/)
     metrics: dict = field(default_factory=dict)
     error: str | None = None
     failure: str | None = None  # one of FAILURES when status is failed
@@ -66,6 +66,9 @@ def attempt(
     except Diverged as err:
         console.print(f"  [red]diverged:[/] {escape(str(err))}", soft_wrap=True)
         return Outcome(trial, "failed", error=str(err), failure="diverged")
+    except Pruned as err:  # a search trial the pruner stopped (harness/tune/)
+        console.print(f"  [yellow]pruned:[/] {escape(str(err))}", soft_wrap=True)
+        return Outcome(trial, "pruned", error=str(err))
     except Exception as err:  # noqa: BLE001 - a crash in one trial must not lose the others
         problem = storage_problem(err)
         if problem:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ...base.errors import Diverged, UserError, storage_problem
+from ...base.errors import Diverged, Pruned, UserError, storage_problem
 from ...base.paths import runs_dir
 from . import claims
 from .liveness import Heartbeat, Terminated, heartbeat_seconds, process_tags, stale_after_seconds
@@ -173,6 +173,8 @@ def failure_kind(err: BaseException) -> str:
         return "interrupted"
     if isinstance(err, Diverged):
         return "diverged"
+    if isinstance(err, Pruned):
+        return "pruned"
     if isinstance(err, UserError):
         return "user"
     return "disk" if storage_problem(err) else "crashed"

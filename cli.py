@@ -263,7 +263,7 @@ def tune(
     """Give every method the same tuning budget: search its space on a validation split, rerun the best settings, print the table."""
     from .base.errors import unknown
     from .harness.run.sweep import EXECUTORS
-    from .harness.settings.config import load_config
+    from .harness.settings.load import load_config
     from .harness.store.liveness import sigterm_as_interrupt
     from .harness.tune.space import load_space
     from .harness.tune.study import import_optuna

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from adamole_bench.base.errors import UserError
-from adamole_bench.harness.settings.config import load_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.tune.search import carve
 from adamole_bench.harness.tune.space import load_space
 from adamole_bench.tasks.sources import fingerprint, load_task

@@ -26,6 +26,7 @@ from ...base.paths import package_root
 # Globs under the package root; what harness/run/trials.py imports but is left out is listed in NOT_RESULT_PATH.
 RESULT_PATH = (
     "harness/model/adapters.py",  # saving and loading the trained adapter that is evaluated
+    "harness/train/checkpoint.py",  # what a resumed trial restores: a wrong one changes the number
     "harness/train/data.py",  # prompts, answers, tokenisation, batches
     "harness/train/distributed.py",  # how a global batch is split across ranks
     "harness/evaluate/scoring.py",  # the lm-eval bridge: scoring

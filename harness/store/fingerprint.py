@@ -53,6 +53,7 @@ NOT_RESULT_PATH = {
     "harness/store/fingerprint.py": "this file",
     "harness/settings/grid.py": "names grid points; the resolved settings of each are in the identity",
     "harness/store/liveness.py": "heartbeats and signals: whether a trial's process is alive",
+    "harness/store/retry.py": "when a store call is repeated after a transient error",
     "base/progress.py": "what the console shows",
     "harness/store/provenance.py": "what is recorded beside the number",
     "harness/store/tracking.py": "how runs are stored",

@@ -207,9 +207,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         if _deferring and not _deferring[-1]:
             _deferring[-1].append(signum)  # the block stops itself at its next safe point
             return
-        for stop in STOP_SIGNALS:
-            signal.signal(stop, signal.SIG_DFL)
-        raise Terminated(signum)
+        raise terminated(signum)
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, handler)
@@ -218,6 +216,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         for signum, before in previous.items():
             signal.signal(signum, before)
+
+
+def terminated(signum: int) -> Terminated:
+    """The interrupt for a stop signal; from now on another one kills at once (the default action)."""
+    if threading.current_thread() is threading.main_thread():
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, signal.SIG_DFL)
+    return Terminated(signum)
 
 
 @contextmanager

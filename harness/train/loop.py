@@ -9,6 +9,7 @@ import ctypes
 import gc
 import math
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from ...base.progress import phase
 from ..model.loading import keeps_logits
 from ..model.precision import Precision
 from ..settings.config import TrainConfig
-from ..store.liveness import Terminated, signals_deferred
+from ..store.liveness import signals_deferred, terminated
 from . import distributed
 from .checkpoint import Batches, Checkpoint, TrainingState
 from .data import EncodedExamples, LengthGroupedBatches, hf_length_grouped_batches
@@ -249,9 +250,9 @@ def train(
             bar.update(advance=1, loss=task_loss)
             signum = stop_signal()
             if checkpoint and (signum or checkpoint.due(step, steps)):
-                training.save(checkpoint, step, steps, f"on {Terminated(signum).signal_name}" if signum else f"at step {step}")
+                training.save(checkpoint, step, steps, f"on {signal.Signals(signum).name}" if signum else f"at step {step}")
             if signum:
-                raise Terminated(signum)
+                raise terminated(signum)
     result.steps = steps
     result.tokens = ctx.total(result.tokens)
     result.seconds += time.perf_counter() - started

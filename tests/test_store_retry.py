@@ -11,9 +11,18 @@ import pytest
 
 from adamole_bench.harness.store.liveness import stop_tree
 from adamole_bench.harness.store.retry import RetryingClient, transient
+from adamole_bench.harness.train.checkpoint import Checkpoint
 from adamole_bench.tests.fault_tools import TINY, cli_env, finish, free_port, start, trial_runs, wait_for_http, wait_until
 
-OUTAGE_SECONDS = 8  # longer than the trial's training (~2 s here), so its end is recorded while the server is down
+STEPS = 60
+OUTAGE_SECONDS = 10  # after training ended: the trial's losses, tags and metrics wait for the server
+
+
+def _checkpointed_step(runs: Path) -> int:
+    """The step of the trial's checkpoint (0: none yet), read as the next attempt would read it."""
+    found = list((runs / "checkpoints").glob("*.ckpt"))
+    saved = Checkpoint(found[0], found[0].name.split("-seed")[0], 20).load() if found else None
+    return saved["step"] if saved else 0
 
 
 def _server(root: Path, port: int) -> subprocess.Popen:
@@ -31,19 +40,23 @@ def test_a_sweep_outlives_its_tracking_server_restarting_mid_trial(tmp_path):
     server = _server(tmp_path, port)
     # MLflow's own HTTP retries off (they would cover the outage by themselves): only ours are tested.
     env = cli_env(tmp_path / "runs", MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", ADAMOLE_BENCH_STORE_RETRY_SECONDS="120")
-    sweep = start(["run", *TINY, "--methods", "lora", "reference=false", "--max-steps", "40"], env, tmp_path / "sweep.log")
+    args = ["run", *TINY, "--methods", "lora", "reference=false", "--max-steps", str(STEPS), "train.checkpoint_every=20"]
+    sweep = start(args, env, tmp_path / "sweep.log")
     try:
-        wait_until(lambda: [r for r in trial_runs(uri) if r.info.status == "RUNNING"], what="the trial to run")
+        wait_until(lambda: _checkpointed_step(tmp_path / "runs"), what="training to begin")  # no store calls while it trains
         stop_tree(server.pid, grace_seconds=10)
+        # The last step's checkpoint: training is over and the trial records its losses, with no server.
+        wait_until(lambda: _checkpointed_step(tmp_path / "runs") == STEPS, what="the end of training")
         time.sleep(OUTAGE_SECONDS)
         server = _server(tmp_path, port)
         code, output = finish(sweep, tmp_path / "sweep.log")
+        statuses = [r.info.status for r in trial_runs(uri)]
     finally:
         sweep.kill()
         stop_tree(server.pid, grace_seconds=10)
     assert code == 0, output[-3000:]
-    assert "retrying for up to 120 s" in output and "Traceback" not in output
-    assert [r.info.status for r in trial_runs(uri)] == ["FINISHED"]  # when MLflow is up again; the server is stopped after
+    assert "MLflow store call log_batch failed" in output and "retrying for up to 120 s" in output and "Traceback" not in output
+    assert statuses == ["FINISHED"]
 
 
 class _Flaky:

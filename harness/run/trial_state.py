@@ -109,7 +109,7 @@ def _train_adapter(trial: Trial, config: ExperimentConfig, state: TrialState) ->
             sources, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol,
             truncation_side=config.train.truncation_side, supervise_eos=config.train.supervise_eos,
         )  # fmt: skip
-        checkpoint = Checkpoint.for_trial(trial.identity, trial.seed, config.train) if config.train.checkpoint_every else None
+        checkpoint = Checkpoint.for_trial(trial.identity, trial.seed, config.train) if config.train.checkpoint_every and method.trains else None
         result = train(
             model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id, state.precision,
             checkpoint=checkpoint,

@@ -70,6 +70,9 @@ class Checkpoint:
         return state
 
     def remove(self) -> None:
+        """The checkpoint, and any temp file a process killed while writing it left behind (base/paths.atomic_write)."""
+        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
         self.path.unlink(missing_ok=True)
 
 

@@ -2,8 +2,8 @@
 
 A trial that fails or diverges is recorded FAILED and returned as a failed Outcome; Ctrl-C, SIGTERM or
 SIGUSR1 marks it FAILED and propagates (after a step checkpoint, harness/train/checkpoint.py, that its
-next attempt resumes from; the checkpoint goes once the trial is FINISHED). A trial another live process holds is waited for, and taken over if
-that process dies (harness/store/claims.py).
+next attempt resumes from; the checkpoint goes once the trial is FINISHED). A trial another live
+process holds is waited for, and taken over if that process dies (harness/store/claims.py).
 """
 
 import tempfile

@@ -3,6 +3,7 @@ training again from that file ends bitwise where an uninterrupted run ends (drop
 accumulation, a pass boundary crossed); damaged or foreign files are never loaded."""
 
 import copy
+import dataclasses
 import os
 import signal
 
@@ -129,3 +130,20 @@ def test_checkpoint_settings_never_change_the_config_hash_and_are_validated(tmp_
         load_config(overrides=["train.checkpoint_every=-1"])
     with pytest.raises(UserError, match=r"train\.checkpoint_dir is empty"):  # e.g. `checkpoint_dir: ""` in a YAML file
         TrainConfig(checkpoint_dir=" ").validate()
+
+
+def test_each_trial_of_a_plan_has_its_own_checkpoint_and_other_settings_or_code_another(tmp_path):
+    from adamole_bench.harness.run.sweep import plan
+
+    def paths(*overrides, implementation=None):
+        config = load_config(model="tiny-llama", methods=["lora"], tasks=["fruit_or_color"], seeds=[0, 1], overrides=[*overrides, "reference=false"])
+        trials = plan(config)
+        if implementation:  # the same settings computed by other code (harness/store/fingerprint.py)
+            trials = [dataclasses.replace(t, implementation={**t.implementation, "implementation": implementation}) for t in trials]
+        return [Checkpoint.for_trial(t.identity, t.seed, TrainConfig(checkpoint_dir=str(tmp_path))).path for t in trials]
+
+    here = paths()
+    assert len(set(here)) == 2  # one per seed
+    assert paths("train.checkpoint_every=7") == here  # when checkpoints are taken is no part of the trial
+    assert not set(paths("train.lr=1e-3")) & set(here)
+    assert not set(paths(implementation="0ther0code000")) & set(here)

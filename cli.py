@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
-from .base.errors import EXIT_CRASHED, EXIT_DIVERGED, EXIT_TERMINATED, EXIT_USER, UserError
+from .base.errors import EXIT_CRASHED, EXIT_DIVERGED, EXIT_USER, UserError
 from .base.paths import offline_defaults
 
 app = typer.Typer(
@@ -87,11 +87,13 @@ def _seeds(text: str | None) -> list[int] | None:
 
 
 def _interrupted(interrupt: KeyboardInterrupt) -> typer.Exit:
-    from .harness.store.liveness import exit_code
+    from .harness.store.liveness import Terminated, exit_code
 
-    how = "terminated (SIGTERM)" if exit_code(interrupt) == EXIT_TERMINATED else "interrupted"
+    how = f"terminated ({interrupt.signal_name})" if isinstance(interrupt, Terminated) else "interrupted"
     console.print(
-        f"[yellow]{how}:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume.", soft_wrap=True
+        f"[yellow]{how}:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume"
+        " (from its last step checkpoint).",
+        soft_wrap=True,
     )
     return typer.Exit(exit_code(interrupt))
 

@@ -7,6 +7,7 @@ atomically first (harness/store/claims.py): a trial another live process holds i
 The trials run here one after another (`--executor local`) or as Ray tasks (harness/run/ray_executor.py).
 """
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TypeVar
 
@@ -23,6 +24,7 @@ from ..store.fingerprint import implementation
 from ..store.provenance import code_version
 from ..store.tracking import Tracker, sweep_name
 from ..train import distributed
+from ..train.checkpoint import checkpoint_folder
 from .trial import Trial
 from .trials import Outcome, TrialState, attempt, await_trial
 
@@ -105,6 +107,12 @@ def select_shard(trials: list[TrialT], index: int, count: int) -> list[TrialT]:
     return trials[index::count]
 
 
+def pinned_checkpoint_folder(config: ExperimentConfig) -> ExperimentConfig:
+    """The checkpoint folder as an absolute path, so an executor's workers (another working directory) find it too."""
+    folder = str(checkpoint_folder(config.train))
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, checkpoint_dir=folder))
+
+
 def run_sweep(
     config: ExperimentConfig,
     console: Console,
@@ -115,6 +123,7 @@ def run_sweep(
 ) -> list[Outcome]:
     if executor not in EXECUTORS:
         raise unknown("executor", executor, EXECUTORS)
+    config = pinned_checkpoint_folder(config)
     trials = select_shard(plan(config), *shard)  # bad input fails before any run is created
     state = TrialState(config)
     state.read_local_data()  # a broken --data-dir file too, before the store is even opened

@@ -1,8 +1,9 @@
 """One trial in this process: skip it if done, claim it, train, evaluate, record; what both executors run.
 
-A trial that fails or diverges is recorded FAILED and returned as a failed Outcome; Ctrl-C or SIGTERM
-marks it FAILED and propagates. A trial another live process holds is waited for, and taken over if
-that process dies (harness/store/claims.py).
+A trial that fails or diverges is recorded FAILED and returned as a failed Outcome; Ctrl-C, SIGTERM or
+SIGUSR1 marks it FAILED and propagates (after a step checkpoint, harness/train/checkpoint.py, that its
+next attempt resumes from; the checkpoint goes once the trial is FINISHED). A trial another live
+process holds is waited for, and taken over if that process dies (harness/store/claims.py).
 """
 
 import tempfile
@@ -25,6 +26,7 @@ from ..store.fingerprint import differences
 from ..store.provenance import code_version, eval_protocol_tags, hardware, package_versions
 from ..store.tracking import Tracker, run_page
 from ..train import distributed
+from ..train.checkpoint import Checkpoint
 from ..train.loop import PeakMemory
 from .trial import Trial
 from .trial_state import TrainedAdapter, TrialState
@@ -60,6 +62,8 @@ def attempt(
         end_header(console)
         with tracker.running(run_id):
             metrics = run_trial(trial, config, state, tracker, run_id)
+        if not config.train.keep_checkpoints:
+            Checkpoint.for_trial(trial.identity, trial.seed, config.train).remove()  # FINISHED: nothing left to resume
     except UserError as err:
         console.print(f"  [red]failed:[/] {escape(str(err))}", soft_wrap=True)
         return Outcome(trial, "failed", error=str(err), failure="user")
@@ -174,7 +178,7 @@ def _train_and_evaluate(
     """The rest of `run_trial`, while the trial's adapter is on the base and its memory is measured."""
     data, base = state.data(trial.task), state.base()
     method, model, result = trained.method, trained.model, trained.result
-    tracker.set_tags(run_id, method.tags())
+    tracker.set_tags(run_id, {**method.tags(), "resumed_from_step": str(result.resumed_from)})
     if trial.train_tasks != (trial.task,):  # every training set of a mixture, for reproducibility
         tracker.set_tags(run_id, {f"train_data.{d.spec.name}": f"{d.source} {d.fingerprints['train']}" for d in trained.train_data})
     tracker.log_history(run_id, "train/loss", result.losses)

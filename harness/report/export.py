@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from ...base.errors import UserError
+from ...base.upstream import set_name_or_path
 from ..model.adapters import download_run_artifact, load_adapter, read_metadata
 from ..store.tracking import _check_reachable, default_tracking_uri
 
@@ -95,7 +96,7 @@ def export_run(run_id: str, target: str | Path, merged: bool = False, tracking_u
         if merged:
             loaded = load_adapter(staging)
             full = loaded.model.merge_and_unload()
-            full.config._name_or_path = read_metadata(staging)["base_model"]["id"]  # no machine path in config.json
+            set_name_or_path(full.config, read_metadata(staging)["base_model"]["id"])  # no machine path in config.json
             full.save_pretrained(staging / "merged")
             loaded.tokenizer.save_pretrained(staging / "merged")
         (staging / "README.md").write_text(model_card(run, trial_config, read_metadata(staging), merged))

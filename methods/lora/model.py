@@ -4,7 +4,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..registry import Method, register
+from ..catalog import register
+from ..method import Method
 from .config import LoraConfig
 
 

@@ -19,8 +19,9 @@ from functools import partial
 import torch
 from torch import nn
 
+from ..catalog import register
 from ..experts import inject
-from ..registry import Method, register
+from ..method import Method
 from .config import LORA_TARGET_ORDER, MoaConfig, SoftMoaConfig, SparseMoaConfig
 from .experts import BlockState, GatedLora, ParallelAdapter, PromptExpert
 from .routing import ExpertThreshold, make_router

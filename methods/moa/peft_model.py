@@ -10,7 +10,7 @@ two would fight over the same hooks.
 
 from torch import nn
 
-from ..peft_integration import MixtureTuner
+from ..peft_tuner import MixtureTuner
 from .model import decoder_layers
 
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from ..expert_stats import annotate_cells
-from ..registry import StatisticsRecorder
+from ..method import StatisticsRecorder
 
 
 class MoaStatistics(StatisticsRecorder):

@@ -78,6 +78,7 @@ class Method:
     # built-in mixture) store the weights in PEFT's layout, so `PeftModel.from_pretrained` loads them;
     # others store their trainable tensors under the harness's own names.
     peft_type: ClassVar[str | None] = None
+    mergeable: ClassVar[bool] = False  # whether the adapter folds into the base weights (PEFT's merge_and_unload)
 
     def save(self, model: nn.Module, path: str | Path, base_model: dict) -> None:
         """Write the adapter of `model` to `path`; `base_model` is `BaseModel.reference()` (never a path)."""

@@ -205,6 +205,24 @@ DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
+def embedded_checkpoint(name: str, dtype: str = "float32") -> Path:
+    """A transformers folder holding embedded model `name`'s exact weights, so that tools which load a base
+    by path (PEFT's AutoPeftModel, lm-eval) get what adapters were trained on, offline.
+
+    SmolLM2 has one already (its converted checkpoint, fp32: the dtype is chosen when loading); the tiny
+    Llama is built in code, so it is saved once per dtype, in a cache folder named by its fingerprint."""
+    if name == "smollm2-135m":
+        return smollm2_checkpoint()
+    base = load_base_model(name, dtype=dtype)
+    target = cache_dir() / "models" / f"{name}-{base.fingerprint.removeprefix('sha256:')}"
+    if not (target / ".complete").exists():
+        with atomic_dir(target) as building:
+            base.model.save_pretrained(building)
+            base.tokenizer.save_pretrained(building)
+            (building / ".complete").write_text("ok")
+    return target
+
+
 # ---------------------------------------------------------------------------------------------
 
 

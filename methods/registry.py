@@ -18,7 +18,7 @@ _entry_points_loaded = False
 
 def all_methods() -> dict[str, type[Method]]:
     global _entry_points_loaded  # noqa: PLW0603 - entry points are read once per process
-    from . import builtin  # noqa: F401  (registers the built-in methods)
+    from . import builtin  # noqa: F401  (registers the built-ins; here, not on top: they import torch and transformers)
 
     if not _entry_points_loaded:
         _entry_points_loaded = True

@@ -9,7 +9,7 @@ caller pays only for the library it uses.
 
 from collections.abc import Callable
 
-# BaseTuner's private hooks that methods/peft_tuner.py and methods/moa/peft_model.py override, with the
+# BaseTuner's private hooks that the tuners in methods/peft_tuner.py override, with the
 # parameters PEFT calls them with (PEFT has no public extension API for a tuner's injection).
 PEFT_TUNER_HOOKS = {
     "_create_and_replace": ("self", "peft_config", "adapter_name", "target", "target_name", "parent", "current_key", "parameter_name"),
@@ -48,13 +48,6 @@ def peft_type_registered(peft_type: str, config_class: type) -> bool:
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
     return PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type) is config_class
-
-
-def peft_tuner_class(peft_type: str) -> type:
-    """The tuner PEFT builds for `peft_type` (the one our registration entered)."""
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-
-    return PEFT_TYPE_TO_TUNER_MAPPING[peft_type]
 
 
 def set_name_or_path(config, name: str) -> None:

@@ -13,14 +13,9 @@ import peft
 
 from ..base.upstream import register_peft_type
 from . import builtin  # noqa: F401  (a config PEFT reads names a built-in method: it must be registered)
-from .moa.peft_model import MoaTuner
-from .peft_tuner import ADAPTER_ATTRIBUTE, MixtureConfig, MixtureTuner, MixtureType, MoeLoraTuner
+from .peft_tuner import ADAPTER_ATTRIBUTE, MixtureConfig, MixtureType, tuner_class
 
 __all__ = ["MixtureConfig", "register", "tuner_class"]
-
-
-def tuner_class(peft_type: str) -> type[MixtureTuner]:
-    return MoaTuner if peft_type in (MixtureType.SOFT_MOA, MixtureType.SPARSE_MOA) else MoeLoraTuner
 
 
 def register() -> None:

@@ -128,6 +128,8 @@ IMPORT_ORDERS = {
     "transformers, then ours": ["import transformers", "from transformers import AutoModelForCausalLM", "import adamole_bench"],
     "ours, then lm-eval's HF model": ["import adamole_bench", "import lm_eval.models.huggingface"],
     "lm-eval's HF model, then ours": ["import lm_eval.models.huggingface", "import adamole_bench"],
+    # our PEFT classes import peft themselves: registration must wait until they are defined
+    "our MoA tuner first": ["from adamole_bench.methods.peft_tuner import MoaTuner"],
 }
 
 

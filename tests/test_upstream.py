@@ -29,7 +29,7 @@ def test_peft_still_refuses_outside_methods_so_we_fill_its_tables():
     for table in (PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING):
         assert isinstance(table, dict) and "LORA" in table, changed(peft, "peft.mapping's method tables")
     assert upstream.peft_type_registered("ADAMOLE", MixtureConfig), changed(peft, "registering through peft.mapping")
-    assert upstream.peft_tuner_class("ADAMOLE") is tuner_class("ADAMOLE")
+    assert PEFT_TYPE_TO_TUNER_MAPPING["ADAMOLE"] is tuner_class("ADAMOLE") and PEFT_TYPE_TO_PREFIX_MAPPING["ADAMOLE"] == "adapter"
     assert upstream.register_peft_type("LORA", MixtureConfig, tuner_class("MOLE"), "adapter") is False  # PEFT's own stays
     assert PEFT_TYPE_TO_CONFIG_MAPPING["LORA"] is peft.LoraConfig
 

@@ -261,6 +261,34 @@ def test_local_and_mismatched_bases_need_an_explicit_choice(tmp_path):
     assert adamole_bench.load_adapter(tmp_path / "mole", dtype="bfloat16", check_base=False).base.source == "code"
 
 
+def test_an_export_names_the_local_base_folder_only_while_it_holds_the_weights_trained_on(tmp_path):
+    """record_loadable_base (what `export` runs): the folder's path when its weight files still have the recorded
+    fingerprint, so AutoPeft loads the very weights; the portable id when they changed (never other weights)."""
+    from peft import AutoPeftModelForCausalLM
+
+    base_folder = tmp_path / "my-base"
+    tiny = load_base_model("tiny-llama")
+    tiny.model.save_pretrained(base_folder)
+    tiny.tokenizer.save_pretrained(base_folder)
+    local = load_base_model(str(base_folder))
+    method = build_method("lora")
+    torch.manual_seed(0)
+    model = method.apply(copy.deepcopy(local.model)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    method.save(model, tmp_path / "adapter", local.reference())
+    assert record_loadable_base(tmp_path / "adapter", str(base_folder)) == str(base_folder.resolve())
+    assert json.loads((tmp_path / "adapter" / PEFT_CONFIG).read_text())["base_model_name_or_path"] == str(base_folder.resolve())
+    assert (logits(AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")) - logits(model)).abs().max().item() == 0.0
+
+    method.save(model, tmp_path / "changed", local.reference())
+    load_base_model("tiny-llama", dtype="bfloat16").model.save_pretrained(base_folder)  # other weights in the same folder
+    assert record_loadable_base(tmp_path / "changed", str(base_folder)) == "my-base"
+    assert json.loads((tmp_path / "changed" / PEFT_CONFIG).read_text())["base_model_name_or_path"] == "my-base"
+
+
 @pytest.mark.integration
 def test_hub_models_are_recorded_and_reloaded_at_their_commit(tmp_path):
     """A hub model from a local HF cache (offline): the adapter records id + commit, and loads onto that

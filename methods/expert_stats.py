@@ -20,8 +20,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .moe_lora import MoeLoraAdapter, moe_adapters
-from .registry import StatisticsRecorder
+from .method import StatisticsRecorder
 from .routing import Routing
 
 THRESHOLD_BINS = 1024
@@ -66,9 +65,11 @@ def _quantile(histogram: torch.Tensor, q: float, cap: float) -> float:
 
 
 class ExpertStatistics(StatisticsRecorder):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, adapters: list[tuple[str, nn.Module]]):
+        """`adapters`: (name, MoeLoraAdapter) of `model` (moe_lora.moe_adapters), handed in so that this
+        module, which moe_lora.py imports, need not import it back."""
         self.model = model
-        self.adapters = moe_adapters(model)
+        self.adapters = adapters
         self._names = {id(adapter): name.removesuffix(".adapter") for name, adapter in self.adapters}
         self._sums: dict[str, _Accumulator] = {}
         self._attention_mask: torch.Tensor | None = None
@@ -100,7 +101,7 @@ class ExpertStatistics(StatisticsRecorder):
             return mask[:, mask.shape[1] - leading_shape[1] :].reshape(-1).to(device)  # the last L positions (KV cache)
         return torch.ones(leading_shape.numel(), device=device)
 
-    def _observe(self, adapter: MoeLoraAdapter, decision: Routing, leading_shape: torch.Size) -> None:
+    def _observe(self, adapter: nn.Module, decision: Routing, leading_shape: torch.Size) -> None:
         name = self._names[id(adapter)]
         if name not in self._sums:
             cap = getattr(adapter.router, "max_threshold", None)

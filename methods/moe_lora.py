@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from . import routing
+from .expert_stats import ExpertStatistics
 from .experts import DropoutMode, LoraExperts, inject
 from .lora.config import LLAMA_ATTENTION
-from .registry import Method, StatisticsRecorder
+from .method import Method, StatisticsRecorder
 
 
 @dataclass
@@ -160,9 +161,7 @@ class MoeLoraMethod(Method):
         return torch.stack([loss.float() for loss in losses]).sum() if losses else None
 
     def statistics(self, model: nn.Module) -> StatisticsRecorder:
-        from .expert_stats import ExpertStatistics
-
-        return ExpertStatistics(model)
+        return ExpertStatistics(model, moe_adapters(model))
 
     def tags(self) -> dict[str, str]:
         cfg = self.config

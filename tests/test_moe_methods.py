@@ -13,7 +13,7 @@ from torch import nn
 
 from adamole_bench.base.errors import UserError
 from adamole_bench.harness.model.loading import load_base_model, tiny_llama
-from adamole_bench.methods import registry
+from adamole_bench.methods import catalog, registry
 from adamole_bench.methods.experts import LoraExperts
 from adamole_bench.methods.moe_lora import AdaptiveThresholdRouter, MoeLoraAdapter, moe_adapters
 from adamole_bench.methods.registry import ADAPTER_CONFIG, Method, build_method, register
@@ -316,7 +316,7 @@ def test_defaults_are_the_reference_recipe():
 def test_third_party_method_registers_without_touching_the_harness(monkeypatch):
     from dataclasses import dataclass
 
-    monkeypatch.setattr(registry, "_METHODS", dict(registry.all_methods()))  # undo the registration afterwards
+    monkeypatch.setattr(catalog, "_METHODS", dict(registry.all_methods()))  # undo the registration afterwards
 
     @dataclass
     class ScaledHeadConfig:

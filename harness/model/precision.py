@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ...base.errors import UserError
+from ...base.upstream import attention_implementation, sdpa_attention
 
 if TYPE_CHECKING:  # transformers is slow to import; here its classes are annotations only
     from transformers import PreTrainedModel
@@ -98,7 +99,7 @@ class Precision:
                     if not tensor.requires_grad:  # `param.data = ...` would also retype a tied embedding
                         setattr(module, name, nn.Parameter(tensor.detach().to(self.compute_dtype), requires_grad=False))
         config = getattr(model, "config", None)
-        if self.device_type == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa":
+        if self.device_type == "cpu" and attention_implementation(config) == "sdpa":
             _register_fp32_attention()
             cast("PreTrainedModel", model).set_attn_implementation(FP32_ATTENTION)  # a transformers model: it has an sdpa config
         return model
@@ -108,8 +109,9 @@ class Precision:
 def _register_fp32_attention() -> None:
     """transformers' SDPA attention with inputs of at least fp32 (float64 stays) and autocast off; same masks as "sdpa"."""
     from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
+
+    sdpa_attention_forward, sdpa_mask = sdpa_attention()
 
     def attention(module, query, key, value, attention_mask, **kwargs):
         dtype = torch.promote_types(query.dtype, torch.float32)

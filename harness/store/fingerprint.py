@@ -25,6 +25,7 @@ from ...base.paths import package_root
 
 # Globs under the package root; what harness/run/trials.py imports but is left out is listed in NOT_RESULT_PATH.
 RESULT_PATH = (
+    "base/upstream.py",  # private upstream functions on the number's path (MoA's rotary helper, HF's length-grouped sampler)
     "harness/model/adapters.py",  # saving and loading the trained adapter that is evaluated
     "harness/train/checkpoint.py",  # what a resumed trial restores: a wrong one changes the number
     "harness/train/data.py",  # prompts, answers, tokenisation, batches

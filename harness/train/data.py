@@ -6,6 +6,7 @@ from typing import overload
 
 import torch
 
+from ...base.upstream import length_grouped_sampler
 from ...tasks.registry import TaskSpec, training_pair
 
 
@@ -107,9 +108,7 @@ def hf_length_grouped_batches(
     giving the DataLoader the same `generator` repeats that sequence, so the first epoch's order is
     the Trainer's for the same seed. Later epochs differ: there, the Trainer's generator has also
     served every dropout mask."""
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    sampler = LengthGroupedSampler(batch_size * grad_accum, lengths=[length(i) for i in range(count)], generator=generator)
+    sampler = length_grouped_sampler()(batch_size * grad_accum, lengths=[length(i) for i in range(count)], generator=generator)
     return torch.utils.data.BatchSampler(sampler, batch_size, drop_last)
 
 

@@ -5,7 +5,8 @@ from typing import cast
 import torch
 from torch import nn
 
-from ..registry import Method, register
+from ..catalog import register
+from ..method import Method
 from .config import LoraConfig
 
 
@@ -15,6 +16,7 @@ class Lora(Method):
     config_class = LoraConfig
     description = "LoRA (stock PEFT); reference defaults r=32, alpha=16, dropout 0.05 on q,k,v,o"
     peft_type = "LORA"
+    mergeable = True
 
     def apply(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig as PeftLoraConfig

@@ -7,9 +7,11 @@ block adds them without knowing which kinds it holds.
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.llama.modeling_llama import rotate_half
 
+from ...base.upstream import llama_rotate_half
 from ..experts import LoraExperts
+
+rotate_half = llama_rotate_half()
 
 
 class BlockState:

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..catalog import register
 from ..experts import inject
-from ..registry import Method, register
+from ..method import Method
 from .config import LORA_TARGET_ORDER, MoaConfig, SoftMoaConfig, SparseMoaConfig
 from .experts import BlockState, GatedLora, ParallelAdapter, PromptExpert
 from .routing import ExpertThreshold, make_router

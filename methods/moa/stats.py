@@ -5,7 +5,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..expert_stats import annotate_cells
-from ..registry import StatisticsRecorder
+from ..method import StatisticsRecorder
 
 
 class MoaStatistics(StatisticsRecorder):

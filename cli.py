@@ -608,25 +608,18 @@ def export(
 def ui(
     port: int = typer.Option(5000, help="Port on 127.0.0.1."),
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment whose runs the printed link opens."),
+    sweep: str = typer.Option(None, help="Run id of the sweep whose trials the comparison link shows [default: the latest sweep]."),
 ):
     """Start the MLflow UI for the local store (or MLFLOW_TRACKING_URI) on 127.0.0.1; Ctrl-C or SIGTERM stops all of it."""
+    from .harness.report.ui import serve
     from .harness.settings.config import check_experiment_name
-    from .harness.store.liveness import exit_code, run_supervised
-    from .harness.store.tracking import default_tracking_uri, experiment_page
+    from .harness.store.liveness import exit_code
 
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be in [1, 65535], got {port}; e.g. --port 5000")
     check_experiment_name(experiment)
-    uri = default_tracking_uri()
-    console.print(
-        f"MLflow UI for {uri} (Ctrl-C to stop): {experiment_page(f'http://127.0.0.1:{port}', experiment, uri)}", soft_wrap=True, highlight=False
-    )
-    console.print(
-        "the comparison: click a sweep run (named methods × tasks · model · seeds); its description is the table (docs/ui.md)", highlight=False
-    )
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     try:
-        code = run_supervised(cmd)
+        code = serve(port, experiment, sweep, console)
     except KeyboardInterrupt as interrupt:
         console.print("MLflow UI stopped")
         raise typer.Exit(exit_code(interrupt)) from None

@@ -142,9 +142,8 @@ def write_report(tracker, table: AccuracyTable, output: Path, filters: dict[str,
         path = output / f"accuracy.{SUFFIXES[name]}"
         path.write_text(render(table))
         written.append(path)
-    written.append(accuracy_bars(table, output / "plots" / "accuracy_bars.png"))
-    pareto = efficiency(table, output / "plots" / "accuracy_vs_params_vs_speed.png")
-    written += [pareto] if pareto else []
+    written += accuracy_bars(table, output / "plots" / "accuracy_bars.png")
+    written += efficiency(table, output / "plots" / "accuracy_vs_params_vs_speed.png")
     written += collect_heatmaps(tracker, table, output / "plots" / "expert_usage")
     sources = output / "source_runs.json"
     sources.write_text(json.dumps({"run_ids": table.run_ids()}, indent=1) + "\n")

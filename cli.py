@@ -1,5 +1,6 @@
 """`adamole-bench` command line: parses flags into harness calls; no logic of its own."""
 
+import dataclasses
 import functools
 import os
 import sys
@@ -18,6 +19,16 @@ app = typer.Typer(
     help="Mixture-of-LoRA-experts benchmark: train, evaluate with lm-eval, log to MLflow, compare.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+# Fixed choices, shown in help as their metavar and completed in the shell; tests/test_cli_help.py
+# checks them against the harness's (importing it here would cost every command torch's import).
+PROTOCOLS = ("letter", "cloze", "generate", "reference_logits", "reference_generate")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+EXECUTORS = ("local", "ray")
+REPORT_FORMATS = ("rich", "markdown", "csv", "latex", "html", "json")
+LISTINGS = ("methods", "tasks", "models")
+PIPE_WIDTH = 10_000  # columns of a table printed into a pipe or file: as wide as its cells, never folded
+FLAG = ""  # the metavar of a boolean flag: it takes no value, so no `<bool>` in help
+
 console = Console()
 errors = Console(stderr=True)  # like Click's own errors: `report --format json > out.json` keeps out.json clean
 
@@ -33,7 +44,7 @@ def _print_version(value: bool) -> None:
 @app.callback(invoke_without_command=True)
 def _main(
     context: typer.Context,
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", metavar=FLAG, callback=_print_version, is_eager=True, help="Print the version and exit."),
 ):
     """Options before the command; plain `adamole-bench` prints the help and succeeds (no_args_is_help would exit 2)."""
     if not sys.stderr.isatty():  # a file or CI log: no tqdm bars from transformers, datasets or lm-eval
@@ -115,16 +126,30 @@ def _complete_items(names):
     return complete
 
 
+def _choice(names: tuple[str, ...]) -> dict:
+    """typer.Option arguments for a fixed choice: `a|b|c` in help, the names completed in the shell."""
+    return {"metavar": "|".join(names), "autocompletion": _complete_items(lambda: names)}
+
+
+def _method_names() -> list[str]:
+    from .methods.registry import all_methods  # imports torch: only when the shell asks
+
+    return list(all_methods())
+
+
+def _complete_settings(incomplete: str) -> list[str]:
+    """`key=` completion of a settings argument: run settings (train.lr) and method options (lora.rank)."""
+    from .harness.settings.config import all_settings  # imports torch: only when the shell asks
+    from .methods.registry import all_methods
+
+    names = all_settings() + [f"{m}.{f.name}" for m, cls in all_methods().items() for f in dataclasses.fields(cls.config_class)]
+    return [f"{name}=" for name in names if name.startswith(incomplete)]
+
+
 def _task_names() -> list[str]:
     from .tasks.registry import all_tasks
 
     return ["all", *all_tasks()]
-
-
-def _format_names() -> tuple[str, ...]:
-    from .harness.report.render import FORMATS
-
-    return FORMATS
 
 
 def _shard(text: str | None) -> tuple[int, int]:
@@ -161,33 +186,39 @@ def _at_least(value: int | None, low: int, flag: str, example: int) -> None:
 @app.command()
 @user_errors
 def run(
-    methods: str = typer.Option(None, help="Comma-separated methods, e.g. lora,mole,adamole (see `list methods`)."),
+    methods: str = typer.Option(
+        None, help="Comma-separated methods, e.g. lora,mole,adamole (see `list methods`).", autocompletion=_complete_items(_method_names)
+    ),
     tasks: str = typer.Option(
         None, help="Comma-separated tasks, e.g. copa,boolq, or 'all' (see `list tasks`).", autocompletion=_complete_items(_task_names)
     ),
-    seeds: str = typer.Option(None, help="Comma-separated seeds, e.g. 0,1,2."),
-    model: str = typer.Option(None, help="Embedded model name, Hugging Face id, or local path."),
-    config: Path = typer.Option(None, help="Experiment YAML (see configs/)."),
-    max_steps: int = typer.Option(None, help="Optimizer steps per trial (0 = train.epochs over the data)."),
-    limit: int = typer.Option(None, help="Evaluate only the first N eval docs (quick looks)."),
+    seeds: str = typer.Option(None, help="Comma-separated seeds, e.g. 0,1,2. \\[default: 0]"),
+    model: str = typer.Option(None, help="Embedded model name, Hugging Face id, or local path. \\[default: smollm2-135m]"),
+    config: Path = typer.Option(None, help="Experiment YAML (see configs/); flags and key=value settings override it."),
+    max_steps: int = typer.Option(None, help="Optimizer steps per trial (0 = train.epochs over the data). \\[default: 10]"),
+    limit: int = typer.Option(None, help="Evaluate only the first N eval docs (quick looks). \\[default: 500]"),
     data_dir: str = typer.Option(None, help="Folder with <task>/train.jsonl and eval.jsonl, tried before other sources."),
-    protocol: str = typer.Option(
-        None, help="Evaluation protocol: letter, cloze, generate, reference_logits or reference_generate (see docs/tasks.md)."
+    protocol: str = typer.Option(None, help="Evaluation protocol (see docs/tasks.md). \\[default: letter]", **_choice(PROTOCOLS)),
+    mix: bool = typer.Option(None, "--mix", metavar=FLAG, help="Train one adapter on the union of --tasks, evaluate it on each."),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:1 or auto. \\[default: auto]"),
+    precision: str = typer.Option(
+        None, help="auto: bf16 for SmolLM2 where the hardware has fast bf16, else fp32. \\[default: auto]", **_choice(PRECISIONS)
     ),
-    mix: bool = typer.Option(None, "--mix", help="Train one adapter on the union of --tasks, evaluate it on each."),
-    device: str = typer.Option(None, help="cpu, cuda, cuda:1 or auto."),
-    precision: str = typer.Option(None, help="auto, fp32, bf16 or fp16 (auto: bf16 for SmolLM2 where the hardware has fast bf16)."),
     shard: str = typer.Option(
-        None, help="Run slice i/n of the sweep (several machines, one MLflow server) [default: this SLURM array task's slice, else all]."
+        None, help="Run slice i/n of the sweep (several machines, one MLflow server) \\[default: this SLURM array task's slice, else all]."
     ),
-    trust_remote_code: bool = typer.Option(None, "--trust-remote-code", help="Allow custom model code from the hub."),
-    executor: str = typer.Option("local", help="local (one trial after another here) or ray (Ray tasks across a cluster; needs the ray extra)."),
+    trust_remote_code: bool = typer.Option(None, "--trust-remote-code", metavar=FLAG, help="Allow custom model code from the hub."),
+    executor: str = typer.Option(
+        "local", help="local (one trial after another here) or ray (Ray tasks across a cluster; needs the ray extra).", **_choice(EXECUTORS)
+    ),
     ray_address: str = typer.Option(
         None,
-        help="With --executor ray: auto (a running `ray start` cluster), HOST:PORT or ray://HOST:10001 [default: RAY_ADDRESS, else a new local instance].",
+        help="With --executor ray: auto (a running `ray start` cluster), HOST:PORT or ray://HOST:10001 \\[default: RAY_ADDRESS, else a new local instance].",
     ),
     overrides: list[str] = typer.Argument(
-        None, help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4; a,b sweeps a grid (adamole.num_experts=4,8)."
+        None,
+        help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4; a,b sweeps a grid (adamole.num_experts=4,8).",
+        autocompletion=_complete_settings,
     ),
 ):
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
@@ -258,7 +289,11 @@ def _print_sensitivity(table, keys: list[str]) -> None:
 @app.command()
 @user_errors
 def bench(
-    methods: str = typer.Option("lora", help="Comma-separated methods; mixtures also get LoRA(N·r) and a loop-over-experts reference."),
+    methods: str = typer.Option(
+        "lora",
+        help="Comma-separated methods; mixtures also get LoRA(N·r) and a loop-over-experts reference.",
+        autocompletion=_complete_items(_method_names),
+    ),
     model: str = typer.Option("tiny-llama", help="Embedded model name, Hugging Face id, or local path."),
     batch_size: int = typer.Option(8, help="Training batch size."),
     seq_len: int = typer.Option(64, help="Tokens per sequence (random tokens, all supervised)."),
@@ -266,12 +301,12 @@ def bench(
     threads: int = typer.Option(None, help="torch.set_num_threads for the whole bench."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 or auto."),
     precisions: str = typer.Option(
-        None, help="Comma-separated precisions to compare, e.g. fp32,bf16 [default: fp32, plus bf16 where the hardware runs it fast]."
+        None, help="Comma-separated precisions to compare, e.g. fp32,bf16 \\[default: fp32, plus bf16 where the hardware runs it fast]."
     ),
     eval_task: str = typer.Option("copa", help="Task for the eval-throughput comparison ('none' skips it)."),
     eval_limit: int = typer.Option(50, help="Eval docs for the throughput comparison."),
-    lm_eval_cli: bool = typer.Option(True, help="Also time lm-eval's own CLI on the same model and task."),
-    profile: bool = typer.Option(False, help="Profile one extra step per row: time share per op category, matmul GFLOP/s."),
+    lm_eval_cli: bool = typer.Option(True, metavar=FLAG, help="Also time lm-eval's own CLI on the same model and task."),
+    profile: bool = typer.Option(False, metavar=FLAG, help="Profile one extra step per row: time share per op category, matmul GFLOP/s."),
     output: Path = typer.Option(None, help="Write the results as JSON here."),
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment for the kind=bench run."),
     overrides: list[str] = typer.Argument(None, help="Method options as method.key=value, e.g. adamole.num_experts=4."),
@@ -335,7 +370,7 @@ def _all_tasks() -> list[str]:
 
 @app.command("list")
 @user_errors
-def list_(what: str = typer.Argument(..., help="methods, tasks or models", autocompletion=_complete_items(lambda: ["methods", "tasks", "models"]))):
+def list_(what: str = typer.Argument(..., help="What to list.", **_choice(LISTINGS))):
     """List the registered methods, tasks or models."""
     offline_defaults()
     listings = {"methods": _list_methods, "tasks": _list_tasks, "models": _list_models}
@@ -343,7 +378,8 @@ def list_(what: str = typer.Argument(..., help="methods, tasks or models", autoc
         from .base.errors import unknown
 
         raise unknown("listing", what, listings)
-    console.print(listings[what]())
+    # In a pipe Rich assumes 80 columns and would fold every row: there the table takes the width its cells need.
+    (console if console.is_terminal else Console(width=PIPE_WIDTH)).print(listings[what]())
 
 
 def _list_methods() -> Table:
@@ -435,23 +471,21 @@ CURRENT_HELP = "Only runs computed by the installed code and packages (rows from
 @user_errors
 def report(
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment to read."),
-    table_format: str = typer.Option(
-        "rich", "--format", help="rich, markdown, csv, latex, html or json.", autocompletion=_complete_items(_format_names)
-    ),
+    table_format: str = typer.Option("rich", "--format", help="Table format (rich: for a terminal).", **_choice(REPORT_FORMATS)),
     output: Path = typer.Option(
         None, help="Folder for every table format, plots, expert heatmaps and source_runs.json (also logged to MLflow as a kind=report run)."
     ),
     model: str = typer.Option(None, help="Only runs of this base model (required when the store holds several)."),
-    methods: str = typer.Option(None, help="Comma-separated methods to include."),
+    methods: str = typer.Option(None, help="Comma-separated methods to include.", autocompletion=_complete_items(_method_names)),
     tasks: str = typer.Option(None, help="Comma-separated tasks to include."),
     config_hash: str = typer.Option(None, "--config-hash", help=CONFIG_HASH_HELP),
     where: list[str] = typer.Option(None, "--where", help=WHERE_HELP),
-    reference: bool = typer.Option(True, "--reference/--no-reference", help="Show the zero-shot base row of the same eval protocol."),
-    published: Path = typer.Option(None, help="Published numbers to show as extra rows [default: results/published.yaml]."),
+    reference: bool = typer.Option(True, "--reference/--no-reference", metavar=FLAG, help="Show the zero-shot base row of the same eval protocol."),
+    published: Path = typer.Option(None, help="Published numbers to show as extra rows \\[default: results/published.yaml]."),
     sensitivity: str = typer.Option(
         None, "--sensitivity", help="Metric vs this swept setting, e.g. adamole.max_threshold: mean ± sd over seeds, 95% CI, plot logged to MLflow."
     ),
-    current_code: bool = typer.Option(False, "--current-code", help=CURRENT_HELP),
+    current_code: bool = typer.Option(False, "--current-code", metavar=FLAG, help=CURRENT_HELP),
 ):
     """Method × task table of finished trials: 95% CI, n, paired tests vs base and best, collapsed predictors, verdict."""
     from .base.paths import package_root
@@ -529,7 +563,7 @@ def compare(
     tasks: str = typer.Option(None, help="Comma-separated tasks to include."),
     config_hash: str = typer.Option(None, "--config-hash", help=CONFIG_HASH_HELP),
     where: list[str] = typer.Option(None, "--where", help=WHERE_HELP),
-    current_code: bool = typer.Option(False, "--current-code", help=CURRENT_HELP),
+    current_code: bool = typer.Option(False, "--current-code", metavar=FLAG, help=CURRENT_HELP),
 ):
     """Paired comparison of two methods (each of their configs): per-doc tests per task, run-level tests over seeds."""
     from .harness.report.compare import compare_methods, render_comparison
@@ -544,9 +578,9 @@ def compare(
 @app.command()
 @user_errors
 def check(
-    suite: Path = typer.Option(None, help="Suite file with recorded results [default: results/ci-smoke.yaml]."),
-    record: bool = typer.Option(False, "--record", help="Write the current results as the new records (review the diff)."),
-    from_mlflow: bool = typer.Option(False, "--from-mlflow", help="Compare runs already in the MLflow store instead of rerunning."),
+    suite: Path = typer.Option(None, help="Suite file with recorded results \\[default: results/ci-smoke.yaml]."),
+    record: bool = typer.Option(False, "--record", metavar=FLAG, help="Write the current results as the new records (review the diff)."),
+    from_mlflow: bool = typer.Option(False, "--from-mlflow", metavar=FLAG, help="Compare runs already in the MLflow store instead of rerunning."),
 ):
     """Rerun a recorded suite and compare accuracies; exit 1 on a drop beyond tolerance."""
     from .base.paths import package_root
@@ -581,7 +615,7 @@ def export(
         ..., metavar="RUN_ID|METHOD/TASK/SEED", help="A finished trial: its MLflow run id (`run` prints it) or method/task/seed, e.g. lora/copa/0."
     ),
     folder: Path = typer.Argument(..., help="New or empty folder to write the adapter and its model card to."),
-    merged: bool = typer.Option(False, "--merged", help="LoRA only: also write the full merged model to FOLDER/merged."),
+    merged: bool = typer.Option(False, "--merged", metavar=FLAG, help="LoRA only: also write the full merged model to FOLDER/merged."),
     experiment: str = typer.Option("adamole-bench", help="With METHOD/TASK/SEED: the MLflow experiment to look in."),
     model: str = typer.Option(None, help="With METHOD/TASK/SEED: only trials of this base model."),
     config_hash: str = typer.Option(None, "--config-hash", help="With METHOD/TASK/SEED: only trials whose config hash starts so."),
@@ -608,7 +642,7 @@ def export(
 def ui(
     port: int = typer.Option(5000, help="Port on 127.0.0.1."),
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment whose runs the printed link opens."),
-    sweep: str = typer.Option(None, help="Run id of the sweep whose trials the comparison link shows [default: the latest sweep]."),
+    sweep: str = typer.Option(None, help="Run id of the sweep whose trials the comparison link shows \\[default: the latest sweep]."),
 ):
     """Start the MLflow UI for the local store (or MLFLOW_TRACKING_URI) on 127.0.0.1; Ctrl-C or SIGTERM stops all of it."""
     from .harness.report.ui import serve

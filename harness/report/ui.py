@@ -4,6 +4,7 @@ the command that serves the store. docs/ui.md shows the page."""
 
 import json
 import sys
+from pathlib import Path
 from urllib.parse import quote
 
 from ...base.errors import UserError
@@ -36,6 +37,8 @@ def comparison_page(ui_url: str, experiment: str, uri: str, sweep: str | None = 
     table yet (or its list did not fit a tag), when the runs view is the place to start."""
     from mlflow.tracking import MlflowClient  # slow to import: `ui --help` stays quick
 
+    if sweep is not None and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise UserError(f"--sweep {sweep}: the store {uri} does not exist yet; run a sweep first, or leave --sweep out")
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:

@@ -305,7 +305,7 @@ def _example(setting: str) -> str:
     return str(getattr({"train": TrainConfig, "eval": EvalConfig}[section](), name))
 
 
-def _all_settings() -> list[str]:
+def all_settings() -> list[str]:
     """Every dotted setting name of an ExperimentConfig."""
     config, names = ExperimentConfig(), []
     for f in dataclasses.fields(config):
@@ -327,7 +327,7 @@ def _unknown_setting(prefix: str, key: str, names: list[str]) -> UserError:
         return UserError(
             f"unknown setting '{wanted}': {key} is a method option here, <method>.{option}, e.g. lora.{option}={example}; valid settings: {', '.join(valid)}"
         )
-    everywhere = [n for n in _all_settings() if n != wanted]
+    everywhere = [n for n in all_settings() if n != wanted]
     same = [n for n in everywhere if n.rpartition(".")[2] == key] or [s for s in [_setting_named(key)] if s and s != wanted]
     if not same:  # a misspelling of one of this section's names or aliases
         section = prefix.rstrip(".")

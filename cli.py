@@ -10,9 +10,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Column, Table
 
-from .base.errors import EXIT_CRASHED, EXIT_DIVERGED, EXIT_TERMINATED, EXIT_USER, UserError
+from .base.errors import EXIT_TERMINATED, EXIT_USER, UserError
 from .base.paths import offline_defaults
 
 app = typer.Typer(
@@ -105,14 +104,6 @@ def _interrupted(interrupt: KeyboardInterrupt) -> typer.Exit:
         f"[yellow]{how}:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume.", soft_wrap=True
     )
     return typer.Exit(exit_code(interrupt))
-
-
-def _exit_code(failed: list) -> int:
-    """A crash outranks a divergence, which outranks bad input or a full disk (README "Exit codes")."""
-    kinds = {o.failure for o in failed}
-    if kinds - {"user", "disk", "diverged"}:
-        return EXIT_CRASHED
-    return EXIT_DIVERGED if "diverged" in kinds else EXIT_USER
 
 
 def _complete_items(names):
@@ -222,68 +213,29 @@ def run(
     ),
 ):
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
-    from .harness.run.sweep import run_sweep
-    from .harness.settings.config import load_config
-    from .harness.store.liveness import sigterm_as_interrupt
-    from .harness.train.distributed import context
+    from .harness.run import command
 
     offline_defaults()
-    console.quiet = not context().is_main  # under torchrun only rank 0 prints
-    shard_slice = _shard(shard)
-    experiment = load_config(
-        config,
-        overrides or [],
-        methods=_split(methods, "--methods", "lora,adamole"),
-        tasks=_split(tasks, "--tasks", "copa,boolq") if tasks != "all" else _all_tasks(),
-        seeds=_seeds(seeds),
-        model=model,
-        data_dir=data_dir,
-        device=device,
-        precision=precision,
-        trust_remote_code=trust_remote_code,
-        train__max_steps=max_steps,
-        eval__limit=limit,
-        eval__protocol=protocol,
-        mix=mix,
-    )
-    if ray_address is not None and executor != "ray":
-        raise UserError("--ray-address applies to --executor ray only; add --executor ray or drop --ray-address")
-    if executor == "ray":
-        from .harness.run.ray_executor import import_ray
-
-        import_ray()  # a missing extra is one line before any work
+    settings = {
+        "methods": _split(methods, "--methods", "lora,adamole"),
+        "tasks": _split(tasks, "--tasks", "copa,boolq") if tasks != "all" else _all_tasks(),
+        "seeds": _seeds(seeds),
+        "model": model,
+        "data_dir": data_dir,
+        "device": device,
+        "precision": precision,
+        "trust_remote_code": trust_remote_code,
+        "train__max_steps": max_steps,
+        "eval__limit": limit,
+        "eval__protocol": protocol,
+        "mix": mix,
+    }
     try:
-        with sigterm_as_interrupt():
-            outcomes = run_sweep(experiment, console, shard=shard_slice, executor=executor, ray_address=ray_address)
+        code = command.run(config, overrides or [], settings, console, _shard(shard), executor, ray_address)
     except KeyboardInterrupt as interrupt:
         raise _interrupted(interrupt) from None
-    if context().is_main:
-        from .harness.report.bundle import sweep_table
-        from .harness.report.render import render_markdown, render_rich
-        from .harness.store.tracking import Tracker
-
-        table = sweep_table(Tracker(experiment.experiment), experiment, outcomes)
-        if table is not None:
-            console.print(render_rich(table, width=console.width))
-            console.print(render_markdown(table), markup=False, highlight=False, soft_wrap=True)
-            _print_sensitivity(table, list(experiment.grid))
-    failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        diverged = sum(o.failure == "diverged" for o in failed)
-        detail = f", {diverged} diverged" if diverged else ""
-        console.print(f"[red]{len(failed)} of {len(outcomes)} trials failed{detail}[/] (recorded as FAILED in MLflow; re-run to retry them)")
-        raise typer.Exit(_exit_code(failed))
-
-
-def _print_sensitivity(table, keys: list[str]) -> None:
-    """A grid sweep's metric against each swept setting (what `report --sensitivity KEY` shows)."""
-    from .harness.report.sensitivity import render_markdown, sensitivity
-
-    for key in keys:
-        try:
-            console.print(render_markdown(sensitivity(table, key)), markup=False, soft_wrap=True)
-        except UserError:
-            pass  # e.g. only one of its values finished
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -312,11 +264,7 @@ def bench(
     overrides: list[str] = typer.Argument(None, help="Method options as method.key=value, e.g. adamole.num_experts=4."),
 ):
     """Training step time, tokens/s and memory of every method side by side; eval throughput vs lm-eval's CLI."""
-    import json
-
-    from .harness.bench.suite import BenchSettings, log_to_mlflow, render, run_bench
-    from .harness.settings.config import check_experiment_name, parse_override
-    from .methods.registry import make_config
+    from .harness.bench.command import bench as run_bench_command
 
     offline_defaults()
     for value, low, flag, example in (
@@ -327,39 +275,18 @@ def bench(
         (eval_limit, 1, "--eval-limit", 50),
     ):
         _at_least(value, low, flag, example)
-    check_experiment_name(experiment)
     if not eval_task.strip():
         raise UserError("--eval-task is empty (an unset shell variable?); name a task, e.g. --eval-task copa, or --eval-task none to skip it")
-    if eval_task != "none":
-        from .tasks.registry import get_task
-
-        get_task(eval_task)  # a typo is one line now, not after the timed steps
     if output is not None and (output.is_dir() or not output.parent.is_dir()):
         raise UserError(
             f"--output {output} {'is a folder' if output.is_dir() else 'is in a folder that does not exist'}; pass a file path, e.g. --output bench.json"
         )
-    options: dict[str, dict] = {}
-    for text in overrides or []:
-        parsed = parse_override(text)
-        if "method_options" not in parsed:
-            raise UserError(f"bench takes method options only (method.key=value), not '{text}'")
-        for method, values in parsed["method_options"].items():
-            options.setdefault(method, {}).update(values)
-    bench_methods = _split(methods, "--methods", "lora,adamole")
-    for method in dict.fromkeys([*bench_methods, *options]):
-        make_config(method, options.get(method))  # a bad option is one line before the model loads
-    settings = BenchSettings(
-        model=model, methods=bench_methods, method_options=options, batch_size=batch_size, seq_len=seq_len, steps=steps,
-        threads=threads, device=device, precisions=_split(precisions, "--precisions", "fp32,bf16"), eval_task=None if eval_task == "none" else eval_task,
-        eval_limit=eval_limit, lm_eval_cli=lm_eval_cli, profile=profile,
-    )  # fmt: skip
-    results = run_bench(settings)
-    for table in render(results):
-        console.print(table)
-    if output:
-        output.write_text(json.dumps(results, indent=2))
-        console.print(f"results → {output}")
-    console.print(f"MLflow run {log_to_mlflow(results, experiment)} (kind=bench)")
+    settings = {
+        "model": model, "methods": _split(methods, "--methods", "lora,adamole"), "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
+        "threads": threads, "device": device, "precisions": _split(precisions, "--precisions", "fp32,bf16"),
+        "eval_task": None if eval_task == "none" else eval_task, "eval_limit": eval_limit, "lm_eval_cli": lm_eval_cli, "profile": profile,
+    }  # fmt: skip
+    run_bench_command(settings, overrides or [], output, experiment, console)
 
 
 def _all_tasks() -> list[str]:
@@ -372,64 +299,11 @@ def _all_tasks() -> list[str]:
 @user_errors
 def list_(what: str = typer.Argument(..., help="What to list.", **_choice(LISTINGS))):
     """List the registered methods, tasks or models."""
+    from .harness.report.listing import listing
+
     offline_defaults()
-    listings = {"methods": _list_methods, "tasks": _list_tasks, "models": _list_models}
-    if what not in listings:
-        from .base.errors import unknown
-
-        raise unknown("listing", what, listings)
     # In a pipe Rich assumes 80 columns and would fold every row: there the table takes the width its cells need.
-    (console if console.is_terminal else Console(width=PIPE_WIDTH)).print(listings[what]())
-
-
-def _list_methods() -> Table:
-    from .methods.registry import all_methods
-
-    table = Table("method", "description")
-    for name, cls in all_methods().items():
-        table.add_row(name, cls.description)
-    return table
-
-
-def _list_tasks() -> Table:
-    from .harness.report.stats import wilson_interval
-    from .harness.settings.config import EvalConfig
-    from .tasks.registry import all_tasks
-    from .tasks.sources import summarize
-
-    def half_width(docs: int) -> float:  # 95% CI half-width in points of a score near 50% on `docs` docs
-        low, high = wilson_interval(0.5, docs)
-        return (high - low) / 2 * 100
-
-    limit = EvalConfig().limit
-    caption = f"eval: docs scored with eval.limit=null; the default eval.limit={limit} gives a 95% CI of ±{half_width(limit):.1f} points"
-    table = Table("train", "eval", "source", "template", "notes", caption=caption, caption_justify="left")
-    table.columns.insert(0, Column("task", no_wrap=True))  # names must stay copyable on narrow terminals
-    for name, spec in all_tasks().items():
-        try:
-            summary = summarize(name)
-        except UserError as err:
-            table.add_row(name, "–", "–", "[red]unavailable[/]", spec.template_origin, str(err))
-            continue
-        sizes, notes = summary["sizes"], list(summary["notes"])
-        if sizes["eval"] and half_width(sizes["eval"]) > 5:
-            notes.insert(
-                0,
-                f"n={sizes['eval']} eval docs: a score's 95% CI is ±{half_width(sizes['eval']):.0f} points, differences smaller than that are rarely significant",
-            )
-        table.add_row(name, str(sizes["train"]), str(sizes["eval"]), summary["source"], spec.template_origin, "; ".join(notes))
-    return table
-
-
-def _list_models() -> Table:
-    from .harness.model.loading import DEFAULT_MODEL, EMBEDDED_MODELS
-
-    table = Table("model", "description")
-    for name, (description, _) in EMBEDDED_MODELS.items():
-        table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), description)
-    table.add_row("<org/name>", "any Hugging Face causal LM id, e.g. meta-llama/Llama-2-7b-hf (needs the hub or a cached copy)")
-    table.add_row("<path>", "a local folder saved with save_pretrained")
-    return table
+    (console if console.is_terminal else Console(width=PIPE_WIDTH)).print(listing(what))
 
 
 @app.command()
@@ -444,20 +318,19 @@ def setup():
     console.print(f"SmolLM2:    {smollm2_checkpoint()}")
 
 
-def _report_table(
-    experiment: str, model, methods, tasks, config_hash, where, reference: bool = True, published: Path | None = None, current: bool = False
-):
-    from .harness.report.bundle import report_table
-    from .harness.store.tracking import Tracker
+def _selection(model, methods, tasks, config_hash, where, reference: bool = True, current: bool = False):
+    """The trial filters of `report` and `compare`, each flag checked."""
+    from .harness.report.command import Selection
 
-    model = _search_value(model, "--model")
-    methods, tasks = _split(methods, "--methods", "lora,adamole"), _split(tasks, "--tasks", "copa,boolq")
-    config_hashes = _split(config_hash, "--config-hash", "3f2a9c1b")
-    tracker = Tracker(experiment)
-    for name, why in tracker.reconciled:
-        console.print(f"[yellow]marked FAILED[/] {escape(name)} (left RUNNING: {escape(why)}); it is not counted", soft_wrap=True)
-    table = report_table(tracker, model, methods, tasks, config_hashes, where, reference, published, current)
-    return tracker, table
+    return Selection(
+        model=_search_value(model, "--model"),
+        methods=_split(methods, "--methods", "lora,adamole"),
+        tasks=_split(tasks, "--tasks", "copa,boolq"),
+        config_hashes=_split(config_hash, "--config-hash", "3f2a9c1b"),
+        where=where or [],
+        reference=reference,
+        current=current,
+    )
 
 
 CONFIG_HASH_HELP = (
@@ -488,69 +361,10 @@ def report(
     current_code: bool = typer.Option(False, "--current-code", metavar=FLAG, help=CURRENT_HELP),
 ):
     """Method × task table of finished trials: 95% CI, n, paired tests vs base and best, collapsed predictors, verdict."""
-    from .base.paths import package_root
-    from .harness.report.render import FORMATS, TEXT_RENDERERS, render_rich, render_verdict
-    from .harness.settings.config import check_experiment_name
+    from .harness.report import command
 
-    check_experiment_name(experiment)
-    if sensitivity is not None and not sensitivity.strip():
-        raise UserError(
-            "--sensitivity is empty (an unset shell variable?); name a swept setting, e.g. --sensitivity adamole.max_threshold, or leave the flag out"
-        )
-    if table_format not in FORMATS:
-        from .base.errors import unknown
-
-        raise unknown("format", table_format, FORMATS)
-    if output:
-        from .harness.report.bundle import check_output_folder
-
-        check_output_folder(output)
-    if sensitivity is not None:
-        return _report_sensitivity(sensitivity, table_format, experiment, model, methods, tasks, config_hash, where, reference, output, current_code)
-    published = published or package_root() / "results" / "published.yaml"
-    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, published, current_code)
-    if table_format == "rich":
-        console.print(render_rich(table, width=console.width))
-        console.print(render_verdict(table), markup=False, highlight=False, end="")
-    else:
-        console.print(TEXT_RENDERERS[table_format](table), markup=False, highlight=False, end="", soft_wrap=True)
-    if output:
-        from .harness.report.bundle import write_report
-
-        filters = _filters(model, methods, tasks, config_hash, where, current_code)
-        written = write_report(tracker, table, output, filters)
-        console.print(f"wrote {len(written)} files to {output} (and a kind=report run in MLflow)")
-
-
-def _filters(model, methods, tasks, config_hash, where, current: bool) -> dict:
-    """The filters a report was built with, as tags of its kind=report run."""
-    return {
-        "model": model,
-        "methods": methods,
-        "tasks": tasks,
-        "config_hash": config_hash,
-        "where": " ".join(where or []),
-        "current_code": current and "true",
-    }
-
-
-def _report_sensitivity(key, table_format, experiment, model, methods, tasks, config_hash, where, reference, output, current) -> None:
-    from .harness.report import sensitivity
-
-    if table_format not in sensitivity.FORMATS:
-        raise UserError(f"--sensitivity prints {', '.join(sensitivity.FORMATS)}; pick one with --format")
-    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, current=current)
-    result = sensitivity.sensitivity(table, key.strip())
-    if table_format == "rich":
-        console.print(sensitivity.render_rich(result))
-    else:
-        console.print(sensitivity.TEXT_RENDERERS[table_format](result), markup=False, end="", soft_wrap=True)
-    filters = _filters(model, methods, tasks, config_hash, where, current)
-    run_id, written = sensitivity.log_report(tracker, result, output, filters)
-    console.print(
-        f"plot and tables → MLflow run {run_id} (sensitivity/{result.key}.png)" + (f" and {len(written)} files in {output}" if written else ""),
-        soft_wrap=True,
-    )
+    selection = _selection(model, methods, tasks, config_hash, where, reference, current_code)
+    command.report(experiment, selection, table_format, output, published, sensitivity, console)
 
 
 @app.command()
@@ -566,13 +380,10 @@ def compare(
     current_code: bool = typer.Option(False, "--current-code", metavar=FLAG, help=CURRENT_HELP),
 ):
     """Paired comparison of two methods (each of their configs): per-doc tests per task, run-level tests over seeds."""
-    from .harness.report.compare import compare_methods, render_comparison
-    from .harness.settings.config import check_experiment_name
+    from .harness.report import command
 
-    check_experiment_name(experiment)
-    _, table = _report_table(experiment, model, f"{method_a},{method_b}", tasks, config_hash, where, reference=False, current=current_code)
-    for comparison in compare_methods(table, method_a, method_b):
-        console.print(render_comparison(comparison), markup=False, highlight=False, end="", soft_wrap=True)
+    selection = _selection(model, f"{method_a},{method_b}", tasks, config_hash, where, reference=False, current=current_code)
+    command.compare(experiment, method_a, method_b, selection, console)
 
 
 @app.command()
@@ -583,29 +394,15 @@ def check(
     from_mlflow: bool = typer.Option(False, "--from-mlflow", metavar=FLAG, help="Compare runs already in the MLflow store instead of rerunning."),
 ):
     """Rerun a recorded suite and compare accuracies; exit 1 on a drop beyond tolerance."""
-    from .base.paths import package_root
-    from .harness.check import regression
-    from .harness.store.liveness import sigterm_as_interrupt
+    from .harness.check import command
 
     offline_defaults()
-    loaded = regression.load_suite(suite or package_root() / "results" / "ci-smoke.yaml")
     try:
-        with sigterm_as_interrupt():
-            rows = regression.existing_rows(loaded) if from_mlflow else regression.rerun(loaded, console)
+        code = command.check(suite, record, from_mlflow, console)
     except KeyboardInterrupt as interrupt:
         raise _interrupted(interrupt) from None
-    if not rows:
-        raise UserError("no finished suite trials to compare; run the suite's config first or drop --from-mlflow")
-    if record:
-        console.print(f"recorded {len(rows)} trials in {regression.record(loaded, rows)}")
-    deltas = regression.compare(loaded, rows)
-    console.print(regression.render_deltas(deltas))
-    console.print("\n".join(regression.provenance_lines(loaded, deltas)), markup=False, highlight=False, soft_wrap=True)
-    failing = [d for d in deltas if d.fails]
-    if failing:
-        console.print(f"[red]{len(failing)} recorded result(s) regressed or could not be reproduced[/]")
-        raise typer.Exit(1)
-    console.print("[green]no regression beyond tolerance[/]")
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -621,19 +418,10 @@ def export(
     config_hash: str = typer.Option(None, "--config-hash", help="With METHOD/TASK/SEED: only trials whose config hash starts so."),
 ):
     """Write a trial's adapter, a model card (config, scores, provenance) and optionally the merged LoRA model."""
-    import re
-
-    from .harness.report.export import TRIAL_SPEC, export_run, find_trial
-    from .harness.settings.config import check_experiment_name
+    from .harness.report.export import export_trial
 
     offline_defaults()
-    if not TRIAL_SPEC.match(trial) and not re.fullmatch(r"[a-zA-Z0-9][\w\-]{0,255}", trial):  # MLflow's run id rule: no store is opened for a typo
-        raise UserError(
-            f"'{trial}' is neither an MLflow run id (letters, digits, _ and -, e.g. 3f2a9c1b0d4e4f6a8b7c6d5e4f3a2b1c) nor method/task/seed (e.g. lora/copa/0); copy a trial's run id from the `run` output or `adamole-bench ui`"
-        )
-    check_experiment_name(experiment, "--experiment")
-    run_id = find_trial(trial, experiment, _search_value(model, "--model"), config_hash)
-    files = export_run(run_id, folder, merged=merged)
+    run_id, files = export_trial(trial, folder, merged, experiment, _search_value(model, "--model"), config_hash)
     console.print(f'wrote {len(files)} files to {folder} from run {run_id}; load with adamole_bench.load_adapter("{folder}")', soft_wrap=True)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ...base.errors import UserError
-from ..store.liveness import run_supervised
+from ..store import liveness
 from ..store.tracking import default_tracking_uri, experiment_page
 
 TRIALS_TAG = "trial_run_ids"  # on a sweep run: its table's trials as a JSON list (harness/report/bundle.py writes it)
@@ -67,4 +67,4 @@ def serve(port: int, experiment: str, sweep: str | None, console) -> int:
             f"the trials of sweep '{name}' side by side (method, task, seed, eval/acc and its 95% interval): {link}", soft_wrap=True, highlight=False
         )
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    return run_supervised(cmd)
+    return liveness.run_supervised(cmd)

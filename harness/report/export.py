@@ -17,6 +17,7 @@ from ...base.errors import UserError
 from ...base.upstream import set_name_or_path
 from ...methods.registry import PEFT_CONFIG, all_methods
 from ..model.adapters import download_run_artifact, load_adapter, read_metadata, record_loadable_base
+from ..settings.config import check_experiment_name
 from ..store.tracking import _check_reachable, default_tracking_uri
 
 if TYPE_CHECKING:  # mlflow is slow to import; here its classes are annotations only
@@ -24,6 +25,20 @@ if TYPE_CHECKING:  # mlflow is slow to import; here its classes are annotations 
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 TRIAL_SPEC = re.compile(r"^(?P<method>[\w.-]+)/(?P<task>[\w.-]+)/(?:seed)?(?P<seed>\d+)$")
+
+
+RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")  # MLflow's run id rule: no store is opened for a typo
+
+
+def export_trial(trial: str, folder: Path, merged: bool, experiment: str, model: str | None, config_hash: str | None) -> tuple[str, list[Path]]:
+    """`export RUN_ID|METHOD/TASK/SEED FOLDER`: the trial's run id and the files written."""
+    if not TRIAL_SPEC.match(trial) and not RUN_ID.fullmatch(trial):
+        raise UserError(
+            f"'{trial}' is neither an MLflow run id (letters, digits, _ and -, e.g. 3f2a9c1b0d4e4f6a8b7c6d5e4f3a2b1c) nor method/task/seed (e.g. lora/copa/0); copy a trial's run id from the `run` output or `adamole-bench ui`"
+        )
+    check_experiment_name(experiment, "--experiment")
+    run_id = find_trial(trial, experiment, model, config_hash)
+    return run_id, export_run(run_id, folder, merged=merged)
 
 
 def find_trial(spec: str, experiment: str, model: str | None = None, config_hash: str | None = None, tracking_uri: str | None = None) -> str:

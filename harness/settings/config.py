@@ -315,7 +315,7 @@ def _example(setting: str) -> str:
     return str(getattr({"train": TrainConfig, "eval": EvalConfig}[section](), name))
 
 
-def _all_settings() -> list[str]:
+def all_settings() -> list[str]:
     """Every dotted setting name of an ExperimentConfig."""
     config, names = ExperimentConfig(), []
     for f in dataclasses.fields(config):
@@ -337,10 +337,13 @@ def _unknown_setting(prefix: str, key: str, names: list[str]) -> UserError:
         return UserError(
             f"unknown setting '{wanted}': {key} is a method option here, <method>.{option}, e.g. lora.{option}={example}; valid settings: {', '.join(valid)}"
         )
-    everywhere = [n for n in _all_settings() if n != wanted]
+    everywhere = [n for n in all_settings() if n != wanted]
     same = [n for n in everywhere if n.rpartition(".")[2] == key] or [s for s in [_setting_named(key)] if s and s != wanted]
     if not same:  # a misspelling of one of this section's names or aliases
-        spelled = {n: n for n in names} | SECTION_ALIASES.get(prefix.rstrip("."), {})
+        section = prefix.rstrip(".")
+        # At the top level every section's alias is valid as written (`learning_rate=`), so it is a spelling to suggest.
+        aliases = SECTION_ALIASES.get(section, {}) if section else {alias: alias for table in SECTION_ALIASES.values() for alias in table}
+        spelled = {n: n for n in names} | aliases
         close = difflib.get_close_matches(key, list(spelled), n=1, cutoff=0.6)
         same = [prefix + spelled[close[0]]] if close else []
     if not same:

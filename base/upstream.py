@@ -8,6 +8,7 @@ caller pays only for the library it uses.
 """
 
 from collections.abc import Callable
+from typing import cast
 
 # BaseTuner's private hooks that the tuners in methods/peft_tuner.py override, with the
 # parameters PEFT calls them with (PEFT has no public extension API for a tuner's injection).
@@ -31,23 +32,33 @@ def register_peft_type(peft_type: str, config_class: type, tuner_class: type, pr
     of its closed `PeftType` enum, so a package outside PEFT cannot register a new method with it. These
     are the tables it fills; `peft_type` is a str-enum, equal to the "peft_type" string of a saved config.
     """
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
-
-    if PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type) is config_class:
+    configs, tuners, prefixes = _peft_method_tables()
+    if configs.get(peft_type) is config_class:
         return True
-    if peft_type in PEFT_TYPE_TO_CONFIG_MAPPING:
+    if peft_type in configs:
         return False
-    PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = config_class
-    PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = tuner_class
-    PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = prefix
+    configs[peft_type] = config_class
+    tuners[peft_type] = tuner_class
+    prefixes[peft_type] = prefix
     return True
 
 
 def peft_type_registered(peft_type: str, config_class: type) -> bool:
     """Whether PEFT maps `peft_type` to `config_class` (ours, not a method of PEFT's own by that name)."""
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    configs, _, _ = _peft_method_tables()
+    return configs.get(peft_type) is config_class
 
-    return PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type) is config_class
+
+def _peft_method_tables() -> tuple[dict[str, type], dict[str, type], dict[str, str]]:
+    """PEFT's config, tuner and prefix tables by method name. PEFT types their keys as its closed PeftType
+    enum; a str-enum member and its string compare and hash equal, so str keys reach the same entries."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+
+    return (
+        cast(dict[str, type], PEFT_TYPE_TO_CONFIG_MAPPING),
+        cast(dict[str, type], PEFT_TYPE_TO_TUNER_MAPPING),
+        cast(dict[str, str], PEFT_TYPE_TO_PREFIX_MAPPING),
+    )
 
 
 def set_name_or_path(config, name: str) -> None:

@@ -7,6 +7,7 @@ integration (peft_tuner.py) reads a saved config's method from here, without imp
 import dataclasses
 import math
 import typing
+from typing import Any, TypeVar
 
 from ..base.errors import UserError, unknown
 
@@ -14,10 +15,13 @@ ADAPTER_CONFIG = "adamole_bench_adapter.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 
-_METHODS: dict[str, type] = {}
+# Method subclasses, typed loosely: method.py imports this module, so Method cannot be named here
+# (registry.py hands them on as type[Method]).
+_METHODS: dict[str, type[Any]] = {}
+_MethodClass = TypeVar("_MethodClass", bound=type[Any])
 
 
-def register(cls: type) -> type:
+def register(cls: _MethodClass) -> _MethodClass:
     """Class decorator: make a Method subclass selectable by its `name`."""
     if not dataclasses.is_dataclass(cls.config_class):
         raise TypeError(f"{cls.__name__}.config_class must be a dataclass")
@@ -25,11 +29,11 @@ def register(cls: type) -> type:
     return cls
 
 
-def registered_methods() -> dict[str, type]:
+def registered_methods() -> dict[str, type[Any]]:
     return dict(_METHODS)
 
 
-def registered(name: str) -> type:
+def registered(name: str) -> type[Any]:
     """The registered method class called `name` (registry.get_method_class also loads the built-ins)."""
     if name not in _METHODS:
         raise unknown("method", name, _METHODS, "see `adamole-bench list methods`")
@@ -71,7 +75,7 @@ def coerce(value, annotation, key: str):
     return value
 
 
-def configure(method_class: type, options: dict | None = None):
+def configure(method_class: type[Any], options: dict | None = None):
     """Build and validate `method_class`'s config from user options (unknown keys get a suggestion)."""
     method, cls = method_class.name, method_class.config_class
     hints = typing.get_type_hints(cls)

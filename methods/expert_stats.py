@@ -15,6 +15,8 @@ Definitions, per adapted module (e.g. layer 3's q_proj), over the counted tokens
 """
 
 import re
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -25,6 +27,12 @@ from .routing import Routing
 
 THRESHOLD_BINS = 1024
 QUANTILES = (0.1, 0.5, 0.9)
+
+
+class _Observed(Protocol):
+    """What this module needs of a MoeLoraAdapter: the slot its routing is reported to."""
+
+    observer: Callable[..., None] | None
 
 
 class _Accumulator:
@@ -65,7 +73,7 @@ def _quantile(histogram: torch.Tensor, q: float, cap: float) -> float:
 
 
 class ExpertStatistics(StatisticsRecorder):
-    def __init__(self, model: nn.Module, adapters: list[tuple[str, nn.Module]]):
+    def __init__(self, model: nn.Module, adapters: Sequence[tuple[str, _Observed]]):
         """`adapters`: (name, MoeLoraAdapter) of `model` (moe_lora.moe_adapters), handed in so that this
         module, which moe_lora.py imports, need not import it back."""
         self.model = model

@@ -142,7 +142,7 @@ def refuse_hf_save_pretrained(model: nn.Module) -> None:
     re-initialise q/k/v/o on load and drop the adapters; our save/load keep them.
     """
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained = _refused_save_pretrained
+        model.save_pretrained = _refused_save_pretrained  # type: ignore[assignment]  # torch types Module.__setattr__ values as Tensor | Module; any value works
 
 
 def _refused_save_pretrained(*_args, **_kwargs):

@@ -13,7 +13,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import peft
 import torch
@@ -111,14 +111,14 @@ class MixtureTuner(BaseTuner):
 
     prefix = ADAPTER_ATTRIBUTE
     tuner_layer_cls = MixtureLinear
-    target_module_mapping: ClassVar[dict] = {}
+    target_module_mapping: ClassVar[dict] = {}  # type: ignore[misc]  # peft annotates it per instance; every tuner sets it on the class
 
     def make_branch(self, config: MixtureConfig, adapter_name: str, key: str, linear: nn.Linear) -> nn.Module:
         raise NotImplementedError
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, parameter_name=None):
         if isinstance(target, MixtureLinear):
-            target.add(adapter_name, self.make_branch(peft_config, adapter_name, current_key, target.get_base_layer()))
+            target.add(adapter_name, self.make_branch(peft_config, adapter_name, current_key, cast(nn.Linear, target.get_base_layer())))
         elif isinstance(target, nn.Linear):
             layer = MixtureLinear(target, adapter_name, self.make_branch(peft_config, adapter_name, current_key, target))
             self._replace_module(parent, target_name, layer, target)
@@ -244,6 +244,7 @@ def save_peft_adapter(method, model: nn.Module, path: Path, base_model: dict) ->
         state = get_peft_model_state_dict(model, save_embedding_layers=False)
     else:
         config = MixtureConfig(method=method.name, method_config=dataclasses.asdict(method.config))
+        assert isinstance(config.peft_type, MixtureType), "MixtureConfig.__post_init__ sets it"
         if not peft_type_registered(config.peft_type, MixtureConfig):
             raise UserError(
                 f"PEFT {peft.__version__} defines its own {config.peft_type.value}, so {method.name} cannot be saved in its layout; use peft 0.21"

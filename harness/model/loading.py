@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,13 +17,16 @@ from ...base.errors import UserError, unknown
 from ...base.paths import atomic_dir, cache_dir
 from ...base.upstream import drop_gguf_quantizer
 
+if TYPE_CHECKING:  # transformers is slow to import; here its classes are annotations only
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class BaseModel:
-    model: torch.nn.Module
-    tokenizer: object
+    model: "PreTrainedModel"
+    tokenizer: "PreTrainedTokenizerBase"
     name: str  # what the user asked for
     source: str  # embedded | code | local | hub
     fingerprint: str  # identity of the weights (file hash, hub commit, or state hash)
@@ -114,7 +118,8 @@ def tiny_llama(vocab_size: int = 259, hidden: int = 64, layers: int = 2, heads: 
 
 def keeps_logits(model: torch.nn.Module) -> bool:
     """Whether the causal LM under any PEFT wrapper can compute logits at chosen positions only."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)
+    base = get_base_model() if get_base_model else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 

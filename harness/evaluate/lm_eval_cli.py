@@ -18,6 +18,7 @@ import logging
 import sys
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -91,7 +92,11 @@ EXPECTED_WARNINGS = {
 @functools.cache
 def _drop_expected_warnings() -> None:
     for name, phrases in EXPECTED_WARNINGS.items():
-        logging.getLogger(name).addFilter(lambda record, phrases=phrases: not any(phrase in record.getMessage() for phrase in phrases))
+
+        def unexpected(record: logging.LogRecord, phrases: tuple[str, ...] = phrases) -> bool:
+            return not any(phrase in record.getMessage() for phrase in phrases)
+
+        logging.getLogger(name).addFilter(unexpected)
 
 
 def _checked(protocol: str) -> str:
@@ -105,8 +110,10 @@ def register_export_model() -> type:
     """Register the `adamole-bench` model type with lm-eval (once per process)."""
     from lm_eval.api.registry import register_model
 
+    scorer: Any = continuation_scorer()  # an HFLM subclass made on first use (lm-eval is slow to import, and untyped)
+
     @register_model(MODEL_TYPE)
-    class ExportScorer(continuation_scorer()):
+    class ExportScorer(scorer):
         """`pretrained`: an export folder (its base loaded as recorded, or `base_model`) or a model `run` takes.
         `protocol`: a reference_* protocol's token rules (they live in the scorer, not in the task)."""
 

@@ -34,6 +34,7 @@ def _half_width(docs: int) -> float:
 
 def tasks() -> Table:
     limit = EvalConfig().limit
+    assert limit is not None  # the default is a number of docs
     caption = f"eval: docs scored with eval.limit=null; the default eval.limit={limit} gives a 95% CI of ±{_half_width(limit):.1f} points"
     table = Table("train", "eval", "source", "template", "notes", caption=caption, caption_justify="left")
     table.columns.insert(0, Column("task", no_wrap=True))  # names must stay copyable on narrow terminals

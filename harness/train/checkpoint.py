@@ -14,8 +14,10 @@ import hashlib
 import io
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from rich.markup import escape
 
 from ...base.paths import atomic_write, runs_dir
 from ..settings.config import TrainConfig
+from .data import LengthGroupedBatches
 
 FORMAT = 1  # bump when the file's contents change: an older file is then ignored, never misread
 DIGEST = hashlib.sha256().digest_size
@@ -63,10 +66,12 @@ class Checkpoint:
             return None
         payload, digest = data[:-DIGEST], data[-DIGEST:]
         if len(data) <= DIGEST or hashlib.sha256(payload).digest() != digest:
-            return _ignored(self.path, "damaged (truncated or overwritten)")
+            _ignored(self.path, "damaged (truncated or overwritten)")
+            return None
         state = torch.load(io.BytesIO(payload), weights_only=True)  # tensors and plain values only: no code runs
         if state.get("format") != FORMAT or state.get("identity") != self.identity:
-            return _ignored(self.path, f"from another trial or version (identity {state.get('identity')}, format {state.get('format')})")
+            _ignored(self.path, f"from another trial or version (identity {state.get('identity')}, format {state.get('format')})")
+            return None
         return state
 
     def remove(self) -> None:
@@ -78,7 +83,6 @@ class Checkpoint:
 
 def _ignored(path: Path, why: str) -> None:
     Console(soft_wrap=True).print(f"  [yellow]checkpoint {escape(str(path))} is {escape(why)}: ignored, training from step 0[/]")
-    return None
 
 
 class Batches:
@@ -87,9 +91,14 @@ class Batches:
 
     def __init__(self, loader: torch.utils.data.DataLoader):
         self.loader = loader
-        self.generator = loader.generator or loader.batch_sampler.generator  # ours (LengthGroupedBatches) holds its own
+        generator = loader.generator
+        if generator is None:  # ours (LengthGroupedBatches) holds its own
+            assert isinstance(loader.batch_sampler, LengthGroupedBatches), "a resumable pass needs a seeded order"
+            generator = loader.batch_sampler.generator
+        self.generator = generator
         self.epoch = self.read = 0
-        self._pass, self._pass_start = None, None
+        self._pass: Iterator | None = None
+        self._pass_start: torch.Tensor | None = None
 
     def __iter__(self):
         return self
@@ -98,6 +107,7 @@ class Batches:
         while True:
             if self._pass is None:
                 self._start_pass(self.generator.get_state())
+            assert self._pass is not None  # _start_pass opened it
             try:
                 batch = next(self._pass)
             except StopIteration:
@@ -119,13 +129,14 @@ class Batches:
         """Replay the saved pass up to its position: the same draws, in the same order, as the first time."""
         self._start_pass(position["generator"])
         self.epoch = position["epoch"]
+        assert self._pass is not None  # _start_pass opened it
         for _ in range(position["batch"]):
             next(self._pass)
         self.read = position["batch"]
 
 
 def rng_states() -> dict:
-    keys, position, has_gauss, gauss = np.random.get_state()[1:]
+    keys, position, has_gauss, gauss = np.random.get_state()[1:]  # type: ignore[index]  # numpy's stub types the default as legacy=False (a dict); it is legacy=True, a tuple
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -156,7 +167,14 @@ def restore_trained_state(model: torch.nn.Module, state: dict) -> None:
         raise ValueError("the checkpoint's parameters are not this model's")  # same identity, so a harness bug
     with torch.no_grad():
         for name, value in [*state["params"].items(), *state["buffers"].items()]:
-            (params.get(name) if name in params else buffers[name]).copy_(value)
+            (params[name] if name in params else buffers[name]).copy_(value)
+
+
+class _Progress(Protocol):
+    """What a checkpoint reads and restores of loop.TrainResult (loop.py imports this module)."""
+
+    seconds: float
+    resumed_from: int
 
 
 @dataclass
@@ -168,7 +186,7 @@ class TrainingState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     batches: Batches
-    result: object  # loop.TrainResult: its losses, tokens and seconds so far
+    result: _Progress  # loop.TrainResult: its losses, tokens and seconds so far
     started: float  # perf_counter() when this process began training
 
     def save(self, checkpoint: Checkpoint, step: int, steps: int, reason: str) -> None:
@@ -194,7 +212,8 @@ class TrainingState:
         if saved is None:
             return 1
         if saved["steps"] != steps:
-            return _ignored(checkpoint.path, f"for {saved['steps']} steps, not {steps}") or 1
+            _ignored(checkpoint.path, f"for {saved['steps']} steps, not {steps}")
+            return 1
         restore_trained_state(self.model, saved)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])

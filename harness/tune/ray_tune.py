@@ -30,7 +30,8 @@ class StepBudget(tune.Stopper):
     """Stops the whole search once its trials together ran `steps` optimizer steps."""
 
     def __init__(self, steps: int):
-        self.steps, self.seen = steps, {}
+        self.steps = steps
+        self.seen: dict[str, int] = {}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         self.seen[trial_id] = result.get("step", 0)

@@ -67,6 +67,7 @@ class SearchState(TrialState):
         return self._data[task]
 
     def step_hook(self, trial: Trial, method, model) -> Callable[[int, dict], None]:
+        assert trial.settings is not None  # planned trials carry their settings (sweep.plan)
         total = trial.settings.train.max_steps
 
         def on_step(step: int, _values: dict) -> None:
@@ -80,6 +81,7 @@ class SearchState(TrialState):
         rest of the training draws what it would have without this look."""
         saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        assert trial.settings is not None  # planned trials carry their settings (sweep.plan)
         try:
             with method.scoring(model, self.precision.compute_dtype) as scored:
                 result = evaluate(scored, self.base().tokenizer, self.data(trial.task), trial.settings.eval, self.precision)

@@ -173,6 +173,7 @@ def load_space(path, config: ExperimentConfig) -> SearchSpace:
         if "budget" not in section and default_budget is None:
             raise _fail(path, f"no budget for method '{method}'; add budget: {{trials: N}} at the top (every method's) or under methods.{method}")
         budget = _budget(path, f"methods.{method}.budget", section["budget"]) if "budget" in section else default_budget
+        assert budget is not None  # a missing one was refused just above
         dimensions = tuple(_dimension(path, method, str(key), spec, config) for key, spec in section["space"].items())
         spaces[method] = MethodSpace(method, dimensions, budget)
     validation = values.get("validation") or {}

@@ -129,6 +129,7 @@ def search_here(study, space: SearchSpace, method: str, state: SearchState, trac
             raise optuna.TrialPruned()
         if result.status == "failed":
             raise SearchTrialFailed(f"search trial {ot_trial.number} failed (its MLflow run says why)")
+        assert result.score is not None  # a complete trial has its score
         return result.score
 
     def within_steps(study, _trial) -> None:
@@ -164,7 +165,7 @@ def choice_of(tracker: Tracker, study: str, method: str, run_id: str, space: Sea
             counts["pruned" if any(r.data.tags.get("failure") == "pruned" for r in group) else "failed"] += 1
     choice = Choice(method, study, run_id, space.methods[method].budget.text(), counts, steps_spent(tracker, study, runs))
     if scores:
-        best = max(scores, key=scores.get)
+        best = max(scores, key=scores.__getitem__)
         choice.score, choice.values = scores[best], json.loads(best)
         tracker.log_metrics(run_id, {"best/val_score": choice.score, **{f"trials/{k}": v for k, v in counts.items()}, "search/steps": choice.steps})
         tracker.set_tags(run_id, {f"chosen.{key}": str(value) for key, value in choice.values.items()})

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import os
 import signal
+from typing import Any
 
 import pytest
 import torch
@@ -36,7 +37,8 @@ def examples(tiny):
 
 
 def _config(tmp_path, order: str, every: int = 100) -> TrainConfig:
-    grouping = {"ours": {}, "hf": {"length_grouping": "hf"}, "shuffle": {"group_by_length": False}}[order]
+    groupings: dict[str, dict[str, Any]] = {"ours": {}, "hf": {"length_grouping": "hf"}, "shuffle": {"group_by_length": False}}
+    grouping = groupings[order]
     return TrainConfig(
         max_steps=STEPS, batch_size=4, grad_accum=2, warmup_steps=2, lr=1e-2, lr_schedule="linear", checkpoint_every=every,
         checkpoint_dir=str(tmp_path), **grouping,
@@ -70,7 +72,7 @@ def test_a_signal_saves_at_the_step_end_and_the_resumed_run_equals_an_uninterrup
         _train(tiny, examples, method_name, config, checkpoint, on_step=send)
     assert stopped.value.exit_code == 128 + signum
     saved = checkpoint.load()
-    assert saved["step"] == stop_at and saved["reason"] == f"on {signal.Signals(signum).name}"
+    assert saved is not None and saved["step"] == stop_at and saved["reason"] == f"on {signal.Signals(signum).name}"
 
     resumed, resumed_params = _train(tiny, examples, method_name, config, checkpoint)
     assert resumed.resumed_from == stop_at
@@ -93,7 +95,8 @@ def saved_bytes(tmp_path_factory, tiny, examples) -> bytes:
     config = _config(tmp_path_factory.mktemp("saved"), "ours")
     checkpoint = Checkpoint.for_trial("0123456789ab", 0, config)
     _train(tiny, examples, "lora", config, checkpoint)
-    assert checkpoint.load()["step"] == STEPS
+    saved = checkpoint.load()
+    assert saved is not None and saved["step"] == STEPS
     return checkpoint.path.read_bytes()
 
 

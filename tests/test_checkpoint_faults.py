@@ -69,6 +69,15 @@ def _checkpoint(runs: Path) -> Checkpoint | None:
     return Checkpoint(found[0], found[0].name.split("-seed")[0], 10) if found else None
 
 
+def _saved(runs: Path) -> dict:
+    """What the trial's checkpoint holds; the test fails if there is none or it does not load."""
+    checkpoint = _checkpoint(runs)
+    assert checkpoint is not None, f"no checkpoint in {runs / 'checkpoints'}"
+    saved = checkpoint.load()
+    assert saved is not None, f"{checkpoint.path} did not load"
+    return saved
+
+
 def _same_as(resumed: dict, uninterrupted: dict) -> None:
     assert resumed["metrics"] == uninterrupted["metrics"]
     assert resumed["loss_curve"] == uninterrupted["loss_curve"]
@@ -82,8 +91,8 @@ def test_sigkill_mid_training_resumes_from_the_last_periodic_checkpoint_bitwise(
     wait_until(lambda: _checkpoint(runs), what="a first checkpoint")
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    saved = _checkpoint(runs).load()
-    assert saved is not None and 10 <= saved["step"] < STEPS and saved["step"] % 10 == 0
+    saved = _saved(runs)
+    assert 10 <= saved["step"] < STEPS and saved["step"] % 10 == 0
 
     rerun = run_cli([*SWEEP, "train.checkpoint_every=10"], env)
     assert rerun.returncode == 0, rerun.stdout[-3000:]
@@ -106,7 +115,7 @@ def test_a_stop_signal_saves_at_the_step_end_exits_non_zero_and_the_rerun_resume
     code, output = finish(stopped, tmp_path / "stopped.log", timeout=60)
     assert code == 128 + signum, output
     assert f"terminated ({name})" in output and "Traceback" not in output
-    saved = _checkpoint(runs).load()
+    saved = _saved(runs)
     assert saved["reason"] == f"on {name}" and 10 < saved["step"] < STEPS  # the step it was in, finished and saved
     (attempt,) = trial_runs(f"sqlite:///{runs / 'mlflow.db'}")
     assert attempt.info.status == "FAILED" and attempt.data.tags["failure"] == "terminated"  # never counted as done
@@ -117,5 +126,4 @@ def test_a_stop_signal_saves_at_the_step_end_exits_non_zero_and_the_rerun_resume
     resumed = _finished(runs, tmp_path)
     assert resumed["resumed_from"] == saved["step"]
     _same_as(resumed, uninterrupted)
-    left = _checkpoint(runs)
-    assert (left is not None and left.load()["step"] == STEPS) if keep else left is None  # kept only when asked
+    assert _saved(runs)["step"] == STEPS if keep else _checkpoint(runs) is None  # kept only when asked

@@ -28,7 +28,9 @@ def exports(tmp_path_factory):
         result = run_cli([*common, *sweep], env, timeout=600)
         assert result.returncode == 0, result.stdout + result.stderr
     client = mlflow.MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
-    trials = client.search_runs(client.get_experiment_by_name("adamole-bench").experiment_id, "tags.kind = 'trial'")
+    experiment = client.get_experiment_by_name("adamole-bench")
+    assert experiment is not None
+    trials = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'")
     runs = {(run.data.tags["method"], run.data.tags["protocol"]): run for run in trials}
     base = load_base_model("tiny-llama")
     base.model.save_pretrained(root / "base")

@@ -21,14 +21,14 @@ def _table(rows, samples):
 @pytest.fixture
 def seeds_table():
     """base once (an untrained model scores the same for every seed), lora over 3 seeds far apart (60, 80, 90%)."""
-    samples = {}
+    samples: dict[str, list] = {}
     rows = [run("base", "copa", 0, [0] * 50, COPA, samples)]
     rows += [run("lora", "copa", seed, right_on(COPA, right), COPA, samples) for seed, right in enumerate((30, 40, 45))]
     return _table(rows, samples)
 
 
 def _sweep_table(values: list[str]):
-    samples = {}
+    samples: dict[str, list] = {}
     rows = [run("base", "copa", 0, [0] * 50, COPA, samples)]
     for right, value in zip((30, 35, 40), values):
         rows.append(run("adamole", "copa", 0, right_on(COPA, right), COPA, samples, **{"method_config.max_threshold": value}))

@@ -31,6 +31,8 @@ def test_the_readme_python_api_snippet_runs_as_written(tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
         assert "| lora |" in done.stdout and "lora: " in done.stdout
     client = MlflowClient(f"sqlite:///{Path(tmp_path, 'runs-demo', 'mlflow.db')}")
-    runs = client.search_runs([client.get_experiment_by_name("adamole-bench").experiment_id], "tags.kind = 'trial'")
+    experiment = client.get_experiment_by_name("adamole-bench")
+    assert experiment is not None, "the README's run made no experiment in store="
+    runs = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'")
     assert {r.data.tags["method"] for r in runs} == {"base", "lora", "mole"}
     assert not (tmp_path / "default-runs").exists()  # store= was used, not the default store

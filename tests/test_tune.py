@@ -6,6 +6,7 @@ runs the same search through Ray Tune. Everything on tiny-llama, driven by the C
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,7 +21,7 @@ from adamole_bench.tests.fault_tools import cli_env, run_cli, store_runs
 pytest.importorskip("optuna", reason="the tune extra (make setup installs it)")
 
 TINY = ["--model", "tiny-llama", "--tasks", "fruit_or_color", "--limit", "8", "--max-steps", "4", "save_adapters=false", "train.warmup_steps=0"]
-SPACE = {
+SPACE: dict[str, Any] = {
     "seed": 0,
     "validation": {"fraction": 0.1, "max_docs": 12},
     "pruner": "median",

@@ -3,6 +3,7 @@ release; a failure names the library and version, so an upgrade that broke one s
 
 import inspect
 import json
+from typing import cast
 
 import peft
 import pytest
@@ -29,9 +30,11 @@ def test_peft_still_refuses_outside_methods_so_we_fill_its_tables():
     for table in (PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING):
         assert isinstance(table, dict) and "LORA" in table, changed(peft, "peft.mapping's method tables")
     assert upstream.peft_type_registered("ADAMOLE", MixtureConfig), changed(peft, "registering through peft.mapping")
-    assert PEFT_TYPE_TO_TUNER_MAPPING["ADAMOLE"] is tuner_class("ADAMOLE") and PEFT_TYPE_TO_PREFIX_MAPPING["ADAMOLE"] == "adapter"
+    # PEFT types the tables' keys as its PeftType enum; a str-enum member's string reaches the same entry.
+    configs, tuners = cast(dict[str, type], PEFT_TYPE_TO_CONFIG_MAPPING), cast(dict[str, type], PEFT_TYPE_TO_TUNER_MAPPING)
+    assert tuners["ADAMOLE"] is tuner_class("ADAMOLE") and cast(dict[str, str], PEFT_TYPE_TO_PREFIX_MAPPING)["ADAMOLE"] == "adapter"
     assert upstream.register_peft_type("LORA", MixtureConfig, tuner_class("MOLE"), "adapter") is False  # PEFT's own stays
-    assert PEFT_TYPE_TO_CONFIG_MAPPING["LORA"] is peft.LoraConfig
+    assert configs["LORA"] is peft.LoraConfig
 
 
 @pytest.mark.parametrize("hook", upstream.PEFT_TUNER_HOOKS)

@@ -52,6 +52,10 @@ class TrainConfig:
     pad_to_multiple_of: int | None = None
     supervise_eos: bool = True
     truncation_side: Literal["left", "right"] = "left"
+    # Recompute each decoder layer's activations in backward instead of keeping them: less memory
+    # (`adamole-bench plan` shows how much), about one more forward of time. The same numbers bitwise
+    # (tests/test_checkpointing.py), so it is recorded with the run but left out of the config hash.
+    gradient_checkpointing: bool = False
 
     def validate(self) -> None:
         _finite(self)
@@ -485,7 +489,7 @@ def trial_config(config: ExperimentConfig, method: str, task: str) -> dict:
         "method_config": dataclasses.asdict(method_config),
         "task": task,
         "data_dir": config.data_dir,
-        "train": dataclasses.asdict(config.train),
+        "train": {k: v for k, v in dataclasses.asdict(config.train).items() if k != "gradient_checkpointing"},
         "eval": {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "expert_stats"},
     }
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..experts import inject
+from ..recompute import replaying
 from ..registry import Method, register
 from .config import LORA_TARGET_ORDER, MoaConfig, SoftMoaConfig, SparseMoaConfig
 from .experts import BlockState, GatedLora, ParallelAdapter, PromptExpert
@@ -89,7 +90,7 @@ class MoaBlock(nn.Module):
         x = x.to(next(self.router.parameters()).dtype)
         weights = torch.sigmoid(self.router(x))
         mixing, threshold = (weights, None) if self.threshold is None else self.threshold(x, weights)
-        if self.recorder is not None:
+        if self.recorder is not None and not replaying():  # checkpointing's replay sees the same tokens again
             self.recorder.observe(self.layer_index, weights.detach(), mixing.detach(), None if threshold is None else threshold.detach())
         return mixing
 

@@ -327,6 +327,25 @@ def bench(
     console.print(f"MLflow run {log_to_mlflow(results, experiment)} (kind=bench)")
 
 
+@app.command()
+@user_errors
+def plan(
+    config: Path = typer.Option(None, help="YAML experiment config, e.g. configs/adamole-reference.yaml [default: the defaults]."),
+    device_memory: str = typer.Option(None, help="Memory to fit in, e.g. 24GiB or 80GB [default: the visible GPU's, else this machine's RAM]."),
+    overrides: list[str] = typer.Argument(None, help="Settings as key=value, e.g. train.batch_size=16 model=tiny-llama."),
+):
+    """Each trial's training memory (weights, adapter, gradients, optimizer, activations) from the model's skeleton, before any run."""
+    from .harness.plan.memory import device_memory as visible_memory
+    from .harness.plan.memory import parse_memory, render
+    from .harness.plan.memory import plan as estimate
+    from .harness.settings.config import load_config
+
+    offline_defaults()
+    capacity, where = (parse_memory(device_memory), "--device-memory") if device_memory is not None else visible_memory()
+    experiment = load_config(config, overrides or [])
+    console.print(render(experiment, estimate(experiment), capacity, where))
+
+
 def _all_tasks() -> list[str]:
     from .tasks.registry import paper_tasks
 

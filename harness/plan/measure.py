@@ -5,12 +5,17 @@ allocation and free, in order), summed into a running total; the resident set si
 interpreter, libraries and the allocator's cache, which `plan` does not estimate.
 """
 
+import copy
+
 import torch
 
+from ...methods.registry import build_method
+from ..model.loading import load_base_model, resolve_device
 from ..model.precision import Precision
 from ..settings.config import TrainConfig
 from ..train.checkpointing import gradient_checkpointing
 from ..train.loop import supervised_loss
+from .memory import plan
 
 
 def training_peak(model: torch.nn.Module, method, train: TrainConfig, precision: Precision, steps: int = 2) -> int:
@@ -55,3 +60,19 @@ def training_peak(model: torch.nn.Module, method, train: TrainConfig, precision:
         live += change
         peak = max(peak, live)
     return peak
+
+
+def plan_against_measured(config) -> list[dict]:
+    """Every method of `config`: the plan's estimate beside the measured peak (both above the loaded weights)."""
+    precision = config.resolved_precision()
+    base = precision.prepare(load_base_model(config.model, device=str(resolve_device(config.device))).model)
+    rows = []
+    for estimate in plan(config):
+        torch.manual_seed(0)
+        method = build_method(estimate.method, config.method_options.get(estimate.method))
+        model = method.apply(copy.deepcopy(base))
+        measured = training_peak(model, method, config.train, precision)
+        predicted = estimate.total(config.train.gradient_checkpointing) - estimate.weights
+        rows.append({"method": estimate.method, "predicted_bytes": predicted, "measured_bytes": measured, "ratio": predicted / measured})
+        del model
+    return rows

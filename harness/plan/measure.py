@@ -35,11 +35,12 @@ def training_peak(model: torch.nn.Module, method, train: TrainConfig, precision:
     model.train()
 
     def step() -> None:
-        with gradient_checkpointing(model, train.gradient_checkpointing), precision.autocast():
-            loss = supervised_loss(model, batch)
-            aux = method.aux_loss(model)
-            total = loss if aux is None else loss + method.aux_loss_coeff * aux.float()
-        total.backward()
+        with gradient_checkpointing(model, train.gradient_checkpointing):  # backward inside, as in the training loop
+            with precision.autocast():
+                loss = supervised_loss(model, batch)
+                aux = method.aux_loss(model)
+                total = loss if aux is None else loss + method.aux_loss_coeff * aux.float()
+            total.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -25,13 +25,13 @@ class _Checkpointed:
     def __call__(self, *args, **kwargs):
         if not (self.training and torch.is_grad_enabled()):
             return super().__call__(*args, **kwargs)
-        runs = 0
+        runs, call = 0, super().__call__  # bound now: a replay after the block has ended still finds it
 
         def layer_call(*args, **kwargs):
             nonlocal runs
             runs += 1
             with replay(runs > 1):
-                return super(_Checkpointed, self).__call__(*args, **kwargs)
+                return call(*args, **kwargs)
 
         return checkpoint(layer_call, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
 

@@ -3,8 +3,9 @@
 The model is built from its config.json alone on the meta device, its precision applied and each
 method's adapter attached there. Weights, adapter, gradients and AdamW state are counted from the
 parameters' sizes and dtypes. Activations are not guessed from formulas: one training forward runs on
-meta tensors at the config's batch and length, and every tensor autograd saves for backward is
-counted (views once, the parameters themselves not), plainly and under `train.gradient_checkpointing`.
+fake tensors (shapes, no memory) at the config's batch and length, and every tensor autograd saves for
+backward is counted (views once, the parameters themselves not), plainly and under
+`train.gradient_checkpointing`; only dropout masks are added by formula (`dropout_bytes`).
 """
 
 import copy
@@ -12,9 +13,12 @@ import os
 import re
 from dataclasses import dataclass
 
+import psutil
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ...base.errors import UserError
 from ...methods.registry import build_method, make_config
@@ -57,15 +61,11 @@ def device_memory() -> tuple[int, str]:
     """What the trial would run in: the visible GPU's memory, else this machine's RAM."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(0).total_memory, torch.cuda.get_device_name(0)
-    import psutil  # only here: the rest of the plan needs no process information
-
     return psutil.virtual_memory().total, "this machine's RAM"
 
 
 def skeleton(name: str) -> nn.Module:
     """The causal LM `name` on the meta device: its architecture and sizes, no weights read or allocated."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     if name == "tiny-llama":
         with torch.device("meta"):
             return tiny_llama(len(byte_level_tokenizer()))
@@ -104,10 +104,10 @@ def _fake(model: nn.Module) -> tuple[nn.Module, FakeTensorMode]:
     return model, mode
 
 
-def saved_activations(model: nn.Module, method, train: TrainConfig, precision: Precision, checkpointed: bool) -> int:
+def saved_activations(fake: tuple[nn.Module, FakeTensorMode], method, train: TrainConfig, precision: Precision, checkpointed: bool) -> int:
     """Bytes autograd keeps for backward over one training forward at the config's batch and length (fake
     tensors: nothing is allocated or computed)."""
-    model, mode = model
+    model, mode = fake
     params = {id(p) for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -127,7 +127,7 @@ def saved_activations(model: nn.Module, method, train: TrainConfig, precision: P
             method.aux_loss(model)
     kept = sum(seen.values())
     if checkpointed:  # the replay of one layer in backward holds that layer's activations again
-        kept += saved_activations((model, mode), method, train, precision, False) // _layers(model)
+        kept += saved_activations(fake, method, train, precision, False) // _layers(model)
     return kept
 
 
@@ -138,8 +138,6 @@ def head_positions(train: TrainConfig) -> int:
 
 
 def _layers(model: nn.Module) -> int:
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
     return max(1, sum(isinstance(m, GradientCheckpointingLayer) for m in model.modules()))
 
 
@@ -159,8 +157,13 @@ def plan(config: ExperimentConfig) -> list[TrialMemory]:
         undropped = build_method(name, {**(options or {}), "dropout": 0.0} if _has_dropout(name, options) else options)
         with torch.device("meta"):
             fake = _fake(undropped.apply(copy.deepcopy(base)))
-        extra = dropout_bytes(model, config.train) if trainable else 0
-        activations = [saved_activations(fake, undropped, config.train, precision, c) + extra if trainable else 0 for c in (False, True)]
+        extra = dropout_bytes(model, config.train)  # checkpointed: only the replayed layer's masks
+        activations = [
+            saved_activations(fake, undropped, config.train, precision, checkpointed) + (extra // _layers(model) if checkpointed else extra)
+            if trainable
+            else 0
+            for checkpointed in (False, True)
+        ]
         estimates.append(
             TrialMemory(
                 method=name,

@@ -21,6 +21,8 @@ from ..model.loading import DEFAULT_MODEL, check_model_name, resolve_device
 from ..model.precision import Precision, resolve_precision
 
 CHECKPOINT_SETTINGS = ("checkpoint_every", "checkpoint_dir", "keep_checkpoints")  # when and where to save, never what is computed
+# Train settings that change how a number is computed, never the number: recorded with the run, left out of the hash.
+UNHASHED_TRAIN_SETTINGS = (*CHECKPOINT_SETTINGS, "gradient_checkpointing")
 SCHEMA_VERSION = 1  # bump only when the store's layout changes; code changes are in harness/store/fingerprint.py
 
 
@@ -60,6 +62,10 @@ class TrainConfig:
     checkpoint_every: int = 50
     checkpoint_dir: str | None = None
     keep_checkpoints: bool = False
+    # Recompute each decoder layer's activations in backward instead of keeping them: less memory
+    # (`adamole-bench plan` shows how much), about one more forward of time. The same numbers bitwise
+    # (tests/test_checkpointing.py), so it is recorded with the run but left out of the config hash.
+    gradient_checkpointing: bool = False
 
     def validate(self) -> None:
         _finite(self)
@@ -468,7 +474,7 @@ def trial_config(config: ExperimentConfig, method: str, task: str) -> dict:
         "method_config": dataclasses.asdict(method_config),
         "task": task,
         "data_dir": config.data_dir,
-        "train": {k: v for k, v in dataclasses.asdict(config.train).items() if k not in CHECKPOINT_SETTINGS},
+        "train": {k: v for k, v in dataclasses.asdict(config.train).items() if k not in UNHASHED_TRAIN_SETTINGS},
         "eval": {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "expert_stats"},
     }
 

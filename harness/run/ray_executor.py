@@ -25,6 +25,7 @@ from rich.markup import escape
 from ...base.errors import UserError, error_line
 from ..settings.config import ExperimentConfig
 from ..store.claims import mark_stale
+from ..store.liveness import Terminated
 from ..store.tracking import Tracker, failure_kind
 from .ray_worker import TrialWorker
 from .trial import Trial
@@ -58,6 +59,24 @@ def groups_of(trials: list[Trial]) -> list[list[tuple[int, Trial]]]:
         else:
             groups.append([(index, trial)])
     return groups
+
+
+def _note_sigterm(seen: list[int]) -> None:
+    """Ray turns an exception a signal handler raises inside ray.wait into a plain KeyboardInterrupt, so a SIGTERM
+    would end the sweep as Ctrl-C (exit 130, not 143): note that it came, then let the handler in place act."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def note(signum, frame):
+        seen.append(signum)
+        signal.signal(signal.SIGTERM, previous)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            signal.raise_signal(signum)  # the default action (or none, if ignored), as if we were not here
+
+    signal.signal(signal.SIGTERM, note)
 
 
 class RayExecutor:
@@ -168,7 +187,9 @@ class RayExecutor:
         if queue:
             console.print(f"{len(queue)} Ray tasks on {len(idle)} warm worker(s) ({resources.cpus_per_trial:g} CPU, "
                           f"{resources.gpus_per_trial:g} GPU each), {len(self.nodes)} node(s)")  # fmt: skip
+        sigterm: list[int] = []
         try:
+            _note_sigterm(sigterm)
             hand_out()
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
@@ -200,8 +221,10 @@ class RayExecutor:
                     text = escape(texts[position]) if texts else f"{escape(trial.name)} [red]failed:[/] {escape(outcome.error or '')}"
                     console.print(f"[{len(outcomes)}/{len(trials)}] {text}" + (f" [dim]({escape(where)})[/]" if where else ""), soft_wrap=True)
         except KeyboardInterrupt as interrupt:
+            if sigterm and not isinstance(interrupt, Terminated):
+                interrupt = Terminated()
             self._cancel(pending, interrupt)
-            raise
+            raise interrupt from None
         finally:
             ray.shutdown()
         return [outcomes[index] for index in sorted(outcomes)]

@@ -116,7 +116,8 @@ class RayExecutor:
                 address=address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False
             )  # workers' output: Ray's log folder; a local instance needs no dashboard, whose start costs seconds of CPU
         except Exception as err:  # noqa: BLE001 - a bad address, nothing listening, a version mismatch: one line each
-            raise UserError(f"cannot connect to {where} ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); "
+            # Ray Client's server sends its traceback, whose last line is the error
+            raise UserError(f"cannot connect to {where} ({error_line(err, last=isinstance(err, ConnectionAbortedError))}); "
                             "start one with `ray start --head` or fix --ray-address (auto, HOST:PORT or ray://HOST:10001)") from None  # fmt: skip
         if main and sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)  # ray.init installs its own (sys.exit), which would skip marking runs FAILED

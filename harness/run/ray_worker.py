@@ -42,26 +42,20 @@ class TrialWorker:
     def __init__(self, config: ExperimentConfig, uri: str):
         _exit_when_orphaned()
         offline_defaults()
-        started = time.perf_counter()
         self.state, self.uri = TrialState(config), uri
         self._tracker: Tracker | None = None
-        try:  # the store's first open imports MLflow's database layer: seconds, and the driver opens it meanwhile (under its lock)
-            self.tracker()
-            self.state.base()
-        except Exception:  # noqa: BLE001, S110 - the first group meets the same error again and records it as a local sweep does
-            pass
+        # The store's first open imports MLflow's database layer (seconds; the driver opens it meanwhile, under its lock).
+        for warm_up in (self.tracker, self.state.base):
+            try:
+                warm_up()
+            except Exception:  # noqa: BLE001 - the first group meets the same error again and records it as a local sweep does
+                continue
         import lm_eval.evaluator  # noqa: F401 - slow to import: paid now, not by the first trial's evaluation
-
-        self.warm_seconds = time.perf_counter() - started
 
     def tracker(self) -> Tracker:
         if self._tracker is None:
             self._tracker = Tracker(self.state.config.experiment, uri=self.uri)
         return self._tracker
-
-    def ready(self) -> tuple[int, float]:
-        """Its pid, and how long it took to import and load the base."""
-        return os.getpid(), self.warm_seconds
 
     def run_group(self, trials: list[Trial], sweep_id: str, token: str) -> tuple[list[Outcome], list[str], str]:
         """The trials of one group, each skipped, claimed or awaited exactly as in a local sweep.

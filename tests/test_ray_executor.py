@@ -60,8 +60,8 @@ def _cluster_processes(marker: str) -> set[psutil.Process]:
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """`ray start --head --block` with 2 CPUs, one custom `ab_slot` and Ray Client's server in a private temp dir; its GCS address and
-    its ray:// address. Teardown stops it and checks that none of its processes (GCS, raylet, workers) is left."""
+    """`ray start --head --block` with 2 CPUs, one custom `ab_slot` and Ray Client's server in a private temp dir; its GCS address,
+    its ray:// address and the temp dir. Teardown stops it and checks that none of its processes (GCS, raylet, workers) is left."""
     temp = tempfile.mkdtemp(prefix="ab-ray-", dir="/tmp")  # short: Ray's socket paths must stay under 108 characters
     port, client_port = free_port(), free_port()  # ephemeral ports: never in Ray's worker port range (10002-19999)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", **AUTH}
@@ -79,7 +79,7 @@ def ray_head():
             "the Ray head to start",
         )
         assert head.poll() is None, (Path(temp) / "head.log").read_text()[-3000:]
-        yield address, f"ray://127.0.0.1:{client_port}"
+        yield address, f"ray://127.0.0.1:{client_port}", Path(temp)
     finally:
         started = _cluster_processes(temp)
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
@@ -374,7 +374,8 @@ def test_ray_client_address_runs_the_sweep_against_a_tracking_server(ray_head, t
         args = ["run", *TINY, "--methods", "lora", "--seeds", "0,1", "--max-steps", "2", "reference=false", "resources.custom.ab_slot=1",
                 "--executor", "ray", "--ray-address", ray_head[1]]  # fmt: skip
         result = run_cli(args, env)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        server_logs = "".join(log.read_text()[-2000:] for log in sorted(ray_head[2].glob("session_latest/logs/ray_client_server*.err")))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + server_logs
         trials = trial_runs(uri)
         assert [t.info.status for t in trials] == ["FINISHED", "FINISHED"] and all("eval/acc" in t.data.metrics for t in trials)
         assert {t.data.tags["executor"] for t in trials} == {"ray"} and len({t.data.tags["pid"] for t in trials}) == 1

@@ -1,5 +1,6 @@
 """`adamole-bench` command line: parses flags into harness calls; no logic of its own."""
 
+import dataclasses
 import functools
 import os
 import sys
@@ -9,15 +10,24 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Column, Table
 
-from .base.errors import EXIT_CRASHED, EXIT_DIVERGED, EXIT_TERMINATED, EXIT_USER, UserError
+from .base.errors import EXIT_USER, UserError
 from .base.paths import offline_defaults
 
 app = typer.Typer(
     help="Mixture-of-LoRA-experts benchmark: train, evaluate with lm-eval, log to MLflow, compare.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+# Fixed choices, shown in help as their metavar and completed in the shell; tests/test_cli_help.py
+# checks them against the harness's (importing it here would cost every command torch's import).
+PROTOCOLS = ("letter", "cloze", "generate", "reference_logits", "reference_generate")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+EXECUTORS = ("local", "ray")
+REPORT_FORMATS = ("rich", "markdown", "csv", "latex", "html", "json")
+LISTINGS = ("methods", "tasks", "models")
+PIPE_WIDTH = 10_000  # columns of a table printed into a pipe or file: as wide as its cells, never folded
+FLAG = ""  # the metavar of a boolean flag: it takes no value, so no `<bool>` in help
+
 console = Console()
 errors = Console(stderr=True)  # like Click's own errors: `report --format json > out.json` keeps out.json clean
 
@@ -33,7 +43,7 @@ def _print_version(value: bool) -> None:
 @app.callback(invoke_without_command=True)
 def _main(
     context: typer.Context,
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", metavar=FLAG, callback=_print_version, is_eager=True, help="Print the version and exit."),
 ):
     """Options before the command; plain `adamole-bench` prints the help and succeeds (no_args_is_help would exit 2)."""
     if not sys.stderr.isatty():  # a file or CI log: no tqdm bars from transformers, datasets or lm-eval
@@ -87,21 +97,15 @@ def _seeds(text: str | None) -> list[int] | None:
 
 
 def _interrupted(interrupt: KeyboardInterrupt) -> typer.Exit:
-    from .harness.store.liveness import exit_code
+    from .harness.store.liveness import Terminated, exit_code
 
-    how = "terminated (SIGTERM)" if exit_code(interrupt) == EXIT_TERMINATED else "interrupted"
+    how = f"terminated ({interrupt.signal_name})" if isinstance(interrupt, Terminated) else "interrupted"
     console.print(
-        f"[yellow]{how}:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume.", soft_wrap=True
+        f"[yellow]{how}:[/] finished trials are kept; the interrupted one is marked FAILED. Run the same command again to resume"
+        " (from its last step checkpoint).",
+        soft_wrap=True,
     )
     return typer.Exit(exit_code(interrupt))
-
-
-def _exit_code(failed: list) -> int:
-    """A crash outranks a divergence, which outranks bad input or a full disk (README "Exit codes")."""
-    kinds = {o.failure for o in failed}
-    if kinds - {"user", "disk", "diverged"}:
-        return EXIT_CRASHED
-    return EXIT_DIVERGED if "diverged" in kinds else EXIT_USER
 
 
 def _complete_items(names):
@@ -115,16 +119,30 @@ def _complete_items(names):
     return complete
 
 
+def _choice(names: tuple[str, ...]) -> dict:
+    """typer.Option arguments for a fixed choice: `a|b|c` in help, the names completed in the shell."""
+    return {"metavar": "|".join(names), "autocompletion": _complete_items(lambda: names)}
+
+
+def _method_names() -> list[str]:
+    from .methods.registry import all_methods  # imports torch: only when the shell asks
+
+    return list(all_methods())
+
+
+def _complete_settings(incomplete: str) -> list[str]:
+    """`key=` completion of a settings argument: run settings (train.lr) and method options (lora.rank)."""
+    from .harness.settings.config import all_settings  # imports torch: only when the shell asks
+    from .methods.registry import all_methods
+
+    names = all_settings() + [f"{m}.{f.name}" for m, cls in all_methods().items() for f in dataclasses.fields(cls.config_class)]
+    return [f"{name}=" for name in names if name.startswith(incomplete)]
+
+
 def _task_names() -> list[str]:
     from .tasks.registry import all_tasks
 
     return ["all", *all_tasks()]
-
-
-def _format_names() -> tuple[str, ...]:
-    from .harness.report.render import FORMATS
-
-    return FORMATS
 
 
 def _shard(text: str | None) -> tuple[int, int]:
@@ -161,104 +179,120 @@ def _at_least(value: int | None, low: int, flag: str, example: int) -> None:
 @app.command()
 @user_errors
 def run(
-    methods: str = typer.Option(None, help="Comma-separated methods, e.g. lora,mole,adamole (see `list methods`)."),
+    methods: str = typer.Option(
+        None, help="Comma-separated methods, e.g. lora,mole,adamole (see `list methods`).", autocompletion=_complete_items(_method_names)
+    ),
     tasks: str = typer.Option(
         None, help="Comma-separated tasks, e.g. copa,boolq, or 'all' (see `list tasks`).", autocompletion=_complete_items(_task_names)
     ),
-    seeds: str = typer.Option(None, help="Comma-separated seeds, e.g. 0,1,2."),
-    model: str = typer.Option(None, help="Embedded model name, Hugging Face id, or local path."),
-    config: Path = typer.Option(None, help="Experiment YAML (see configs/)."),
-    max_steps: int = typer.Option(None, help="Optimizer steps per trial (0 = train.epochs over the data)."),
-    limit: int = typer.Option(None, help="Evaluate only the first N eval docs (quick looks)."),
+    seeds: str = typer.Option(None, help="Comma-separated seeds, e.g. 0,1,2. \\[default: 0]"),
+    model: str = typer.Option(None, help="Embedded model name, Hugging Face id, or local path. \\[default: smollm2-135m]"),
+    config: Path = typer.Option(None, help="Experiment YAML (see configs/); flags and key=value settings override it."),
+    max_steps: int = typer.Option(None, help="Optimizer steps per trial (0 = train.epochs over the data). \\[default: 10]"),
+    limit: int = typer.Option(None, help="Evaluate only the first N eval docs (quick looks). \\[default: 500]"),
     data_dir: str = typer.Option(None, help="Folder with <task>/train.jsonl and eval.jsonl, tried before other sources."),
-    protocol: str = typer.Option(
-        None, help="Evaluation protocol: letter, cloze, generate, reference_logits or reference_generate (see docs/tasks.md)."
+    protocol: str = typer.Option(None, help="Evaluation protocol (see docs/tasks.md). \\[default: letter]", **_choice(PROTOCOLS)),
+    mix: bool = typer.Option(None, "--mix", metavar=FLAG, help="Train one adapter on the union of --tasks, evaluate it on each."),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:1 or auto. \\[default: auto]"),
+    precision: str = typer.Option(
+        None, help="auto: bf16 for SmolLM2 where the hardware has fast bf16, else fp32. \\[default: auto]", **_choice(PRECISIONS)
     ),
-    mix: bool = typer.Option(None, "--mix", help="Train one adapter on the union of --tasks, evaluate it on each."),
-    device: str = typer.Option(None, help="cpu, cuda, cuda:1 or auto."),
-    precision: str = typer.Option(None, help="auto, fp32, bf16 or fp16 (auto: bf16 for SmolLM2 where the hardware has fast bf16)."),
     shard: str = typer.Option(
-        None, help="Run slice i/n of the sweep (several machines, one MLflow server) [default: this SLURM array task's slice, else all]."
+        None, help="Run slice i/n of the sweep (several machines, one MLflow server) \\[default: this SLURM array task's slice, else all]."
     ),
-    trust_remote_code: bool = typer.Option(None, "--trust-remote-code", help="Allow custom model code from the hub."),
-    executor: str = typer.Option("local", help="local (one trial after another here) or ray (Ray tasks across a cluster; needs the ray extra)."),
+    trust_remote_code: bool = typer.Option(None, "--trust-remote-code", metavar=FLAG, help="Allow custom model code from the hub."),
+    executor: str = typer.Option(
+        "local", help="local (one trial after another here) or ray (Ray tasks across a cluster; needs the ray extra).", **_choice(EXECUTORS)
+    ),
     ray_address: str = typer.Option(
         None,
-        help="With --executor ray: auto (a running `ray start` cluster), HOST:PORT or ray://HOST:10001 [default: RAY_ADDRESS, else a new local instance].",
+        help="With --executor ray: auto (a running `ray start` cluster), HOST:PORT or ray://HOST:10001 \\[default: RAY_ADDRESS, else a new local instance].",
     ),
     overrides: list[str] = typer.Argument(
-        None, help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4; a,b sweeps a grid (adamole.num_experts=4,8)."
+        None,
+        help="key=value settings, e.g. train.lr=1e-4 adamole.num_experts=4; a,b sweeps a grid (adamole.num_experts=4,8).",
+        autocompletion=_complete_settings,
     ),
 ):
     """Train and evaluate every (method, task, seed), log to MLflow, print a comparison table."""
-    from .harness.run.sweep import run_sweep
-    from .harness.settings.config import load_config
-    from .harness.store.liveness import sigterm_as_interrupt
-    from .harness.train.distributed import context
+    from .harness.run import command
 
     offline_defaults()
-    console.quiet = not context().is_main  # under torchrun only rank 0 prints
-    shard_slice = _shard(shard)
-    experiment = load_config(
-        config,
-        overrides or [],
-        methods=_split(methods, "--methods", "lora,adamole"),
-        tasks=_split(tasks, "--tasks", "copa,boolq") if tasks != "all" else _all_tasks(),
-        seeds=_seeds(seeds),
-        model=model,
-        data_dir=data_dir,
-        device=device,
-        precision=precision,
-        trust_remote_code=trust_remote_code,
-        train__max_steps=max_steps,
-        eval__limit=limit,
-        eval__protocol=protocol,
-        mix=mix,
-    )
-    if ray_address is not None and executor != "ray":
-        raise UserError("--ray-address applies to --executor ray only; add --executor ray or drop --ray-address")
-    if executor == "ray":
-        from .harness.run.ray_executor import import_ray
-
-        import_ray()  # a missing extra is one line before any work
+    settings = {
+        "methods": _split(methods, "--methods", "lora,adamole"),
+        "tasks": _split(tasks, "--tasks", "copa,boolq") if tasks != "all" else _all_tasks(),
+        "seeds": _seeds(seeds),
+        "model": model,
+        "data_dir": data_dir,
+        "device": device,
+        "precision": precision,
+        "trust_remote_code": trust_remote_code,
+        "train__max_steps": max_steps,
+        "eval__limit": limit,
+        "eval__protocol": protocol,
+        "mix": mix,
+    }
     try:
-        with sigterm_as_interrupt():
-            outcomes = run_sweep(experiment, console, shard=shard_slice, executor=executor, ray_address=ray_address)
+        code = command.run(config, overrides or [], settings, console, _shard(shard), executor, ray_address)
     except KeyboardInterrupt as interrupt:
         raise _interrupted(interrupt) from None
-    if context().is_main:
-        from .harness.report.bundle import sweep_table
-        from .harness.report.render import render_markdown, render_rich
-        from .harness.store.tracking import Tracker
-
-        table = sweep_table(Tracker(experiment.experiment), experiment, outcomes)
-        if table is not None:
-            console.print(render_rich(table, width=console.width))
-            console.print(render_markdown(table), markup=False, highlight=False, soft_wrap=True)
-            _print_sensitivity(table, list(experiment.grid))
-    failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        diverged = sum(o.failure == "diverged" for o in failed)
-        detail = f", {diverged} diverged" if diverged else ""
-        console.print(f"[red]{len(failed)} of {len(outcomes)} trials failed{detail}[/] (recorded as FAILED in MLflow; re-run to retry them)")
-        raise typer.Exit(_exit_code(failed))
+    if code:
+        raise typer.Exit(code)
 
 
-def _print_sensitivity(table, keys: list[str]) -> None:
-    """A grid sweep's metric against each swept setting (what `report --sensitivity KEY` shows)."""
-    from .harness.report.sensitivity import render_markdown, sensitivity
+@app.command()
+@user_errors
+def tune(
+    space: Path = typer.Option(..., help="Search space YAML: per method the settings to sample and the budget (configs/tune.yaml, docs/tuning.md)."),
+    methods: str = typer.Option(
+        None, help="Comma-separated methods to tune, each with a space in --space, e.g. lora,adamole.", autocompletion=_complete_items(_method_names)
+    ),
+    tasks: str = typer.Option(
+        None,
+        help="Comma-separated tasks; search trials score on validation docs carved from their train splits.",
+        autocompletion=_complete_items(_task_names),
+    ),
+    seeds: str = typer.Option(None, help="Seeds the chosen settings are rerun with on the eval split, e.g. 0,1,2. \\[default: 0]"),
+    model: str = typer.Option(None, help="Embedded model name, Hugging Face id, or local path. \\[default: smollm2-135m]"),
+    config: Path = typer.Option(None, help="Experiment YAML (see configs/)."),
+    max_steps: int = typer.Option(None, help="Optimizer steps per trial, search and final alike. \\[default: 10]"),
+    limit: int = typer.Option(None, help="Evaluate the final runs on the first N eval docs only. \\[default: 500]"),
+    data_dir: str = typer.Option(None, help="Folder with <task>/train.jsonl and eval.jsonl, tried before other sources."),
+    executor: str = typer.Option(
+        "local", help="local (Optuna TPE + pruner here) or ray (Ray Tune: OptunaSearch + ASHA; needs the ray extra).", **_choice(EXECUTORS)
+    ),
+    ray_address: str = typer.Option(None, help="With --executor ray: auto, HOST:PORT or ray://HOST:10001 \\[default: a new local instance]."),
+    overrides: list[str] = typer.Argument(None, help="key=value settings, e.g. train.warmup_steps=0.", autocompletion=_complete_settings),
+):
+    """Give every method the same tuning budget: search its space on a validation split, rerun the best settings, print the table."""
+    from .harness.tune import command
 
-    for key in keys:
-        try:
-            console.print(render_markdown(sensitivity(table, key)), markup=False, soft_wrap=True)
-        except UserError:
-            pass  # e.g. only one of its values finished
+    offline_defaults()
+    settings = {
+        "methods": _split(methods, "--methods", "lora,adamole"),
+        "tasks": _split(tasks, "--tasks", "copa"),
+        "seeds": _seeds(seeds),
+        "model": model,
+        "data_dir": data_dir,
+        "train__max_steps": max_steps,
+        "eval__limit": limit,
+    }
+    try:
+        code = command.tune(config, overrides or [], settings, space, console, executor, ray_address)
+    except KeyboardInterrupt as interrupt:
+        raise _interrupted(interrupt) from None
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
 @user_errors
 def bench(
-    methods: str = typer.Option("lora", help="Comma-separated methods; mixtures also get LoRA(N·r) and a loop-over-experts reference."),
+    methods: str = typer.Option(
+        "lora",
+        help="Comma-separated methods; mixtures also get LoRA(N·r) and a loop-over-experts reference.",
+        autocompletion=_complete_items(_method_names),
+    ),
     model: str = typer.Option("tiny-llama", help="Embedded model name, Hugging Face id, or local path."),
     batch_size: int = typer.Option(8, help="Training batch size."),
     seq_len: int = typer.Option(64, help="Tokens per sequence (random tokens, all supervised)."),
@@ -266,22 +300,18 @@ def bench(
     threads: int = typer.Option(None, help="torch.set_num_threads for the whole bench."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 or auto."),
     precisions: str = typer.Option(
-        None, help="Comma-separated precisions to compare, e.g. fp32,bf16 [default: fp32, plus bf16 where the hardware runs it fast]."
+        None, help="Comma-separated precisions to compare, e.g. fp32,bf16 \\[default: fp32, plus bf16 where the hardware runs it fast]."
     ),
     eval_task: str = typer.Option("copa", help="Task for the eval-throughput comparison ('none' skips it)."),
     eval_limit: int = typer.Option(50, help="Eval docs for the throughput comparison."),
-    lm_eval_cli: bool = typer.Option(True, help="Also time lm-eval's own CLI on the same model and task."),
-    profile: bool = typer.Option(False, help="Profile one extra step per row: time share per op category, matmul GFLOP/s."),
+    lm_eval_cli: bool = typer.Option(True, metavar=FLAG, help="Also time lm-eval's own CLI on the same model and task."),
+    profile: bool = typer.Option(False, metavar=FLAG, help="Profile one extra step per row: time share per op category, matmul GFLOP/s."),
     output: Path = typer.Option(None, help="Write the results as JSON here."),
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment for the kind=bench run."),
     overrides: list[str] = typer.Argument(None, help="Method options as method.key=value, e.g. adamole.num_experts=4."),
 ):
     """Training step time, tokens/s and memory of every method side by side; eval throughput vs lm-eval's CLI."""
-    import json
-
-    from .harness.bench.suite import BenchSettings, log_to_mlflow, render, run_bench
-    from .harness.settings.config import check_experiment_name, parse_override
-    from .methods.registry import make_config
+    from .harness.bench.command import bench as run_bench_command
 
     offline_defaults()
     for value, low, flag, example in (
@@ -292,39 +322,18 @@ def bench(
         (eval_limit, 1, "--eval-limit", 50),
     ):
         _at_least(value, low, flag, example)
-    check_experiment_name(experiment)
     if not eval_task.strip():
         raise UserError("--eval-task is empty (an unset shell variable?); name a task, e.g. --eval-task copa, or --eval-task none to skip it")
-    if eval_task != "none":
-        from .tasks.registry import get_task
-
-        get_task(eval_task)  # a typo is one line now, not after the timed steps
     if output is not None and (output.is_dir() or not output.parent.is_dir()):
         raise UserError(
             f"--output {output} {'is a folder' if output.is_dir() else 'is in a folder that does not exist'}; pass a file path, e.g. --output bench.json"
         )
-    options: dict[str, dict] = {}
-    for text in overrides or []:
-        parsed = parse_override(text)
-        if "method_options" not in parsed:
-            raise UserError(f"bench takes method options only (method.key=value), not '{text}'")
-        for method, values in parsed["method_options"].items():
-            options.setdefault(method, {}).update(values)
-    bench_methods = _split(methods, "--methods", "lora,adamole")
-    for method in dict.fromkeys([*bench_methods, *options]):
-        make_config(method, options.get(method))  # a bad option is one line before the model loads
-    settings = BenchSettings(
-        model=model, methods=bench_methods, method_options=options, batch_size=batch_size, seq_len=seq_len, steps=steps,
-        threads=threads, device=device, precisions=_split(precisions, "--precisions", "fp32,bf16"), eval_task=None if eval_task == "none" else eval_task,
-        eval_limit=eval_limit, lm_eval_cli=lm_eval_cli, profile=profile,
-    )  # fmt: skip
-    results = run_bench(settings)
-    for table in render(results):
-        console.print(table)
-    if output:
-        output.write_text(json.dumps(results, indent=2))
-        console.print(f"results → {output}")
-    console.print(f"MLflow run {log_to_mlflow(results, experiment)} (kind=bench)")
+    settings = {
+        "model": model, "methods": _split(methods, "--methods", "lora,adamole"), "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
+        "threads": threads, "device": device, "precisions": _split(precisions, "--precisions", "fp32,bf16"),
+        "eval_task": None if eval_task == "none" else eval_task, "eval_limit": eval_limit, "lm_eval_cli": lm_eval_cli, "profile": profile,
+    }  # fmt: skip
+    run_bench_command(settings, overrides or [], output, experiment, console)
 
 
 def _all_tasks() -> list[str]:
@@ -335,65 +344,13 @@ def _all_tasks() -> list[str]:
 
 @app.command("list")
 @user_errors
-def list_(what: str = typer.Argument(..., help="methods, tasks or models", autocompletion=_complete_items(lambda: ["methods", "tasks", "models"]))):
+def list_(what: str = typer.Argument(..., help="What to list.", **_choice(LISTINGS))):
     """List the registered methods, tasks or models."""
+    from .harness.report.listing import listing
+
     offline_defaults()
-    listings = {"methods": _list_methods, "tasks": _list_tasks, "models": _list_models}
-    if what not in listings:
-        from .base.errors import unknown
-
-        raise unknown("listing", what, listings)
-    console.print(listings[what]())
-
-
-def _list_methods() -> Table:
-    from .methods.registry import all_methods
-
-    table = Table("method", "description")
-    for name, cls in all_methods().items():
-        table.add_row(name, cls.description)
-    return table
-
-
-def _list_tasks() -> Table:
-    from .harness.report.stats import wilson_interval
-    from .harness.settings.config import EvalConfig
-    from .tasks.registry import all_tasks
-    from .tasks.sources import summarize
-
-    def half_width(docs: int) -> float:  # 95% CI half-width in points of a score near 50% on `docs` docs
-        low, high = wilson_interval(0.5, docs)
-        return (high - low) / 2 * 100
-
-    limit = EvalConfig().limit
-    caption = f"eval: docs scored with eval.limit=null; the default eval.limit={limit} gives a 95% CI of ±{half_width(limit):.1f} points"
-    table = Table("train", "eval", "source", "template", "notes", caption=caption, caption_justify="left")
-    table.columns.insert(0, Column("task", no_wrap=True))  # names must stay copyable on narrow terminals
-    for name, spec in all_tasks().items():
-        try:
-            summary = summarize(name)
-        except UserError as err:
-            table.add_row(name, "–", "–", "[red]unavailable[/]", spec.template_origin, str(err))
-            continue
-        sizes, notes = summary["sizes"], list(summary["notes"])
-        if sizes["eval"] and half_width(sizes["eval"]) > 5:
-            notes.insert(
-                0,
-                f"n={sizes['eval']} eval docs: a score's 95% CI is ±{half_width(sizes['eval']):.0f} points, differences smaller than that are rarely significant",
-            )
-        table.add_row(name, str(sizes["train"]), str(sizes["eval"]), summary["source"], spec.template_origin, "; ".join(notes))
-    return table
-
-
-def _list_models() -> Table:
-    from .harness.model.loading import DEFAULT_MODEL, EMBEDDED_MODELS
-
-    table = Table("model", "description")
-    for name, (description, _) in EMBEDDED_MODELS.items():
-        table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), description)
-    table.add_row("<org/name>", "any Hugging Face causal LM id, e.g. meta-llama/Llama-2-7b-hf (needs the hub or a cached copy)")
-    table.add_row("<path>", "a local folder saved with save_pretrained")
-    return table
+    # In a pipe Rich assumes 80 columns and would fold every row: there the table takes the width its cells need.
+    (console if console.is_terminal else Console(width=PIPE_WIDTH)).print(listing(what))
 
 
 @app.command()
@@ -408,20 +365,19 @@ def setup():
     console.print(f"SmolLM2:    {smollm2_checkpoint()}")
 
 
-def _report_table(
-    experiment: str, model, methods, tasks, config_hash, where, reference: bool = True, published: Path | None = None, current: bool = False
-):
-    from .harness.report.bundle import report_table
-    from .harness.store.tracking import Tracker
+def _selection(model, methods, tasks, config_hash, where, reference: bool = True, current: bool = False):
+    """The trial filters of `report` and `compare`, each flag checked."""
+    from .harness.report.command import Selection
 
-    model = _search_value(model, "--model")
-    methods, tasks = _split(methods, "--methods", "lora,adamole"), _split(tasks, "--tasks", "copa,boolq")
-    config_hashes = _split(config_hash, "--config-hash", "3f2a9c1b")
-    tracker = Tracker(experiment)
-    for name, why in tracker.reconciled:
-        console.print(f"[yellow]marked FAILED[/] {escape(name)} (left RUNNING: {escape(why)}); it is not counted", soft_wrap=True)
-    table = report_table(tracker, model, methods, tasks, config_hashes, where, reference, published, current)
-    return tracker, table
+    return Selection(
+        model=_search_value(model, "--model"),
+        methods=_split(methods, "--methods", "lora,adamole"),
+        tasks=_split(tasks, "--tasks", "copa,boolq"),
+        config_hashes=_split(config_hash, "--config-hash", "3f2a9c1b"),
+        where=where or [],
+        reference=reference,
+        current=current,
+    )
 
 
 CONFIG_HASH_HELP = (
@@ -435,88 +391,27 @@ CURRENT_HELP = "Only runs computed by the installed code and packages (rows from
 @user_errors
 def report(
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment to read."),
-    table_format: str = typer.Option(
-        "rich", "--format", help="rich, markdown, csv, latex, html or json.", autocompletion=_complete_items(_format_names)
-    ),
+    table_format: str = typer.Option("rich", "--format", help="Table format (rich: for a terminal).", **_choice(REPORT_FORMATS)),
     output: Path = typer.Option(
         None, help="Folder for every table format, plots, expert heatmaps and source_runs.json (also logged to MLflow as a kind=report run)."
     ),
     model: str = typer.Option(None, help="Only runs of this base model (required when the store holds several)."),
-    methods: str = typer.Option(None, help="Comma-separated methods to include."),
+    methods: str = typer.Option(None, help="Comma-separated methods to include.", autocompletion=_complete_items(_method_names)),
     tasks: str = typer.Option(None, help="Comma-separated tasks to include."),
     config_hash: str = typer.Option(None, "--config-hash", help=CONFIG_HASH_HELP),
     where: list[str] = typer.Option(None, "--where", help=WHERE_HELP),
-    reference: bool = typer.Option(True, "--reference/--no-reference", help="Show the zero-shot base row of the same eval protocol."),
-    published: Path = typer.Option(None, help="Published numbers to show as extra rows [default: results/published.yaml]."),
+    reference: bool = typer.Option(True, "--reference/--no-reference", metavar=FLAG, help="Show the zero-shot base row of the same eval protocol."),
+    published: Path = typer.Option(None, help="Published numbers to show as extra rows \\[default: results/published.yaml]."),
     sensitivity: str = typer.Option(
         None, "--sensitivity", help="Metric vs this swept setting, e.g. adamole.max_threshold: mean ± sd over seeds, 95% CI, plot logged to MLflow."
     ),
-    current_code: bool = typer.Option(False, "--current-code", help=CURRENT_HELP),
+    current_code: bool = typer.Option(False, "--current-code", metavar=FLAG, help=CURRENT_HELP),
 ):
     """Method × task table of finished trials: 95% CI, n, paired tests vs base and best, collapsed predictors, verdict."""
-    from .base.paths import package_root
-    from .harness.report.render import FORMATS, TEXT_RENDERERS, render_rich, render_verdict
-    from .harness.settings.config import check_experiment_name
+    from .harness.report import command
 
-    check_experiment_name(experiment)
-    if sensitivity is not None and not sensitivity.strip():
-        raise UserError(
-            "--sensitivity is empty (an unset shell variable?); name a swept setting, e.g. --sensitivity adamole.max_threshold, or leave the flag out"
-        )
-    if table_format not in FORMATS:
-        from .base.errors import unknown
-
-        raise unknown("format", table_format, FORMATS)
-    if output:
-        from .harness.report.bundle import check_output_folder
-
-        check_output_folder(output)
-    if sensitivity is not None:
-        return _report_sensitivity(sensitivity, table_format, experiment, model, methods, tasks, config_hash, where, reference, output, current_code)
-    published = published or package_root() / "results" / "published.yaml"
-    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, published, current_code)
-    if table_format == "rich":
-        console.print(render_rich(table, width=console.width))
-        console.print(render_verdict(table), markup=False, highlight=False, end="")
-    else:
-        console.print(TEXT_RENDERERS[table_format](table), markup=False, highlight=False, end="", soft_wrap=True)
-    if output:
-        from .harness.report.bundle import write_report
-
-        filters = _filters(model, methods, tasks, config_hash, where, current_code)
-        written = write_report(tracker, table, output, filters)
-        console.print(f"wrote {len(written)} files to {output} (and a kind=report run in MLflow)")
-
-
-def _filters(model, methods, tasks, config_hash, where, current: bool) -> dict:
-    """The filters a report was built with, as tags of its kind=report run."""
-    return {
-        "model": model,
-        "methods": methods,
-        "tasks": tasks,
-        "config_hash": config_hash,
-        "where": " ".join(where or []),
-        "current_code": current and "true",
-    }
-
-
-def _report_sensitivity(key, table_format, experiment, model, methods, tasks, config_hash, where, reference, output, current) -> None:
-    from .harness.report import sensitivity
-
-    if table_format not in sensitivity.FORMATS:
-        raise UserError(f"--sensitivity prints {', '.join(sensitivity.FORMATS)}; pick one with --format")
-    tracker, table = _report_table(experiment, model, methods, tasks, config_hash, where, reference, current=current)
-    result = sensitivity.sensitivity(table, key.strip())
-    if table_format == "rich":
-        console.print(sensitivity.render_rich(result))
-    else:
-        console.print(sensitivity.TEXT_RENDERERS[table_format](result), markup=False, end="", soft_wrap=True)
-    filters = _filters(model, methods, tasks, config_hash, where, current)
-    run_id, written = sensitivity.log_report(tracker, result, output, filters)
-    console.print(
-        f"plot and tables → MLflow run {run_id} (sensitivity/{result.key}.png)" + (f" and {len(written)} files in {output}" if written else ""),
-        soft_wrap=True,
-    )
+    selection = _selection(model, methods, tasks, config_hash, where, reference, current_code)
+    command.report(experiment, selection, table_format, output, published, sensitivity, console)
 
 
 @app.command()
@@ -529,49 +424,32 @@ def compare(
     tasks: str = typer.Option(None, help="Comma-separated tasks to include."),
     config_hash: str = typer.Option(None, "--config-hash", help=CONFIG_HASH_HELP),
     where: list[str] = typer.Option(None, "--where", help=WHERE_HELP),
-    current_code: bool = typer.Option(False, "--current-code", help=CURRENT_HELP),
+    current_code: bool = typer.Option(False, "--current-code", metavar=FLAG, help=CURRENT_HELP),
 ):
     """Paired comparison of two methods (each of their configs): per-doc tests per task, run-level tests over seeds."""
-    from .harness.report.compare import compare_methods, render_comparison
-    from .harness.settings.config import check_experiment_name
+    from .harness.report import command
 
-    check_experiment_name(experiment)
-    _, table = _report_table(experiment, model, f"{method_a},{method_b}", tasks, config_hash, where, reference=False, current=current_code)
-    for comparison in compare_methods(table, method_a, method_b):
-        console.print(render_comparison(comparison), markup=False, highlight=False, end="", soft_wrap=True)
+    selection = _selection(model, f"{method_a},{method_b}", tasks, config_hash, where, reference=False, current=current_code)
+    command.compare(experiment, method_a, method_b, selection, console)
 
 
 @app.command()
 @user_errors
 def check(
-    suite: Path = typer.Option(None, help="Suite file with recorded results [default: results/ci-smoke.yaml]."),
-    record: bool = typer.Option(False, "--record", help="Write the current results as the new records (review the diff)."),
-    from_mlflow: bool = typer.Option(False, "--from-mlflow", help="Compare runs already in the MLflow store instead of rerunning."),
+    suite: Path = typer.Option(None, help="Suite file with recorded results \\[default: results/ci-smoke.yaml]."),
+    record: bool = typer.Option(False, "--record", metavar=FLAG, help="Write the current results as the new records (review the diff)."),
+    from_mlflow: bool = typer.Option(False, "--from-mlflow", metavar=FLAG, help="Compare runs already in the MLflow store instead of rerunning."),
 ):
     """Rerun a recorded suite and compare accuracies; exit 1 on a drop beyond tolerance."""
-    from .base.paths import package_root
-    from .harness.check import regression
-    from .harness.store.liveness import sigterm_as_interrupt
+    from .harness.check import command
 
     offline_defaults()
-    loaded = regression.load_suite(suite or package_root() / "results" / "ci-smoke.yaml")
     try:
-        with sigterm_as_interrupt():
-            rows = regression.existing_rows(loaded) if from_mlflow else regression.rerun(loaded, console)
+        code = command.check(suite, record, from_mlflow, console)
     except KeyboardInterrupt as interrupt:
         raise _interrupted(interrupt) from None
-    if not rows:
-        raise UserError("no finished suite trials to compare; run the suite's config first or drop --from-mlflow")
-    if record:
-        console.print(f"recorded {len(rows)} trials in {regression.record(loaded, rows)}")
-    deltas = regression.compare(loaded, rows)
-    console.print(regression.render_deltas(deltas))
-    console.print("\n".join(regression.provenance_lines(loaded, deltas)), markup=False, highlight=False, soft_wrap=True)
-    failing = [d for d in deltas if d.fails]
-    if failing:
-        console.print(f"[red]{len(failing)} recorded result(s) regressed or could not be reproduced[/]")
-        raise typer.Exit(1)
-    console.print("[green]no regression beyond tolerance[/]")
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -581,26 +459,27 @@ def export(
         ..., metavar="RUN_ID|METHOD/TASK/SEED", help="A finished trial: its MLflow run id (`run` prints it) or method/task/seed, e.g. lora/copa/0."
     ),
     folder: Path = typer.Argument(..., help="New or empty folder to write the adapter and its model card to."),
-    merged: bool = typer.Option(False, "--merged", help="LoRA only: also write the full merged model to FOLDER/merged."),
+    merged: bool = typer.Option(False, "--merged", metavar=FLAG, help="LoRA only: also write the full merged model to FOLDER/merged."),
     experiment: str = typer.Option("adamole-bench", help="With METHOD/TASK/SEED: the MLflow experiment to look in."),
     model: str = typer.Option(None, help="With METHOD/TASK/SEED: only trials of this base model."),
     config_hash: str = typer.Option(None, "--config-hash", help="With METHOD/TASK/SEED: only trials whose config hash starts so."),
 ):
     """Write a trial's adapter, a model card (config, scores, provenance) and optionally the merged LoRA model."""
-    import re
-
-    from .harness.report.export import TRIAL_SPEC, export_run, find_trial
-    from .harness.settings.config import check_experiment_name
+    from .harness.report.export import export_trial
 
     offline_defaults()
-    if not TRIAL_SPEC.match(trial) and not re.fullmatch(r"[a-zA-Z0-9][\w\-]{0,255}", trial):  # MLflow's run id rule: no store is opened for a typo
-        raise UserError(
-            f"'{trial}' is neither an MLflow run id (letters, digits, _ and -, e.g. 3f2a9c1b0d4e4f6a8b7c6d5e4f3a2b1c) nor method/task/seed (e.g. lora/copa/0); copy a trial's run id from the `run` output or `adamole-bench ui`"
-        )
-    check_experiment_name(experiment, "--experiment")
-    run_id = find_trial(trial, experiment, _search_value(model, "--model"), config_hash)
-    files = export_run(run_id, folder, merged=merged)
+    run_id, files = export_trial(trial, folder, merged, experiment, _search_value(model, "--model"), config_hash)
     console.print(f'wrote {len(files)} files to {folder} from run {run_id}; load with adamole_bench.load_adapter("{folder}")', soft_wrap=True)
+
+
+@app.command("lm-eval", add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+@user_errors
+def lm_eval(context: typer.Context):
+    """lm-eval's own CLI on our tasks (<task>_<protocol>, e.g. copa_letter) and on any export; `adamole-bench lm-eval -h` says how."""
+    from .harness.evaluate.lm_eval_cli import main as lm_eval_main
+
+    offline_defaults()
+    lm_eval_main(context.args)
 
 
 @app.command()
@@ -608,25 +487,18 @@ def export(
 def ui(
     port: int = typer.Option(5000, help="Port on 127.0.0.1."),
     experiment: str = typer.Option("adamole-bench", help="MLflow experiment whose runs the printed link opens."),
+    sweep: str = typer.Option(None, help="Run id of the sweep whose trials the comparison link shows \\[default: the latest sweep]."),
 ):
     """Start the MLflow UI for the local store (or MLFLOW_TRACKING_URI) on 127.0.0.1; Ctrl-C or SIGTERM stops all of it."""
+    from .harness.report.ui import serve
     from .harness.settings.config import check_experiment_name
-    from .harness.store.liveness import exit_code, run_supervised
-    from .harness.store.tracking import default_tracking_uri, experiment_page
+    from .harness.store.liveness import exit_code
 
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be in [1, 65535], got {port}; e.g. --port 5000")
     check_experiment_name(experiment)
-    uri = default_tracking_uri()
-    console.print(
-        f"MLflow UI for {uri} (Ctrl-C to stop): {experiment_page(f'http://127.0.0.1:{port}', experiment, uri)}", soft_wrap=True, highlight=False
-    )
-    console.print(
-        "the comparison: click a sweep run (named methods × tasks · model · seeds); its description is the table (docs/ui.md)", highlight=False
-    )
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     try:
-        code = run_supervised(cmd)
+        code = serve(port, experiment, sweep, console)
     except KeyboardInterrupt as interrupt:
         console.print("MLflow UI stopped")
         raise typer.Exit(exit_code(interrupt)) from None

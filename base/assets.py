@@ -134,7 +134,7 @@ def sdist_member(sdist: Wheel, member: str) -> Path:
             raise UserError(f"could not download {sdist.requirement} ({sdist.why}); needs PyPI access once")
         with tarfile.open(archives[0], "r|gz") as archive:
             for entry in archive:
-                if entry.name == sdist.member_prefix + member:
-                    atomic_write(target, archive.extractfile(entry).read())
+                if entry.name == sdist.member_prefix + member and (extracted := archive.extractfile(entry)) is not None:
+                    atomic_write(target, extracted.read())
                     return target
     raise UserError(f"{sdist.requirement} has no {member}")

@@ -9,7 +9,7 @@ EXIT_CRASHED = 1  # a trial crashed (a harness bug: its traceback is printed), o
 EXIT_USER = 2  # bad input or environment: one line naming the fix, before any work where it can be known
 EXIT_DIVERGED = 3  # a trial's loss or gradient norm became NaN/inf (the run is FAILED, never counted)
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): the current trial and the sweep are FAILED, finished trials kept
-EXIT_TERMINATED = 143  # SIGTERM (timeout, SLURM, docker stop): the same as Ctrl-C
+# A stop signal exits 128 + its number: 143 for SIGTERM (timeout, SLURM, docker stop), 138 for SIGUSR1 (SLURM's warning)
 
 
 class UserError(Exception):
@@ -22,6 +22,11 @@ class Diverged(Exception):
     def __init__(self, step: int, what: str, value: float):
         super().__init__(f"diverged at step {step}: {what} is {value} (lower train.lr, raise train.warmup_steps or check the data)")
         self.step = step
+
+
+class Pruned(Exception):
+    """A search trial's intermediate validation score told the pruner to stop it (harness/tune/): recorded
+    FAILED with failure `pruned`, never counted as a result, and not an error of the sweep."""
 
 
 def unknown(kind: str, name: str, valid: Iterable[str], hint: str = "") -> UserError:

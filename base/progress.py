@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
@@ -93,7 +94,7 @@ class SweepProgress:
         """`status`: finished, skipped or failed (a sweep Outcome's)."""
         fields = self.progress.tasks[self.task].fields
         now = time.monotonic()
-        update = {"current_since": now}
+        update: dict[str, Any] = {"current_since": now}
         if status == "skipped":
             update["skipped"] = fields["skipped"] + 1
         else:

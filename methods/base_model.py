@@ -4,7 +4,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .registry import Method, register
+from .catalog import register
+from .method import Method
 
 
 @dataclass

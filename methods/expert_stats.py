@@ -18,9 +18,9 @@ import re
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
-from .moe_lora import MoeLoraAdapter, moe_adapters
-from .registry import StatisticsRecorder
+from .method import StatisticsRecorder
 from .routing import Routing
 
 THRESHOLD_BINS = 1024
@@ -45,6 +45,7 @@ class _Accumulator:
         self.selections += counted @ decision.selected.detach().to(torch.float64)
         self.entropy += counted @ torch.special.entr(decision.weights.detach().to(torch.float64)).sum(-1)
         if decision.threshold is not None and self.threshold_histogram is not None:
+            assert self.threshold_cap is not None  # the histogram exists only with a cap
             tau = decision.threshold.detach().reshape(-1).to(torch.float64)
             self.threshold_sum += counted @ tau
             bins = (tau / self.threshold_cap * THRESHOLD_BINS).long().clamp_(0, THRESHOLD_BINS - 1)
@@ -64,13 +65,15 @@ def _quantile(histogram: torch.Tensor, q: float, cap: float) -> float:
 
 
 class ExpertStatistics(StatisticsRecorder):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, adapters: list[tuple[str, nn.Module]]):
+        """`adapters`: (name, MoeLoraAdapter) of `model` (moe_lora.moe_adapters), handed in so that this
+        module, which moe_lora.py imports, need not import it back."""
         self.model = model
-        self.adapters = moe_adapters(model)
+        self.adapters = adapters
         self._names = {id(adapter): name.removesuffix(".adapter") for name, adapter in self.adapters}
         self._sums: dict[str, _Accumulator] = {}
         self._attention_mask: torch.Tensor | None = None
-        self._hook = None
+        self._hook: RemovableHandle | None = None
 
     # -- collection ---------------------------------------------------------------------------
 
@@ -98,7 +101,7 @@ class ExpertStatistics(StatisticsRecorder):
             return mask[:, mask.shape[1] - leading_shape[1] :].reshape(-1).to(device)  # the last L positions (KV cache)
         return torch.ones(leading_shape.numel(), device=device)
 
-    def _observe(self, adapter: MoeLoraAdapter, decision: Routing, leading_shape: torch.Size) -> None:
+    def _observe(self, adapter: nn.Module, decision: Routing, leading_shape: torch.Size) -> None:
         name = self._names[id(adapter)]
         if name not in self._sums:
             cap = getattr(adapter.router, "max_threshold", None)
@@ -124,7 +127,7 @@ class ExpertStatistics(StatisticsRecorder):
                 "entropy": float(acc.entropy) / tokens,
                 "dead": int((acc.selections == 0).sum()),
             }
-            if acc.threshold_histogram is not None:
+            if acc.threshold_histogram is not None and acc.threshold_cap is not None:  # both or neither
                 histogram = acc.threshold_histogram.cpu()
                 row["threshold_mean"] = float(acc.threshold_sum) / tokens
                 row |= {f"threshold_p{round(q * 100)}": _quantile(histogram, q, acc.threshold_cap) for q in QUANTILES}

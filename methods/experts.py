@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..base.errors import UserError
 from .expert_dropout import dropout_correction
-from .registry import refuse_hf_save_pretrained
 
 DropoutMode = Literal["per_expert", "shared"]
 
@@ -133,3 +133,20 @@ def inject(model: nn.Module, target_modules: list[str], make_adapter: Callable[[
         setattr(parent, child, AdaptedLinear(linear, adapter))
     refuse_hf_save_pretrained(model)
     return [name for name, _ in targets]
+
+
+def refuse_hf_save_pretrained(model: nn.Module) -> None:
+    """Make `model.save_pretrained` fail loudly on a model adapted by the harness's own injection.
+
+    HF would write the wrapped layers under names `from_pretrained` does not know, silently
+    re-initialise q/k/v/o on load and drop the adapters; our save/load keep them.
+    """
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained = _refused_save_pretrained
+
+
+def _refused_save_pretrained(*_args, **_kwargs):
+    raise UserError(
+        "save_pretrained cannot store adamole-bench adapters (from_pretrained would drop them); use "
+        "adamole_bench.save_adapter(model, DIR, method, base) and adamole_bench.load_adapter(DIR)"
+    )

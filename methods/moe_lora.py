@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from . import routing
+from .expert_stats import ExpertStatistics
 from .experts import DropoutMode, LoraExperts, inject
 from .lora.config import LLAMA_ATTENTION
-from .registry import Method, StatisticsRecorder
+from .method import Method, StatisticsRecorder
 
 
 @dataclass
@@ -66,16 +67,17 @@ class MoeLoraConfig:
 class GateRouter(nn.Module):
     """Gate W_g (no bias, PyTorch default init, as the reference) and a routing rule on its logits (MoLE)."""
 
-    def __init__(self, in_features: int, num_experts: int, rule: Callable[[torch.Tensor], routing.Routing]):
+    def __init__(self, in_features: int, num_experts: int, rule: Callable[[torch.Tensor], routing.Routing] | None):
         super().__init__()
         self.gate = nn.Linear(in_features, num_experts, bias=False)
-        self.rule = rule
+        self.rule = rule  # None where a subclass overrides `decide`
 
     def projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight, bias) of the linear map from x to the logits `decide` reads."""
         return self.gate.weight, None
 
     def decide(self, logits: torch.Tensor) -> routing.Routing:
+        assert self.rule is not None
         return self.rule(routing.full_precision(logits))
 
     def forward(self, x: torch.Tensor) -> routing.Routing:
@@ -106,7 +108,7 @@ RoutingObserver = Callable[["MoeLoraAdapter", routing.Routing, torch.Size], None
 class MoeLoraAdapter(nn.Module):
     """Adapter branch of one linear layer: y_moe = Σ_i w_i(x) · s · B_i A_i dropout_i(x)."""
 
-    def __init__(self, experts: LoraExperts, router: nn.Module):
+    def __init__(self, experts: LoraExperts, router: GateRouter):
         super().__init__()
         self.experts = experts
         self.router = router
@@ -132,9 +134,11 @@ def moe_adapters(model: nn.Module) -> list[tuple[str, MoeLoraAdapter]]:
 class MoeLoraMethod(Method):
     """Apply, aux loss, statistics and tags of a mixture of LoRA experts; subclasses pick the router."""
 
-    routing_variant: str
+    @property
+    def routing_variant(self) -> str:
+        raise NotImplementedError
 
-    def make_router(self, in_features: int) -> nn.Module:
+    def make_router(self, in_features: int) -> GateRouter:
         """A module mapping tokens (T, in) to a `routing.Routing`."""
         raise NotImplementedError
 
@@ -157,9 +161,7 @@ class MoeLoraMethod(Method):
         return torch.stack([loss.float() for loss in losses]).sum() if losses else None
 
     def statistics(self, model: nn.Module) -> StatisticsRecorder:
-        from .expert_stats import ExpertStatistics
-
-        return ExpertStatistics(model)
+        return ExpertStatistics(model, moe_adapters(model))
 
     def tags(self) -> dict[str, str]:
         cfg = self.config

@@ -13,13 +13,18 @@ import importlib.abc
 import importlib.util
 import sys
 
+TUNER_MODULE = "adamole_bench.methods.peft_tuner"
+
 
 def _register() -> None:
-    """Importing peft_integration registers; if it is importing right now (it imports PEFT), it will.
+    """Importing peft_integration registers. When peft_tuner.py's own `import peft` got here, its classes
+    do not exist yet: it registers from its last line instead (`DEFINED`), when they do.
 
     By its installed name, not `__package__`: test runners may execute the package root a second
     time under another name, and PEFT must get one set of classes."""
-    importlib.import_module("adamole_bench.methods.peft_integration")
+    tuner = sys.modules.get(TUNER_MODULE)
+    if tuner is None or getattr(tuner, "DEFINED", False):
+        importlib.import_module("adamole_bench.methods.peft_integration")
 
 
 class _RegisterAfter(importlib.abc.Loader):

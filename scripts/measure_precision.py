@@ -40,7 +40,7 @@ def _round_robin(variants: dict, rounds: int) -> dict[str, float]:
 
     CPU time of this process, not wall time: on a shared machine the wall clock also counts the time
     the OS gave to other processes (with --threads 1 the two agree on an idle machine)."""
-    times = {name: [] for name in variants}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for run in variants.values():
         run()  # warm-up
     for _ in range(rounds):
@@ -62,7 +62,7 @@ def _stepper(base, method_name: str, precision: Precision, cast_weights: bool, f
     torch.manual_seed(0)
     model = method.apply(model).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.randint(0, model.config.vocab_size, (8, 128), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, base.model.config.vocab_size, (8, 128), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
     def step():
@@ -141,9 +141,9 @@ def measure_parity(args) -> None:
 
     from rich.console import Console
 
-    from adamole_bench.harness.report.table import rows_from_mlflow
+    from adamole_bench.harness.report.results import rows_from_mlflow
     from adamole_bench.harness.run.sweep import run_sweep
-    from adamole_bench.harness.settings.config import load_config
+    from adamole_bench.harness.settings.load import load_config
     from adamole_bench.harness.store.tracking import Tracker
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"

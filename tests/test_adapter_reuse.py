@@ -16,6 +16,7 @@ import torch
 
 import adamole_bench
 from adamole_bench.base.errors import UserError
+from adamole_bench.harness.model.adapters import record_loadable_base
 from adamole_bench.harness.model.loading import load_base_model
 from adamole_bench.methods.registry import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_CONFIG, build_method
 
@@ -127,6 +128,8 @@ IMPORT_ORDERS = {
     "transformers, then ours": ["import transformers", "from transformers import AutoModelForCausalLM", "import adamole_bench"],
     "ours, then lm-eval's HF model": ["import adamole_bench", "import lm_eval.models.huggingface"],
     "lm-eval's HF model, then ours": ["import lm_eval.models.huggingface", "import adamole_bench"],
+    # our PEFT classes import peft themselves: registration must wait until they are defined
+    "our MoA tuner first": ["from adamole_bench.methods.peft_tuner import MoaTuner"],
 }
 
 
@@ -135,6 +138,7 @@ def exported_mixture(tmp_path_factory):
     folder = tmp_path_factory.mktemp("exported-adamole")
     method, base, model = trained("adamole")
     method.save(model, folder, base.reference())
+    record_loadable_base(folder)  # what `export` does: AutoPeft finds the base offline
     torch.save(IDS, folder / "ids.pt")
     torch.save(logits(model), folder / "expected.pt")
     return folder
@@ -156,12 +160,17 @@ def test_peft_loads_an_exported_mixture_in_every_import_order(exported_mixture, 
         f"model = PeftModel.from_pretrained(load_base_model('tiny-llama').model, {str(folder)!r})",
         f"out = model(input_ids=torch.load({str(folder / 'ids.pt')!r})).logits.detach()",
         f"print('diff', (out - torch.load({str(folder / 'expected.pt')!r})).abs().max().item())",
+        "from peft import AutoPeftModelForCausalLM",
+        f"auto = AutoPeftModelForCausalLM.from_pretrained({str(folder)!r})",
+        f"out = auto(input_ids=torch.load({str(folder / 'ids.pt')!r})).logits.detach()",
+        f"print('auto diff', (out - torch.load({str(folder / 'expected.pt')!r})).abs().max().item())",
     ]
     script = "\n".join(["import sys", *IMPORT_ORDERS[order], *check])
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=folder, timeout=300)
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=folder, env=offline, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "['MoaTuner', 'MoaTuner', 'MoeLoraTuner', 'MoeLoraTuner']" in result.stdout, result.stdout
-    assert "diff 0.0" in result.stdout, result.stdout
+    assert "\ndiff 0.0" in result.stdout and "auto diff 0.0" in result.stdout, result.stdout
 
 
 def test_mixtures_in_bfloat16_round_trip_exactly(tmp_path):
@@ -185,6 +194,7 @@ def test_get_peft_model_builds_the_harness_modules():
         harness = build_method(name).apply(load_base_model("tiny-llama").model)
         torch.manual_seed(0)
         peft_model = get_peft_model(load_base_model("tiny-llama").model, config)
+        assert config.peft_type is not None
         ours = tuner_class(config.peft_type).harness_state_dict(harness)
         theirs = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
         assert ours.keys() == theirs.keys() and len(ours) > 0
@@ -250,6 +260,34 @@ def test_local_and_mismatched_bases_need_an_explicit_choice(tmp_path):
     with pytest.raises(UserError, match="check_base=False"):
         adamole_bench.load_adapter(tmp_path / "mole", dtype="bfloat16")  # other weights: other fingerprint
     assert adamole_bench.load_adapter(tmp_path / "mole", dtype="bfloat16", check_base=False).base.source == "code"
+
+
+def test_an_export_names_the_local_base_folder_only_while_it_holds_the_weights_trained_on(tmp_path):
+    """record_loadable_base (what `export` runs): the folder's path when its weight files still have the recorded
+    fingerprint, so AutoPeft loads the very weights; the portable id when they changed (never other weights)."""
+    from peft import AutoPeftModelForCausalLM
+
+    base_folder = tmp_path / "my-base"
+    tiny = load_base_model("tiny-llama")
+    tiny.model.save_pretrained(base_folder)
+    tiny.tokenizer.save_pretrained(base_folder)
+    local = load_base_model(str(base_folder))
+    method = build_method("lora")
+    torch.manual_seed(0)
+    model = method.apply(copy.deepcopy(local.model)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    method.save(model, tmp_path / "adapter", local.reference())
+    assert record_loadable_base(tmp_path / "adapter", str(base_folder)) == str(base_folder.resolve())
+    assert json.loads((tmp_path / "adapter" / PEFT_CONFIG).read_text())["base_model_name_or_path"] == str(base_folder.resolve())
+    assert (logits(AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")) - logits(model)).abs().max().item() == 0.0
+
+    method.save(model, tmp_path / "changed", local.reference())
+    load_base_model("tiny-llama", dtype="bfloat16").model.save_pretrained(base_folder)  # other weights in the same folder
+    assert record_loadable_base(tmp_path / "changed", str(base_folder)) == "my-base"
+    assert json.loads((tmp_path / "changed" / PEFT_CONFIG).read_text())["base_model_name_or_path"] == "my-base"
 
 
 @pytest.mark.integration
@@ -339,7 +377,7 @@ def test_load_adapter_refuses_bad_sources_in_one_line(tmp_path, tracker):
 
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory):
-    """lora and mole trained briefly (adapters saved), plus a lora trial run with save_adapters=false."""
+    """Every adapter method trained briefly (adapters saved), plus a lora trial run with save_adapters=false."""
     import mlflow
 
     with pytest.MonkeyPatch.context() as patch:
@@ -351,11 +389,13 @@ def sweep_store(tmp_path_factory):
         from adamole_bench.cli import app
 
         common = ["--model", "tiny-llama", "--tasks", "fruit_or_color", "--max-steps", "3", "--limit", "8"]
-        for extra in (["--methods", "lora,mole"], ["--methods", "lora", "--seeds", "1", "save_adapters=false"]):
+        for extra in (["--methods", ",".join(METHODS)], ["--methods", "lora", "--seeds", "1", "save_adapters=false"]):
             result = CliRunner().invoke(app, ["run", *common, *extra])
             assert result.exit_code == 0, result.output
         client = mlflow.MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
-        trials = client.search_runs(client.get_experiment_by_name("adamole-bench").experiment_id, "tags.kind = 'trial'")
+        experiment = client.get_experiment_by_name("adamole-bench")
+        assert experiment is not None
+        trials = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'")
         ids = {(r.data.tags["method"], r.data.tags["seed"]): r for r in trials}
         yield runs, ids
 
@@ -381,7 +421,7 @@ def test_export_writes_card_and_a_loadable_adapter(store, cli, tmp_path):
     assert f"| acc | {acc:.4f} | {stderr:.4f} | [{acc - 1.959964 * stderr:.4f}, {acc + 1.959964 * stderr:.4f}] | 8 |" in card
     assert f'"config_hash": "{tags["config_hash"]}"' in card and '"top_k": 2' in card  # the run's config
     assert tags["data_fingerprint.eval"] in card and tags["git_commit"] in card and tags["model_fingerprint"] in card
-    assert "adamole_bench.load_adapter(" in card and "PeftModel.from_pretrained(" in card
+    assert "adamole_bench.load_adapter(" in card and "AutoPeftModelForCausalLM.from_pretrained(" in card
     from_folder = adamole_bench.load_adapter(folder)
     from_run = adamole_bench.load_adapter(f"runs:/{run.info.run_id}/adapter")
     assert (logits(from_folder.model) - logits(from_run.model)).abs().max().item() == 0.0
@@ -408,7 +448,7 @@ def test_export_merged_lora_matches_the_adapter(store, cli, tmp_path):
         ("unknown", "no run 'not-a-run'"),
         ("no_adapter", "saved no adapter"),
         ("not_empty", "not an empty folder"),
-        ("merged_mixture", "--merged is for LoRA only"),
+        ("merged_mixture", "--merged is for lora only"),
     ],
 )
 def test_export_errors_are_one_line_exit_2_before_any_work(store, cli, tmp_path, case, message):
@@ -441,3 +481,46 @@ def test_export_finds_a_trial_by_method_task_seed_and_asks_when_it_is_ambiguous(
     other_config = cli("export", "mole/fruit_or_color/0", tmp_path / "none", "--config-hash", "ffffffff")
     assert other_config.exit_code == 2 and "no FINISHED trial" in other_config.output, other_config.output
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.integration
+def test_autopeft_loads_every_export_offline_in_a_fresh_process(store, cli, tmp_path):
+    """The documented import (`import adamole_bench`, then PEFT's AutoPeftModelForCausalLM on the folder)
+    restores each export exactly: the base named in adapter_config.json is the very weights trained on."""
+    folders = []
+    for name in METHODS:
+        folder = tmp_path / name
+        result = cli("export", store[(name, "0")].info.run_id, folder, *(["--merged"] if name == "lora" else []))
+        assert result.exit_code == 0, result.output
+        base_path = json.loads((folder / PEFT_CONFIG).read_text())["base_model_name_or_path"]
+        assert os.path.isdir(base_path) and "Warning" not in (folder / "README.md").read_text()  # tiny-llama has no hub twin
+        torch.save(logits(adamole_bench.load_adapter(folder).model), folder / "expected.pt")
+        folders.append(str(folder))
+    script = "\n".join([
+        "import sys, torch",
+        "import adamole_bench",
+        "from peft import AutoPeftModelForCausalLM",
+        f"ids = torch.tensor({IDS.tolist()})",
+        f"for folder in {folders!r}:",
+        "    out = AutoPeftModelForCausalLM.from_pretrained(folder).eval()(input_ids=ids).logits.detach()",
+        "    print(folder.rsplit('/', 1)[1], (out - torch.load(folder + '/expected.pt')).abs().max().item())",
+    ])  # fmt: skip
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=offline, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [word for name in METHODS for word in (name, "0.0")], result.stdout
+
+
+def test_the_card_warns_that_a_hub_twin_has_other_weights():
+    """SmolLM2 is dequantised from a GGUF: the card must not let the hub id pass for the weights trained on."""
+    from types import SimpleNamespace
+
+    from adamole_bench.harness.model.loading import EMBEDDED_HUB_IDS, EMBEDDED_MODELS
+    from adamole_bench.harness.report.export import model_card
+
+    record = {"id": EMBEDDED_HUB_IDS["smollm2-135m"], "embedded": "smollm2-135m", "source": "embedded", "fingerprint": "sha256:0123",
+              "dtype": "float32", "note": EMBEDDED_MODELS["smollm2-135m"][0]}  # fmt: skip
+    run = SimpleNamespace(info=SimpleNamespace(run_id="r1"), data=SimpleNamespace(tags={"task": "copa"}, metrics={}))
+    card = model_card(run, {}, {"method": "mole", "format": "peft", "base_model": record}, merged=False, loadable_base="/cache/smollm2")
+    assert f"the hub's `{record['id']}` weights differ" in card and "sha256:0123" in card and "`/cache/smollm2`" in card
+    assert "AutoPeftModelForCausalLM.from_pretrained(" in card

@@ -2,6 +2,7 @@
 (a plausible bug: the adapter trains but never reaches the output), rerun, expect exit 1."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from adamole_bench.methods.lora import Lora
 
 pytestmark = pytest.mark.integration  # the regression gate rerunning real suites
 
-LEARNS_FAST = {  # LoRA reaches ~98% on fruit_or_color in 100 steps; untrained it is ~48%
+LEARNS_FAST: dict[str, Any] = {  # LoRA reaches ~98% on fruit_or_color in 100 steps; untrained it is ~48%
     "model": "tiny-llama",
     "methods": ["lora"],
     "tasks": ["fruit_or_color"],
@@ -107,5 +108,5 @@ def test_loss_drift_rule():
     same_accuracy = [{**key, "seed": 0, "acc": 0.9}]
     assert regression.compare(suite, [{**same_accuracy[0], "train_loss": 1.04}])[0].status == "ok"
     drifted = regression.compare(suite, [{**same_accuracy[0], "train_loss": 1.2}])[0]
-    assert drifted.status == "drifted" and drifted.fails and abs(drifted.loss_change - 0.2) < 1e-9
+    assert drifted.status == "drifted" and drifted.fails and drifted.loss_change is not None and abs(drifted.loss_change - 0.2) < 1e-9
     assert regression.compare(suite, [{**same_accuracy[0], "train_loss": None}])[0].status == "ok"  # e.g. base

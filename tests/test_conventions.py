@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from adamole_bench.base.errors import UserError
-from adamole_bench.harness.settings.config import config_hash, load_config, to_dict, trial_config
+from adamole_bench.harness.settings.config import config_hash, to_dict, trial_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.tests.fault_tools import cli_env
 
 ANSI = re.compile(r"\x1b\[")
@@ -110,6 +111,8 @@ def test_an_alias_and_its_setting_together_are_refused():
     [
         ("train.learnin_rate=1", "(did you mean 'train.lr'?)"),  # a misspelt alias: our name, never train.max_length
         ("train.max_lenght=3", "(did you mean 'train.max_length'?)"),
+        ("learnin_rate=1e-4", "(did you mean 'learning_rate'?)"),  # a top-level alias misspelt: the alias as it is valid there
+        ("gradient_acumulation_steps=2", "(did you mean 'gradient_accumulation_steps'?)"),
         ("lr=1e-4", "(did you mean 'train.lr'?)"),
         ("eval.lr=1e-4", "(did you mean 'train.lr'?)"),
         ("train.limit=4", "(did you mean 'eval.limit'?)"),

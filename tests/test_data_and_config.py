@@ -6,7 +6,8 @@ import torch
 from adamole_bench.base.errors import UserError
 from adamole_bench.base.paths import package_root
 from adamole_bench.harness.model.loading import byte_level_tokenizer
-from adamole_bench.harness.settings.config import config_hash, load_config, parse_override, trial_config
+from adamole_bench.harness.settings.config import config_hash, parse_override, trial_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.train.data import EncodedExamples, LengthGroupedBatches, collate, encode_example
 from adamole_bench.tasks.registry import training_pair
 from adamole_bench.tasks.sources import load_task

@@ -16,7 +16,7 @@ from scipy import stats
 from adamole_bench.harness.model.loading import tiny_llama
 from adamole_bench.methods.expert_dropout import ActiveRows, DroppedEntries, drop_positions, dropout_correction
 from adamole_bench.methods.experts import LoraExperts
-from adamole_bench.methods.moe_lora import moe_adapters
+from adamole_bench.methods.moe_lora import MoeLoraAdapter, moe_adapters
 from adamole_bench.methods.registry import build_method
 
 D_IN, D_OUT, EXPERTS, TOKENS, P = 12, 10, 4, 40, 0.3
@@ -35,7 +35,8 @@ def adapted(method: str, seed: int = 0, **options):
     torch.manual_seed(seed)
     options = {"num_experts": EXPERTS, "rank": 2 * EXPERTS, "dropout": P, "target_modules": ["q_proj"], **options}
     model = build_method(method, options).apply(OneLinear()).double().train()
-    adapter = model.q_proj.adapter
+    adapter = model.get_submodule("q_proj.adapter")
+    assert isinstance(adapter, MoeLoraAdapter)
     with torch.no_grad():
         adapter.experts.lora_B.normal_(0.0, 0.5)
         adapter.router.gate.weight.mul_(3.0)
@@ -51,7 +52,7 @@ def drawn_keep_mask(output: torch.Tensor, groups: int) -> torch.Tensor:
             continue
         seen.add(node)
         if type(node).__name__ == "_DropoutCorrectionBackward":
-            x, _, active, positions = node.saved_tensors
+            x, _, active, positions = node.saved_tensors  # type: ignore[attr-defined]  # torch's Node stub lacks a custom Function's saved_tensors
             rows = ActiveRows.of(active, x.shape[1])
             return DroppedEntries.at(positions, x.shape[1]).dense_keep_mask(rows, x.shape[0], groups)
         stack.extend(next_node for next_node, _ in node.next_functions)
@@ -223,4 +224,5 @@ def test_correction_is_zero_without_active_rows():
     correction = dropout_correction(x, weight, torch.zeros(5, 2, dtype=torch.bool), 0.5)
     assert torch.equal(correction, torch.zeros(5, 8, dtype=torch.float64))
     correction.sum().backward()
+    assert x.grad is not None and weight.grad is not None
     assert torch.equal(x.grad, torch.zeros_like(x)) and torch.equal(weight.grad, torch.zeros_like(weight))

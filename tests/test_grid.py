@@ -8,7 +8,7 @@ import yaml
 
 from adamole_bench.base.errors import UserError
 from adamole_bench.harness.run import sweep
-from adamole_bench.harness.settings.config import load_config
+from adamole_bench.harness.settings.load import load_config
 
 BASE = {"model": "tiny-llama", "methods": ["lora", "adamole"], "tasks": ["fruit_or_color"], "seeds": [0, 1]}
 
@@ -105,9 +105,9 @@ def test_grid_section_must_name_sweepable_settings():
 
 
 def _set_grid(grid: dict):
-    from adamole_bench.harness.settings.config import ExperimentConfig, _set_fields
+    from adamole_bench.harness.settings.grid import grid_section
 
-    _set_fields(ExperimentConfig(), {"grid": grid})
+    grid_section(grid)
 
 
 def test_mix_groups_are_one_ray_task_each_and_grid_points_split_them():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adamole_bench.harness.model.loading import BaseModel, _state_fingerprint
+from adamole_bench.harness.model.loading import BaseModel, _state_fingerprint, byte_level_tokenizer
 from adamole_bench.methods.moa.model import MoaBlock, decoder_layers
 from adamole_bench.methods.registry import build_method
 
@@ -43,11 +43,11 @@ def randomize_adapters(model, seed: int = 1, std: float = 0.3) -> None:
 
 
 def adapted(method: str, seed: int = 0, randomize: bool = True, **options):
-    method = build_method(method, options)
-    model = method.apply(small_llama(seed))
+    built = build_method(method, options)
+    model = built.apply(small_llama(seed))
     if randomize:
         randomize_adapters(model)
-    return method, model
+    return built, model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,14 +196,16 @@ def test_gate_column_drives_its_own_expert():
     _, model = adapted("sparse-moa")
     ids = torch.randint(0, 50, (1, 7))
     for _, layer in decoder_layers(model):
+        block = layer.get_submodule("moa")
+        assert isinstance(block, MoaBlock) and isinstance(block.router, torch.nn.Linear)
         with torch.no_grad():
-            layer.moa.router.weight.zero_()
-            layer.moa.router.bias.fill_(-30.0)
-            layer.moa.router.bias[layer.moa.column("lora_v")] = 30.0
+            block.router.weight.zero_()
+            block.router.bias.fill_(-30.0)
+            block.router.bias[block.column("lora_v")] = 30.0
     with torch.no_grad():
         only_v = model(ids).logits
         for _, layer in decoder_layers(model):
-            layer.self_attn.v_proj.adapter.lora_B.zero_()
+            layer.get_parameter("self_attn.v_proj.adapter.lora_B").zero_()
         without_v = model(ids).logits
         base = small_llama()(ids).logits
     torch.testing.assert_close(without_v, base, rtol=0, atol=1e-6)
@@ -269,7 +271,7 @@ def test_save_load_round_trip_gives_identical_logits(name, tmp_path):
     method, model = adapted(name)
     ids = torch.randint(0, 50, (2, 9))
     base = small_llama()
-    method.save(model, tmp_path, BaseModel(base, None, "small-llama", "code", _state_fingerprint(base)).reference())
+    method.save(model, tmp_path, BaseModel(base, byte_level_tokenizer(), "small-llama", "code", _state_fingerprint(base)).reference())
     reloaded = build_method(name).load(base, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
@@ -285,12 +287,14 @@ def test_statistics_are_exact_and_skip_padding():
         with method.statistics(model) as stats:
             model(ids, attention_mask=mask)
     counted = mask.bool()
-    expected_active = []
+    active_per_layer = []
     for index, (_, layer) in enumerate(decoder_layers(model)):
+        block = layer.get_submodule("moa")
+        assert isinstance(block, MoaBlock)
         with torch.no_grad():
-            gates = layer.moa.gates(hidden[index])
-        expected_active.append((gates != 0)[counted].double().mean(dim=0))
-    expected_active = torch.stack(expected_active)
+            gates = block.gates(hidden[index])
+        active_per_layer.append((gates != 0)[counted].double().mean(dim=0))
+    expected_active = torch.stack(active_per_layer)
     metrics = stats.metrics()
     assert metrics["moa/tokens"] == 15
     torch.testing.assert_close(stats.per_layer()["activation"], expected_active)

@@ -13,9 +13,9 @@ from torch import nn
 
 from adamole_bench.base.errors import UserError
 from adamole_bench.harness.model.loading import load_base_model, tiny_llama
-from adamole_bench.methods import registry
+from adamole_bench.methods import catalog, registry
 from adamole_bench.methods.experts import LoraExperts
-from adamole_bench.methods.moe_lora import MoeLoraAdapter, moe_adapters
+from adamole_bench.methods.moe_lora import AdaptiveThresholdRouter, MoeLoraAdapter, moe_adapters
 from adamole_bench.methods.registry import ADAPTER_CONFIG, Method, build_method, register
 from adamole_bench.methods.routing import Routing, load_balancing_loss
 
@@ -28,7 +28,8 @@ def reference_forward(x, adapter: MoeLoraAdapter, *, top_k=None, threshold=None,
     n, r, s = experts.num_experts, experts.rank, experts.scaling
     a_mats = experts.lora_A.view(n, r, -1)
     b_mats = [experts.lora_B[:, i * r : (i + 1) * r] for i in range(n)]
-    outputs, counts, score_sums = [], [0] * n, [0.0] * n
+    outputs, counts = [], [0] * n
+    score_sums: list[float | torch.Tensor] = [0.0] * n
     for t in range(x.shape[0]):
         p = torch.softmax(router.gate.weight @ x[t], dim=0)
         scores = p
@@ -38,11 +39,12 @@ def reference_forward(x, adapter: MoeLoraAdapter, *, top_k=None, threshold=None,
         elif threshold is not None:
             chosen = [(i, p[i]) for i in range(n) if p[i] >= threshold]
         else:
+            assert isinstance(router, AdaptiveThresholdRouter)
             tau = torch.sigmoid(router.threshold.weight[0] @ x[t] + router.threshold.bias[0]) * max_threshold
             scores = p - tau
             chosen = [(i, scores[i]) for i in range(n) if scores[i] >= 0]
         total = sum(v for _, v in chosen) if chosen else None
-        if chosen == [] or float(total.detach()) == 0.0:
+        if total is None or float(total.detach()) == 0.0:
             total = 1.0
         y = torch.zeros(experts.lora_B.shape[0])
         for i, v in chosen:
@@ -70,7 +72,8 @@ def build(method: str, gate_scale: float = 3.0, seed: int = 0, **options):
     model = build_method(method, {"num_experts": EXPERTS, "rank": 2 * EXPERTS, "dropout": 0.0, "target_modules": ["q_proj"], **options}).apply(
         OneLinear()
     )
-    adapter = model.q_proj.adapter
+    adapter = model.get_submodule("q_proj.adapter")
+    assert isinstance(adapter, MoeLoraAdapter)
     with torch.no_grad():
         adapter.experts.lora_B.normal_(0.0, 0.5)
         adapter.router.gate.weight.mul_(gate_scale)
@@ -78,7 +81,10 @@ def build(method: str, gate_scale: float = 3.0, seed: int = 0, **options):
 
 
 def grads(adapter: MoeLoraAdapter) -> dict[str, torch.Tensor]:
-    out = {name: p.grad.clone() for name, p in adapter.named_parameters()}
+    out = {}
+    for name, p in adapter.named_parameters():
+        assert p.grad is not None, name
+        out[name] = p.grad.clone()
     adapter.zero_grad()
     return out
 
@@ -102,6 +108,7 @@ def test_matches_slow_reference(method, options, rule):
 
     y = adapter(x)
     aux = build_method(method).aux_loss(model)
+    assert aux is not None
     (torch.sum(y * cotangent) + 0.3 * aux).backward()
     fast = grads(adapter)
 
@@ -146,7 +153,7 @@ def test_nothing_selected_gives_zero_adapter_output_without_nan():
     assert torch.equal(y, torch.zeros_like(y))
     (y.sum() + adapter.aux_loss).backward()
     assert all(torch.isfinite(p.grad).all() for p in adapter.parameters())
-    assert torch.isfinite(x.grad).all()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 def test_balanced_top2_aux_loss_is_two_per_layer():
@@ -168,7 +175,8 @@ def test_aux_loss_summed_over_layers_survives_wrapping_and_is_never_stale_in_eva
     model(input_ids=ids)
     adapters = moe_adapters(model)
     assert len(adapters) == 2 * 4  # q, k, v, o in 2 layers
-    expected = sum(a.aux_loss for _, a in adapters)
+    assert all(a.aux_loss is not None for _, a in adapters)
+    expected = sum(a.aux_loss for _, a in adapters if a.aux_loss is not None)
     wrapped = nn.DataParallel(model)  # what Trainer does on several GPUs; the reference loses the loss here
     torch.testing.assert_close(method.aux_loss(wrapped), expected)
     torch.testing.assert_close(method.aux_loss(model), expected)
@@ -308,7 +316,7 @@ def test_defaults_are_the_reference_recipe():
 def test_third_party_method_registers_without_touching_the_harness(monkeypatch):
     from dataclasses import dataclass
 
-    monkeypatch.setattr(registry, "_METHODS", dict(registry.all_methods()))  # undo the registration afterwards
+    monkeypatch.setattr(catalog, "_METHODS", dict(registry.all_methods()))  # undo the registration afterwards
 
     @dataclass
     class ScaledHeadConfig:

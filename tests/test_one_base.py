@@ -6,6 +6,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -17,10 +18,13 @@ from adamole_bench.harness.model.loading import load_base_model
 from adamole_bench.harness.model.one_base import Attachment
 from adamole_bench.harness.run import sweep
 from adamole_bench.harness.run.trials import TrialState, attempt
-from adamole_bench.harness.settings.config import load_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.store.tracking import Tracker
 from adamole_bench.methods.registry import Method, build_method
 from adamole_bench.tests.fault_tools import cli_env
+
+if TYPE_CHECKING:  # transformers is slow to import; here its classes are annotations only
+    from transformers import PreTrainedModel
 
 pytestmark = pytest.mark.integration  # trials in one process against fresh processes
 
@@ -30,7 +34,7 @@ MEASURED = ("train/seconds", "train/tokens_per_second", "eval/seconds", "memory/
 IDS = torch.randint(3, 259, (2, 11), generator=torch.Generator().manual_seed(0))
 
 
-def base_state(model: nn.Module) -> dict:
+def base_state(model: "PreTrainedModel") -> dict:
     """Everything a trial could leave behind on the base: weights (as bits), modules, flags, hooks, attributes, config."""
     return {
         "weights": {name: (t.dtype, t.device, t.detach().contiguous().view(torch.uint8).clone()) for name, t in model.state_dict().items()},
@@ -85,7 +89,7 @@ def one_after_another(tmp_path_factory):
         trials = sweep.plan(config)
         assert [t.method for t in trials] == METHODS
         outcomes = [attempt(trial, state, tracker, sweep_id, Console(quiet=True)) for trial in trials]
-        assert [o.status for o in outcomes] == ["finished"] * len(METHODS), [o.error for o in outcomes]
+        assert [o and o.status for o in outcomes] == ["finished"] * len(METHODS), [o and o.error for o in outcomes]
         after = base_state(state.base().model)
     finally:
         torch.set_num_threads(threads)
@@ -160,9 +164,9 @@ class NormTuning(Method):
 
     def apply(self, model: nn.Module) -> nn.Module:
         model.requires_grad_(False)
-        model.model.norm.weight.requires_grad_(True)
-        model.model.norm.register_forward_hook(lambda module, args, output: output * 2)
-        model.added_by_method = True
+        model.get_parameter("model.norm.weight").requires_grad_(True)
+        model.get_submodule("model.norm").register_forward_hook(lambda module, args, output: output * 2)
+        model.added_by_method = True  # type: ignore[assignment]  # torch types Module.__setattr__ values as Tensor | Module; any value works
         return model
 
 

@@ -25,7 +25,7 @@ def test_no_top_level_tasks_methods_or_harness_packages_are_installed():
 def _constraints() -> dict[str, str]:
     from packaging.utils import canonicalize_name
 
-    pins = {}
+    pins: dict[str, str] = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, pinned = line.partition("==")

@@ -16,7 +16,8 @@ from adamole_bench.harness.evaluate.scoring import evaluate
 from adamole_bench.harness.model.loading import load_base_model
 from adamole_bench.harness.model.precision import FP32_ATTENTION, Precision, cpu_bf16_flags, resolve_precision
 from adamole_bench.harness.report.stats import wilson_interval
-from adamole_bench.harness.settings.config import EvalConfig, TrainConfig, load_config, trial_config
+from adamole_bench.harness.settings.config import EvalConfig, TrainConfig, trial_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.train.data import EncodedExamples
 from adamole_bench.harness.train.loop import set_seed, train
 from adamole_bench.methods.moe_lora import MoeLoraAdapter, MoeLoraMethod
@@ -108,7 +109,7 @@ def test_prepare_stores_frozen_linears_in_bf16_and_keeps_the_rest_fp32(tiny):
     for name, tensor in model.named_parameters():
         module = name.rsplit(".", 1)[0]
         assert tensor.dtype == (torch.bfloat16 if module in linears else torch.float32), name
-    assert "lm_head" in linears and model.model.embed_tokens.weight.dtype == torch.float32
+    assert "lm_head" in linears and model.get_parameter("model.embed_tokens.weight").dtype == torch.float32
     assert model.config._attn_implementation == FP32_ATTENTION
     assert FP32.prepare(copy.deepcopy(tiny.model)).lm_head.weight.dtype == torch.float32
 
@@ -213,7 +214,7 @@ def test_merged_lora_scores_like_unmerged_and_restores_weights_bit_exactly(tiny,
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     with method.scoring(model) as scored:
         assert all(layer.merged for layer in layers)
-        weight = layers[0].get_base_layer().weight
+        weight = layers[0].get_base_layer().get_parameter("weight")
         assert not torch.equal(weight, before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"])
         merged = evaluate(scored, tiny.tokenizer, task, config)
     after = model.state_dict()

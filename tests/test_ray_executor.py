@@ -179,7 +179,7 @@ def test_ray_executor_records_what_the_local_executor_records(grid_sweeps):
 
 
 def _artifacts(client, run_id: str, path: str | None = None) -> list[str]:
-    found = []
+    found: list[str] = []
     for item in client.list_artifacts(run_id, path):
         found += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
     return sorted(found)

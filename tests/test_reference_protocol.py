@@ -11,6 +11,7 @@ import copy
 import itertools
 import re
 from collections.abc import Sequence
+from typing import Any, cast, overload
 
 import pytest
 import torch
@@ -20,7 +21,8 @@ from adamole_bench.base.errors import UserError
 from adamole_bench.base.paths import package_root
 from adamole_bench.harness.evaluate.scoring import evaluate
 from adamole_bench.harness.model.loading import byte_level_tokenizer, smollm2_checkpoint, tiny_llama
-from adamole_bench.harness.settings.config import EvalConfig, TrainConfig, config_hash, load_config, trial_config
+from adamole_bench.harness.settings.config import EvalConfig, TrainConfig, config_hash, trial_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.train import distributed
 from adamole_bench.harness.train.data import EncodedExamples, encode_example
 from adamole_bench.harness.train.loop import training_loader
@@ -156,7 +158,7 @@ def test_reference_generate_scores_as_the_reference_pipeline(task, tokenizer):
 
 # --- data steps ------------------------------------------------------------------------------------
 
-REFERENCE_STEPS = {
+REFERENCE_STEPS: dict[str, Any] = {
     "length_grouping": "hf",
     "padding_side": "left",
     "pad_token": "eos",
@@ -221,7 +223,13 @@ class _Numbered(Sequence):
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __getitem__(self, index: int) -> dict:
+    @overload
+    def __getitem__(self, index: int) -> dict: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict]: ...
+    def __getitem__(self, index: int | slice) -> dict | list[dict]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
         return {"input_ids": [index + 3] * self.lengths[index], "labels": [index + 3] * self.lengths[index]}
 
     def length(self, index: int) -> int:
@@ -246,7 +254,7 @@ def test_hf_length_grouping_is_transformers_sampler_seeded_as_the_trainer():
     finally:
         torch.random.set_rng_state(state)
     config = TrainConfig(batch_size=batch_size, grad_accum=grad_accum, **REFERENCE_STEPS)
-    loader = training_loader(_Numbered(lengths), config, seed, 0, distributed.Context())
+    loader = training_loader(cast(EncodedExamples, _Numbered(lengths)), config, seed, 0, distributed.Context())
     order = [int(row.max()) - 3 for _epoch in range(2) for batch, _tokens in loader for row in batch["input_ids"]]
     assert order == expected and sorted(order[:500]) == list(range(500))
 

@@ -18,7 +18,7 @@ GOLD = labels(30, 30)
 @pytest.fixture
 def store():
     """base once, lora under two learning rates and two ranks (2 seeds each), adamole, and a base of another protocol."""
-    samples = {}
+    samples: dict[str, list[dict]] = {}
     rows = [run("base", "copa", 0, [0] * 60, GOLD, samples), run("base", "copa", 1, [0] * 60, GOLD, samples)]  # seed-independent
     for seed in (0, 1):
         rows.append(run("lora", "copa", seed, right_on(GOLD, 40 + seed), GOLD, samples, **{"train.lr": "0.0005", "method_config.rank": "8"}))
@@ -46,7 +46,8 @@ def test_each_config_is_its_own_row_labelled_by_what_differs(store):
     assert table.cells[("lora (lora.rank=8, train.lr=0.003)", "copa")].mean == pytest.approx((50 + 51) / 120)
     assert set(table.run_ids()) == {r["run_id"] for r in rows} - {rows[1]["run_id"]}  # the second base seed adds nothing
     # Each row is tested against the base of its own protocol (eval.limit=200), never the 16-doc one.
-    assert table.reference_for(variants[2]).label == "base (zero-shot, eval.limit=200)"
+    reference = table.reference_for(variants[2])
+    assert reference is not None and reference.label == "base (zero-shot, eval.limit=200)"
 
 
 def test_where_and_config_hash_pick_rows_and_keep_the_matching_base(store):
@@ -82,6 +83,7 @@ def test_compare_tests_per_column_and_over_runs(store):
     (column,) = result.column_tests
     # Per doc, over both seeds: docs 41-50 are right in both fast seeds and at most one slow seed.
     assert (column.docs, column.better, column.worse) == (60, 11, 0)
+    assert column.test is not None and column.test.p_docs is not None and column.test.p_seeds is not None
     assert column.test.p_seeds == pytest.approx(stats.ttest_ind([50 / 60, 51 / 60], [40 / 60, 41 / 60], equal_var=False).pvalue)
     assert column.p == max(column.test.p_docs, column.test.p_seeds)
     assert result.n == 2 and result.t_pvalue is None  # 2 (task, seed) pairs: too few for a run-level test
@@ -90,7 +92,7 @@ def test_compare_tests_per_column_and_over_runs(store):
 
 
 def test_run_level_tests_match_scipy():
-    samples = {}
+    samples: dict[str, list[dict]] = {}
     accuracies = {"lora": [0.60, 0.64, 0.62], "adamole": [0.66, 0.65, 0.70]}
     rows = [
         run(m, "copa", s, right_on(labels(50, 50), round(a * 100)), labels(50, 50), samples)
@@ -103,6 +105,7 @@ def test_run_level_tests_match_scipy():
     expected = stats.ttest_rel(accuracies["adamole"], accuracies["lora"])
     assert result.n == 3 and result.t_pvalue == pytest.approx(expected.pvalue)
     assert (result.wins, result.losses) == (3, 0) and result.sign_pvalue == pytest.approx(stats.binomtest(3, 3).pvalue)
+    assert result.ci_low is not None and result.ci_high is not None
     assert result.ci_low < result.mean_difference < result.ci_high
 
 

@@ -14,7 +14,7 @@ from adamole_bench.cli import app
 from adamole_bench.harness.report.bundle import report_table
 from adamole_bench.harness.report.plots import efficiency_points
 from adamole_bench.harness.run import sweep
-from adamole_bench.harness.settings.config import load_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.store.tracking import Tracker
 
 pytestmark = pytest.mark.integration  # real sweeps read back from MLflow

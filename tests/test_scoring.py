@@ -80,7 +80,12 @@ def test_the_environment_is_collected_once_per_process_and_recorded_with_every_r
 
     calls = []
     original = torch.utils.collect_env.get_pretty_env_info
-    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: calls.append(1) or original())
+
+    def counted_env_info():
+        calls.append(1)
+        return original()
+
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", counted_env_info)
     evaluate_module._environment.cache_clear()
     data, config = load_task("fruit_or_color"), EvalConfig(batch_size=8, limit=4)
     first, second = (evaluate(tiny.model, tiny.tokenizer, data, config).results_json for _ in range(2))

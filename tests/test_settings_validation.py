@@ -219,6 +219,7 @@ def test_a_slurm_array_that_maps_to_no_slice_asks_for_shard(cli, nothing_runs, m
         (("ui", "--port", "0"), "--port must be in [1, 65535], got 0; e.g. --port 5000"),
         (("ui", "--port", "65536"), "--port must be in [1, 65535]"),
         (("ui", "--experiment", ""), "--experiment is empty"),
+        (("ui", "--sweep", "3f2a9c1b0d4e4f6a8b7c6d5e4f3a2b1c"), "does not exist yet; run a sweep first, or leave --sweep out"),
     ],
 )
 def test_other_commands_refuse_bad_values_before_any_work(cli, nothing_runs, args, expected):

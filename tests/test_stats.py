@@ -26,12 +26,15 @@ def test_wilson_interval_matches_hand_values():
     # No success at all: the interval is [0, z²/(n + z²)], not the empty [0, 0] of p ± z·stderr.
     assert wilson_interval(0.0, 10) == pytest.approx((0.0, 1.959964**2 / (10 + 1.959964**2)), abs=1e-6)
     assert wilson_interval(1.0, 10)[1] == pytest.approx(1.0)
+    # A fractional count (half of 51 docs: what `list tasks` quotes for a task of 51 eval docs), by the same formula.
+    assert wilson_interval(0.5, 51) == pytest.approx((0.36767, 0.63233), abs=1e-5)
 
 
 def test_t_interval_and_normal_interval():
     low, high = t_interval([0.60, 0.64, 0.62])  # mean 0.62, sd 0.02, t(0.975, 2 df) = 4.302653
     assert (low, high) == pytest.approx((0.62 - 4.302653 * 0.02 / math.sqrt(3), 0.62 + 4.302653 * 0.02 / math.sqrt(3)), abs=1e-6)
     assert normal_interval(0.5, 0.01) == pytest.approx((0.5 - 1.959964 * 0.1, 0.5 + 1.959964 * 0.1), abs=1e-6)
+    assert t_interval([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.7), abs=1e-15)  # seeds that agree: a zero-width interval, not nan
     assert normal_interval(0.99, 0.01) == pytest.approx((0.99 - 0.1959964, 1.0), abs=1e-6)  # clipped to [0, 1]
 
 

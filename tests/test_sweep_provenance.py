@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from adamole_bench.harness.check import regression
 from adamole_bench.harness.run import sweep
 from adamole_bench.harness.run import trials as trial_runner
-from adamole_bench.harness.settings.config import load_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.store.tracking import Tracker
 
 pytestmark = pytest.mark.integration  # a real sweep, interrupted, crashed and resumed
@@ -73,7 +73,7 @@ def store(tmp_path_factory):
         torch.set_num_threads(1)  # much faster on a shared machine, and the CPU protocol of the recorded suite
         config = load_config(config_file)
         console = Console(quiet=True)
-        phases = {}
+        phases: dict[str, dict] = {}
         patch.setattr(trial_runner, "run_trial", _failing_at("lora/fruit_or_color/seed0", KeyboardInterrupt()))
         with pytest.raises(KeyboardInterrupt):
             sweep.run_sweep(config, console)

@@ -27,7 +27,7 @@ def _table(rows, samples, **kwargs):
 @pytest.fixture
 def copa_table():
     """base always answers A (64%), adamole always B (36%), lora gets the first 45 docs right (90%)."""
-    samples = {}
+    samples: dict[str, list[dict]] = {}
     rows = [
         run("base", "copa", 0, [0] * 50, COPA, samples),
         run("adamole", "copa", 0, [1] * 50, COPA, samples),
@@ -59,7 +59,8 @@ def test_beating_a_letter_biased_base_is_not_beating_the_majority_class():
     """BoolQ as the default CPU run saw it: base always answers A (30 of 100 labels), a collapsed
     adapter answers B on 99 docs. It beats base by 39 points (69 vs 30 discordant docs) and is no
     better than the constant majority predictor, so it is not bold and the verdict says it learned the prior."""
-    gold, samples = labels(30, 70), {}
+    gold = labels(30, 70)
+    samples: dict[str, list[dict]] = {}
     rows = [run("base", "boolq", 0, [0] * 100, gold, samples), run("mole", "boolq", 0, [1] * 99 + [0], gold, samples)]
     table = _table(rows, samples)
     mole = table.cells[("mole", "boolq")]
@@ -84,7 +85,7 @@ def test_beating_a_letter_biased_base_is_not_beating_the_majority_class():
 
 
 def test_no_bold_winner_without_a_significant_test():
-    samples = {}
+    samples: dict[str, list[dict]] = {}
     rows = [run("base", "copa", 0, [0] * 50, COPA, samples), run("lora", "copa", 0, right_on(COPA, 34), COPA, samples)]
     table = _table(rows, samples)
     lora = table.cells[("lora", "copa")]
@@ -93,7 +94,7 @@ def test_no_bold_winner_without_a_significant_test():
 
 
 def test_several_seeds_use_a_t_interval_and_test_over_docs_and_seeds():
-    samples = {}
+    samples: dict[str, list[dict]] = {}
     rows = [run("base", "copa", 0, [0] * 50, COPA, samples)]
     rows += [run("lora", "copa", seed, right_on(COPA, right), COPA, samples) for seed, right in enumerate((40, 43, 45))]
     rows += [run("adamole", "copa", seed, [1] * 50, COPA, samples) for seed in (0, 1)]
@@ -112,7 +113,7 @@ def test_several_seeds_use_a_t_interval_and_test_over_docs_and_seeds():
 
 
 def test_average_column_pools_task_variances_and_needs_every_task():
-    samples = {}
+    samples: dict[str, list[dict]] = {}
     boolq = labels(60, 40)
     rows = [
         run("base", "copa", 0, [0] * 50, COPA, samples),
@@ -163,7 +164,7 @@ def test_verdict_says_what_is_significant_and_how_to_get_power(copa_table):
 
 
 def test_verdict_suggests_whole_splits_when_the_limit_binds():
-    samples = {}
+    samples: dict[str, list[dict]] = {}
     gold = labels(100, 100)
     rows = [run("base", "boolq", 0, [0] * 200, gold, samples), run("lora", "boolq", 0, right_on(gold, 150), gold, samples)]
     (power,) = verdict(_table(rows, samples))[1:]
@@ -173,14 +174,14 @@ def test_verdict_suggests_whole_splits_when_the_limit_binds():
 def test_rich_table_fits_80_columns_and_transposes_when_too_wide():
     from rich.console import Console
 
-    samples = {}
+    samples: dict[str, list[dict]] = {}
     tasks = ("copa", "boolq", "piqa", "siqa", "arc_easy")
     rows = [run(m, t, 0, right_on(COPA, 30 + i), COPA, samples) for i, m in enumerate(("base", "lora")) for t in tasks]
     table = _table(rows, samples)
     assert [c.header for c in render_rich(table, width=200).columns] == ["method", *tasks, "average"]
     narrow = render_rich(table, width=80)
     assert [c.header for c in narrow.columns] == ["task", "base (zero-shot)", "lora", "majority class"]
-    assert [c.plain for c in narrow.columns[0].cells] == [*tasks, "average"]
+    assert [str(c) for c in narrow.columns[0].cells] == [*tasks, "average"]  # rich Text: str is its plain text
     console = Console(width=80, record=True)
     console.print(narrow)
     text = console.export_text()
@@ -188,7 +189,7 @@ def test_rich_table_fits_80_columns_and_transposes_when_too_wide():
 
 
 def test_published_rows_and_untested_cells():
-    samples = {}
+    samples: dict[str, list[dict]] = {}
     rows = [run("lora", "copa", 0, right_on(COPA, 45), COPA, samples)]
     del samples[rows[0]["run_id"]]  # a run logged before per-doc samples existed
     table = _table(rows, samples, published={("adamole", "copa"): 0.731})

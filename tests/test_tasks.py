@@ -32,7 +32,7 @@ from adamole_bench.tasks.registry import (
 from adamole_bench.tasks.sources import load_task
 
 # One or two docs per hub-only task, in the official HF schema (aps/super_glue, derek-thomas/ScienceQA, ...).
-FIXTURES = {
+FIXTURES: dict[str, list[dict]] = {
     "wic": [
         {
             "word": "bank",
@@ -388,7 +388,7 @@ def test_mix_trains_once_and_reports_per_task(monkeypatch, tmp_path):
 
     from adamole_bench.harness.report.results import rows_from_mlflow
     from adamole_bench.harness.run import sweep, trial_state
-    from adamole_bench.harness.settings.config import load_config
+    from adamole_bench.harness.settings.load import load_config
     from adamole_bench.harness.store.tracking import Tracker
 
     trained_on = []

@@ -5,7 +5,7 @@ import torch
 from rich.console import Console
 
 from adamole_bench.harness.run import sweep, trial_state
-from adamole_bench.harness.settings.config import load_config
+from adamole_bench.harness.settings.load import load_config
 from adamole_bench.harness.store.tracking import Tracker
 
 pytestmark = pytest.mark.integration  # real sweeps, memory sampled while they train

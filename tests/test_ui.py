@@ -1,5 +1,7 @@
-"""`adamole-bench ui` on a real store holding one tiny sweep: the API lists its runs, and a real headless
-Chromium reaches the comparison in the clicks docs/ui.md documents (slow: the server takes 10-60 s to start).
+"""`adamole-bench ui` on a real store holding one tiny sweep: the API lists its runs, a real headless
+Chromium reads every trial's method, task, seed, accuracy and interval off the page the printed
+comparison link opens, and reaches the sweep's table in the clicks docs/ui.md documents (slow: the
+server takes 10-60 s to start).
 
 The browser test skips where Chromium, chromedriver or selenium are missing, except under CI (CI=true),
 where .ci/run installs them and a skip would hide a broken install. ADAMOLE_BENCH_SCREENSHOTS=DIR keeps
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from adamole_bench.tests.fault_tools import cli_env, free_port, run_cli, store_runs, wait_for_http
+from adamole_bench.harness.report.stats import wilson_interval
+from adamole_bench.tests.fault_tools import cli_env, free_port, run_cli, store_runs, trial_runs, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +46,8 @@ CHROMIUM_FLAGS = [  # as root on a closed network: no sandbox, no background con
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    """A tiny finished sweep, then `adamole-bench ui` serving its store: (base URL, store URI, the link `ui` printed)."""
+    """A tiny finished sweep, then `adamole-bench ui` serving its store: (base URL, store URI, the links `ui` printed:
+    the runs view, then the comparison)."""
     root = tmp_path_factory.mktemp("ui")
     env = cli_env(root / "runs")
     finished = run_cli(SWEEP, env)
@@ -56,8 +60,8 @@ def ui(tmp_path_factory):
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health")
         log.seek(0)
-        link = next(word for word in log.read().split() if word.startswith(f"http://127.0.0.1:{port}"))
-        yield f"http://127.0.0.1:{port}", f"sqlite:///{root / 'runs' / 'mlflow.db'}", link
+        links = [word for word in log.read().split() if word.startswith(f"http://127.0.0.1:{port}/#/")]
+        yield f"http://127.0.0.1:{port}", f"sqlite:///{root / 'runs' / 'mlflow.db'}", links
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
@@ -93,7 +97,9 @@ def _browser():
             pytest.fail(why)
         pytest.skip(why)
     options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
+    chromium = shutil.which("chromium")
+    assert chromium is not None  # the skip above covers a missing browser
+    options.binary_location = chromium
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={Path(os.environ.get('TMPDIR', '/tmp')) / f'adamole-ui-test-{os.getpid()}-{time.time_ns()}'}"]:
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
@@ -177,7 +183,7 @@ def test_three_clicks_from_the_home_page_show_the_comparison(ui, tmp_path):
 
 
 def test_the_link_ui_prints_opens_the_runs_view(ui, tmp_path):
-    _, uri, link = ui
+    _, uri, (link, _) = ui
     assert link.endswith(f"/#/experiments/{_sweep(uri).info.experiment_id}/runs?workflowType=machine_learning")
     driver = _browser()
     try:
@@ -188,3 +194,58 @@ def test_the_link_ui_prints_opens_the_runs_view(ui, tmp_path):
         assert page.title("Runs").startswith("Runs")
     finally:
         driver.quit()
+
+
+def _compare_page(page: Page) -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
+    """What MLflow's compare page renders: the run ids of its columns, each parameter's row and each
+    metric's row (the metrics are two grids, names and values, the values row by row)."""
+    from selenium.webdriver.common.by import By
+
+    page.find("//*[normalize-space(.)='eval/acc']")
+    run_ids = [cell.text for cell in page.driver.find_elements(By.XPATH, "//tr[th[normalize-space(.)='Run ID:']]/th[position() > 1]")]
+
+    def row(name: str) -> list[str]:  # the first table holding it: Parameters comes before Tags
+        return [
+            cell.text
+            for cell in page.driver.find_elements(
+                By.XPATH, f"(//table[.//th[normalize-space(.)='{name}']])[1]//tr[th[normalize-space(.)='{name}']]/td"
+            )
+        ]
+
+    names_grid = page.driver.find_element(By.XPATH, "//*[@role='grid'][.//*[normalize-space(.)='eval/acc']]")
+    names = [name.text for name in names_grid.find_elements(By.XPATH, ".//*[@role='rowgroup']/div")]
+    values = [value.text for value in names_grid.find_elements(By.XPATH, "following::*[@role='grid'][1]//*[@role='rowgroup']/div")]
+    width = len(run_ids)
+    metrics = {name: values[i * width : (i + 1) * width] for i, name in enumerate(names)}
+    return run_ids, {name: row(name) for name in ("method", "task", "seed")}, metrics
+
+
+def test_the_comparison_link_shows_every_trial_with_method_task_seed_accuracy_and_interval(ui, tmp_path):
+    _, uri, (_, link) = ui
+    assert "/#/compare-runs?runs=" in link
+    driver = _browser()
+    try:
+        page = Page(driver, Path(os.environ.get("ADAMOLE_BENCH_SCREENSHOTS") or tmp_path / "screenshots"))
+        driver.get(link)
+        page.close_assistant()
+        run_ids, params, metrics = _compare_page(page)
+        driver.save_screenshot(str(page.folder / "compare-runs.png"))
+    finally:
+        driver.quit()
+    trials = {run.info.run_id: run for run in trial_runs(uri)}
+    assert sorted(run_ids) == sorted(trials)  # every trial of the sweep, base included, and nothing else
+    for column, run_id in enumerate(run_ids):
+        tags, recorded = trials[run_id].data.tags, trials[run_id].data.metrics
+        assert (params["method"][column], params["task"][column], params["seed"][column]) == (tags["method"], tags["task"], tags["seed"])
+        low, high = wilson_interval(recorded["eval/acc"], int(recorded["eval/docs"]))
+        shown = {name: float(metrics[name][column]) for name in ("eval/acc", "eval/acc_ci_low", "eval/acc_ci_high")}
+        # The page shows 3 decimals: a value read back is within half of its last digit of the true one.
+        assert shown == pytest.approx({"eval/acc": recorded["eval/acc"], "eval/acc_ci_low": low, "eval/acc_ci_high": high}, abs=5e-4 + 1e-9)
+
+
+def test_ui_refuses_a_sweep_id_that_is_not_a_sweep_of_the_experiment(ui, tmp_path):
+    _, uri, _ = ui
+    env = cli_env(Path(uri.removeprefix("sqlite:///")).parent)
+    for not_a_sweep in ("3f2a9c1b0d4e4f6a8b7c6d5e4f3a2b1c", trial_runs(uri)[0].info.run_id):
+        refused = run_cli(["ui", "--sweep", not_a_sweep], env)
+        assert refused.returncode == 2 and refused.stderr.startswith(f"error: --sweep {not_a_sweep} is not a sweep run"), refused.stderr

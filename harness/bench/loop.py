@@ -17,7 +17,9 @@ from ..model.precision import Precision
 LOOP_EQUALITY_TOLERANCE = 1e-4  # max |logit difference| on a float64 copy: 4e-6-8e-6 measured (HF's RMSNorm computes in fp32)
 
 
-def loop_over_experts(experts: LoraExperts, x: torch.Tensor, weights: torch.Tensor, active=None, projected=None) -> torch.Tensor:
+def loop_over_experts(
+    experts: LoraExperts, x: torch.Tensor, weights: torch.Tensor, active: torch.Tensor | None = None, projected: torch.Tensor | None = None
+) -> torch.Tensor:
     """LoraExperts.forward computed as the reference does: one gather/GEMM/scatter pass per expert,
     each expert with its own dropout on the rows it selected (`active`/`projected` are not used:
     the loop recomputes everything from x)."""
@@ -47,11 +49,11 @@ def loop_reference(model: nn.Module):
     if not any(isinstance(m, LoraExperts) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} has no LoraExperts to run as a loop")
     vectorized = LoraExperts.forward
-    LoraExperts.forward = loop_over_experts
+    LoraExperts.forward = loop_over_experts  # type: ignore[method-assign,assignment]  # the patch is the point: every subclass takes the loop
     try:
         yield
     finally:
-        LoraExperts.forward = vectorized
+        LoraExperts.forward = vectorized  # type: ignore[method-assign]
 
 
 def expert_modules(model: nn.Module) -> list[LoraExperts]:

@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,13 +28,13 @@ def measure_evaluation(settings, base: BaseModel, device: torch.device) -> dict:
 
     data = load_task(settings.eval_task)
     config = EvalConfig(batch_size=settings.eval_batch_size, limit=settings.eval_limit)
-    model = base.model.to(device).eval()  # the rows are gone: the base itself, no copy
+    model = base.model.to(device).eval()  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to hides its self from mypy; the rows are gone: the base itself, no copy
     evaluate(model, base.tokenizer, data, EvalConfig(batch_size=settings.eval_batch_size, limit=2))  # warm lm-eval's caches
     started = time.perf_counter()
     result = evaluate(model, base.tokenizer, data, config)
     seconds = time.perf_counter() - started
     requests = _requests(result.samples)
-    report = {
+    report: dict[str, Any] = {
         "task": result.lm_eval_task,
         "docs": len(result.samples),
         "requests": requests,

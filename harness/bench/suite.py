@@ -9,6 +9,7 @@ target verdicts (met / missed / unclear from the per-round ratios), tables and a
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -62,7 +63,7 @@ def run_bench(settings: BenchSettings) -> dict:
         raise UserError(f"--precisions lists a precision twice: {','.join(names)}")
     precisions: list[Precision] = [resolve_precision(name, device, settings.model) for name in names]
     base = load_base_model(settings.model, device="cpu")
-    results = {
+    results: dict[str, Any] = {
         "settings": asdict(settings) | {"precisions": names},
         "device": str(device),
         "threads": torch.get_num_threads(),

@@ -21,6 +21,7 @@ import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -68,7 +69,7 @@ def precision_label(label: str, precision: Precision, several: bool) -> str:
 def _make_row(label: str, method: Method, base: BaseModel, device: torch.device, precision: Precision, lr: float, seed: int, **extra) -> Row:
     """A row: its own modules over the base's weights (moved to the device once), a mixed precision's own casts."""
     set_seed(seed)
-    model = method.apply(precision.prepare(sharing_weights(base.model.to(device))))
+    model = method.apply(precision.prepare(sharing_weights(base.model.to(device))))  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to hides its self from mypy
     if any(p.requires_grad for p in base.model.parameters()):
         raise UserError(f"{method.name} trains base weights, which the bench's rows share; bench it alone")
     model.train()
@@ -289,5 +290,5 @@ def measure_layers(rows: list[Row], settings, device: torch.device) -> list[dict
 
 
 def _in_features(layer: nn.Module) -> int:
-    base = getattr(layer, "base_layer", layer)
+    base = cast(nn.Linear, getattr(layer, "base_layer", layer))  # adapters wrap linears
     return base.in_features

@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -23,7 +24,8 @@ from rich.table import Table
 
 from ...base.errors import UserError
 from ..report.results import current_code, rows_from_mlflow
-from ..settings.config import ExperimentConfig, load_config, read_yaml_mapping
+from ..settings.config import ExperimentConfig, read_yaml_mapping
+from ..settings.load import load_config
 from ..store.fingerprint import differences, implementation
 from ..store.provenance import code_version, package_versions
 from ..store.tracking import Tracker
@@ -144,15 +146,17 @@ def existing_rows(suite: Suite) -> list[dict]:
 
 
 def _group(rows: list[dict], metric: str = "acc") -> dict[tuple, dict[int, float]]:
+    """Per key, each seed's recorded `metric`; a run without it (an untrained method's loss) is left out."""
     groups: dict[tuple, dict[int, float]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in KEY_FIELDS), {})[row["seed"]] = row.get(metric)
+        if (value := row.get(metric)) is not None:
+            groups.setdefault(tuple(row[k] for k in KEY_FIELDS), {})[row["seed"]] = value
     return groups
 
 
-def _mean_loss(values: dict[int, float | None], seeds: list[int]) -> float | None:
-    losses = [values.get(seed) for seed in seeds]
-    if any(loss is None or loss != loss for loss in losses):  # untrained (base) or not recorded
+def _mean_loss(values: dict[int, float], seeds: list[int]) -> float | None:
+    losses = [loss for loss in (values.get(seed) for seed in seeds) if loss is not None and loss == loss]
+    if len(losses) < len(seeds):  # untrained (base), not recorded or NaN
         return None
     return round(statistics.fmean(losses), 6)
 
@@ -244,7 +248,7 @@ def record(suite: Suite, rows: list[dict]) -> Path:
         if loss_mean is not None:
             entry |= {"train_loss": [round(losses[key][s], 6) for s in seeds], "train_loss_mean": loss_mean}
         records.append(entry)
-    document = {
+    document: dict[str, Any] = {
         "config": os.path.relpath(suite.config_path, suite.path.parent.resolve()),
         "overrides": suite.overrides,
         "torch_threads": suite.torch_threads,

@@ -1,4 +1,4 @@
-"""lm-eval bridge: score the in-memory model on the project's own task YAMLs (tasks/lm_eval/)."""
+"""lm-eval bridge: score the in-memory model on the project's own tasks, the docs handed to lm-eval in the task's config."""
 
 import copy
 import functools
@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ...base.progress import phase
-from ...tasks.registry import TASK_DIR, lm_eval_task_name
-from ...tasks.sources import TaskData, pinned
+from ...tasks.lm_eval.loader import task_config
+from ...tasks.registry import lm_eval_task_name
+from ...tasks.sources import TaskData
 from ..model.loading import keeps_logits
 from ..model.precision import Precision
 from ..settings.config import EvalConfig
@@ -32,13 +33,13 @@ def _environment() -> dict:
     result that is the same for every evaluation in the process."""
     from lm_eval.loggers.utils import add_env_info
 
-    record = {}
+    record: dict = {}
     add_env_info(record)
     return record
 
 
 @contextmanager
-def _lm_eval_provenance():
+def lm_eval_provenance():
     """lm-eval runs `git describe` in the cwd (the wrong repo for us, or a 'fatal:' line) and collects
     the environment at every call: record our commit, and the environment once per process."""
     import lm_eval.evaluator
@@ -59,10 +60,10 @@ def _lm_eval_provenance():
 
 @functools.cache
 def task_manager():
-    """Only our YAMLs: indexing lm-eval's ~10k default tasks would cost ~11 s per process."""
+    """An empty index: our tasks come as configs, and indexing lm-eval's ~10k default tasks would cost ~11 s per process."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASK_DIR / "lm_eval"), include_defaults=False)
+    return TaskManager(include_defaults=False)
 
 
 def clean_metric_name(key: str) -> str:
@@ -85,22 +86,28 @@ def _sample_record(sample: dict) -> dict:
 
 
 @contextmanager
-def _without_bars(lm):
-    """lm-eval's own tqdm bars (one per request type, passed disable=False, and one while it builds the
-    requests) would tear the sweep's display in a terminal and are noise in a log: our eval bar
-    (base/progress.py) replaces them. The request methods take `disable_tqdm`; the builder is patched
-    for the call, as `_lm_eval_provenance` patches its git and environment lookups."""
+def lm_eval_bars_off():
+    """lm-eval's own tqdm bars (one while it builds the requests, one per request type, passed
+    disable=False) would tear the sweep's display in a terminal and are noise in a log: our eval bar
+    (base/progress.py) replaces them. lm-eval's `tqdm` is patched for the call, as `lm_eval_provenance`
+    patches its git and environment lookups."""
+    import lm_eval.api.model
     import lm_eval.api.task
+    import lm_eval.models.huggingface
     from tqdm import tqdm
 
-    for request_type in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
-        setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
-    original = getattr(lm_eval.api.task, "tqdm", None)
-    lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)
+    def quiet(*args, **kwargs):
+        return tqdm(*args, **kwargs | {"disable": True})
+
+    modules = (lm_eval.api.model, lm_eval.api.task, lm_eval.models.huggingface)
+    originals = [module.tqdm for module in modules]
+    for module in modules:
+        module.tqdm = quiet
     try:
         yield
     finally:
-        lm_eval.api.task.tqdm = original
+        for module, original in zip(modules, originals, strict=True):
+            module.tqdm = original
 
 
 @functools.cache
@@ -114,6 +121,7 @@ def continuation_scorer():
 
     class ContinuationScorer(HFLM):
         _longest_continuation: int | None = None
+        trims_logits = True  # False for a model without `logits_to_keep` (loading.keeps_logits): scored as HFLM does
 
         def _loglikelihood_tokens(self, requests, *args, **kwargs):
             self._longest_continuation = max((len(continuation) for _, _, continuation in requests), default=None)
@@ -123,7 +131,7 @@ def continuation_scorer():
                 self._longest_continuation = None
 
         def _model_call(self, inps, attn_mask=None, labels=None):
-            if self._longest_continuation is None or attn_mask is not None or self.backend != "causal":
+            if not self.trims_logits or self._longest_continuation is None or attn_mask is not None or self.backend != "causal":
                 return super()._model_call(inps, attn_mask, labels)
             # HFLM right-pads rows with token 0, so a row is at least as long as its last nonzero
             # token (a real trailing 0 only makes this shorter, which keeps more positions: safe).
@@ -205,15 +213,14 @@ def evaluate(model: torch.nn.Module, tokenizer, data: TaskData, config: EvalConf
     name = lm_eval_task_name(data.spec.name, config.protocol)
     docs = len(data.splits["eval"][: config.limit])
     with (
-        pinned(data),
-        _lm_eval_provenance(),
-        _without_bars(lm),
+        lm_eval_provenance(),
+        lm_eval_bars_off(),
         phase("  eval", kind="eval", detail=f"{data.spec.name}, {docs} docs"),
         torch.inference_mode(),
     ):
         output = lm_eval.simple_evaluate(
             model=lm,
-            tasks=[name],
+            tasks=[task_config(data, config.protocol)],
             task_manager=task_manager(),
             num_fewshot=0,
             limit=config.limit,

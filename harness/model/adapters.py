@@ -12,18 +12,22 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from ...base.errors import UserError
-from ...methods.registry import ADAPTER_CONFIG, Method, build_method
-from .loading import DTYPES, EMBEDDED_MODELS, BaseModel, load_base_model
+from ...methods.registry import ADAPTER_CONFIG, PEFT_CONFIG, Method, build_method
+from .loading import DTYPES, EMBEDDED_MODELS, BaseModel, _files_fingerprint, embedded_checkpoint, load_base_model
+
+if TYPE_CHECKING:  # transformers is slow to import; here its classes are annotations only
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
 class LoadedAdapter:
     model: nn.Module  # the base model with the adapter, in eval mode (a PeftModel for PEFT-layout adapters)
-    tokenizer: object
+    tokenizer: "PreTrainedTokenizerBase"
     method: Method
     base: BaseModel
     metadata: dict  # the adapter's adamole_bench_adapter.json: method, config, tags, base_model
@@ -53,10 +57,10 @@ def load_adapter(
     if str(source).startswith("runs:/"):
         with tempfile.TemporaryDirectory() as folder:
             return _load_folder(download_run_artifact(str(source), folder, tracking_uri), base_model, device, dtype, check_base)
-    folder = Path(source).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"no adapter folder at {folder}; pass a folder written by `adamole-bench export` or a runs:/<run_id>/adapter URI")
-    return _load_folder(folder, base_model, device, dtype, check_base)
+    local = Path(source).expanduser()
+    if not local.is_dir():
+        raise UserError(f"no adapter folder at {local}; pass a folder written by `adamole-bench export` or a runs:/<run_id>/adapter URI")
+    return _load_folder(local, base_model, device, dtype, check_base)
 
 
 def download_run_artifact(uri: str, folder: str | Path, tracking_uri: str | None = None) -> Path:
@@ -80,6 +84,29 @@ def read_metadata(folder: Path) -> dict:
     if not path.exists():
         raise UserError(f"{folder} is not an adamole-bench adapter (no {ADAPTER_CONFIG}); a plain PEFT adapter loads with PeftModel.from_pretrained")
     return json.loads(path.read_text())
+
+
+def record_loadable_base(folder: Path, model_path: str | None = None) -> str:
+    """Point `folder`'s adapter_config.json at a base that PEFT's `AutoPeftModelForCausalLM` loads offline
+    with the very weights trained on; returns what it names.
+
+    The saved record (adamole_bench_adapter.json) keeps the portable id and fingerprint; this is the path
+    on this machine: an embedded model's checkpoint folder, or the local folder `model_path` trained on
+    when its weights still have the recorded fingerprint. A hub model keeps its id and commit."""
+    record = read_metadata(folder).get("base_model") or {}
+    if record.get("embedded") in EMBEDDED_MODELS:
+        base = str(embedded_checkpoint(record["embedded"], record.get("dtype", "float32")))
+    elif record.get("source") == "local" and model_path and Path(model_path).expanduser().is_dir():
+        local = Path(model_path).expanduser().resolve()
+        if _files_fingerprint(local) != record.get("fingerprint"):
+            return record["id"]
+        base = str(local)
+    else:
+        return record.get("id", "")
+    config = json.loads((folder / PEFT_CONFIG).read_text())
+    config |= {"base_model_name_or_path": base, "revision": None}
+    (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+    return base
 
 
 def _load_folder(folder: Path, base_model: str | None, device: str, dtype: str | None, check_base: bool) -> LoadedAdapter:

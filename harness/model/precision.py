@@ -21,12 +21,18 @@ import functools
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import torch
 from torch import nn
 
 from ...base.errors import UserError
+from ...base.upstream import attention_implementation, sdpa_attention
 
+if TYPE_CHECKING:  # transformers is slow to import; here its classes are annotations only
+    from transformers import PreTrainedModel
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Models for which `auto` may pick bf16: where it measured faster. The 64-wide tiny-llama's
@@ -79,7 +85,7 @@ class Precision:
     def grad_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: ModelT) -> ModelT:
         """Store the frozen base's Linear weights in the compute dtype (once, in place); see module doc.
 
         Call it on the base model before adapters are added: only frozen Linear layers are cast,
@@ -93,9 +99,9 @@ class Precision:
                     if not tensor.requires_grad:  # `param.data = ...` would also retype a tied embedding
                         setattr(module, name, nn.Parameter(tensor.detach().to(self.compute_dtype), requires_grad=False))
         config = getattr(model, "config", None)
-        if self.device_type == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa":
+        if self.device_type == "cpu" and attention_implementation(config) == "sdpa":
             _register_fp32_attention()
-            model.set_attn_implementation(FP32_ATTENTION)
+            cast("PreTrainedModel", model).set_attn_implementation(FP32_ATTENTION)  # a transformers model: it has an sdpa config
         return model
 
 
@@ -103,8 +109,9 @@ class Precision:
 def _register_fp32_attention() -> None:
     """transformers' SDPA attention with inputs of at least fp32 (float64 stays) and autocast off; same masks as "sdpa"."""
     from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
+
+    sdpa_attention_forward, sdpa_mask = sdpa_attention()
 
     def attention(module, query, key, value, attention_mask, **kwargs):
         dtype = torch.promote_types(query.dtype, torch.float32)

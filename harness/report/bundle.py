@@ -13,7 +13,9 @@ from ..store.provenance import code_version
 from .plots import accuracy_bars, collect_heatmaps, efficiency
 from .render import SUFFIXES, TEXT_RENDERERS
 from .results import check_single_model, group_variants, load_published, rows_from_mlflow, samples_loader, select_rows
+from .stats import wilson_interval
 from .table import AccuracyTable, build_table
+from .ui import TRIALS_TAG
 
 
 def report_table(
@@ -65,11 +67,24 @@ def summary_metrics(table: AccuracyTable) -> dict[str, float]:
     for (label, column), cell in table.cells.items():
         prefix = f"{column}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', label).strip('_')}"
         metrics[f"{prefix}/{table.metric}"] = round(cell.mean, 4)
-        if cell.low is not None:
+        if cell.low is not None and cell.high is not None:
             metrics[f"{prefix}/ci_low"], metrics[f"{prefix}/ci_high"] = round(cell.low, 4), round(cell.high, 4)
         if cell.docs:
             metrics[f"{prefix}/n"] = cell.docs
         metrics[f"{prefix}/seeds"] = cell.seeds
+    return metrics
+
+
+def trial_intervals(table: AccuracyTable) -> dict[str, dict[str, float]]:
+    """Each trial's own 95% interval (Wilson over its docs) as `eval/acc_ci_low|high`, so the MLflow
+    compare page of a sweep's trials shows it beside `eval/acc`, where a table cell pools seeds."""
+    metrics = {}
+    for variant in table.variants:
+        for runs in variant.runs.values():
+            for run in runs:
+                if run.get("docs"):
+                    low, high = wilson_interval(run["acc"], run["docs"])
+                    metrics[run["run_id"]] = {f"eval/{table.metric}_ci_low": round(low, 4), f"eval/{table.metric}_ci_high": round(high, 4)}
     return metrics
 
 
@@ -90,7 +105,8 @@ def _description(table: AccuracyTable, artifact: str) -> str:
 def log_sweep_summary(tracker, sweep_id: str, config, outcomes, console) -> None:
     """The comparison on the sweep's parent run, where the MLflow UI shows it: the table `run` prints as
     the run's description (rendered Markdown on its page), as tables/summary.{md,html,csv,json}, and
-    as summary metrics (`summary_metrics`)."""
+    as summary metrics (`summary_metrics`); each trial gets its own interval and the sweep the list of
+    its trials (TRIALS_TAG), where `adamole-bench ui` finds what its link compares."""
     try:
         table = sweep_table(tracker, config, outcomes)
         if table is None:
@@ -98,7 +114,13 @@ def log_sweep_summary(tracker, sweep_id: str, config, outcomes, console) -> None
         for name in ("markdown", "html", "csv", "json"):
             tracker.log_text(sweep_id, TEXT_RENDERERS[name](table), f"tables/summary.{SUFFIXES[name]}")
         tracker.log_metrics(sweep_id, summary_metrics(table))
-        tracker.set_tags(sweep_id, {"mlflow.note.content": _description(table, "tables/summary")})
+        for run_id, metrics in trial_intervals(table).items():
+            tracker.log_metrics(run_id, metrics)
+        tags = {"mlflow.note.content": _description(table, "tables/summary")}
+        trials = json.dumps(list(dict.fromkeys(table.run_ids())))
+        if len(trials) <= DESCRIPTION_LIMIT:  # about 150 trials; `ui` links a larger sweep's own page instead
+            tags[TRIALS_TAG] = trials
+        tracker.set_tags(sweep_id, tags)
     except Exception as err:  # noqa: BLE001 - every trial is already recorded; a summary that fails must not fail the sweep
         console.print(f"[yellow]warning:[/] sweep summary not logged ({type(err).__name__}: {err}); `adamole-bench report` rebuilds it")
 
@@ -120,9 +142,8 @@ def write_report(tracker, table: AccuracyTable, output: Path, filters: dict[str,
         path = output / f"accuracy.{SUFFIXES[name]}"
         path.write_text(render(table))
         written.append(path)
-    written.append(accuracy_bars(table, output / "plots" / "accuracy_bars.png"))
-    pareto = efficiency(table, output / "plots" / "accuracy_vs_params_vs_speed.png")
-    written += [pareto] if pareto else []
+    written += accuracy_bars(table, output / "plots" / "accuracy_bars.png")
+    written += efficiency(table, output / "plots" / "accuracy_vs_params_vs_speed.png")
     written += collect_heatmaps(tracker, table, output / "plots" / "expert_usage")
     sources = output / "source_runs.json"
     sources.write_text(json.dumps({"run_ids": table.run_ids()}, indent=1) + "\n")

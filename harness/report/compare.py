@@ -64,6 +64,7 @@ class Comparison:
         overall = next((t for t in tested if t.column == AVERAGE), tested[0] if len(tested) == 1 else None)
         if overall is not None:
             where = "averaged over tasks" if overall.column == AVERAGE else f"on {overall.column}"
+            assert overall.p is not None  # `tested` keeps columns with a p
             if overall.p < ALPHA:
                 better = self.label_a if overall.a > overall.b else self.label_b
                 return f"{better} is better {where} (p = {overall.p:.3g} < {ALPHA:g})"
@@ -107,9 +108,10 @@ def compare_rows(table: AccuracyTable, a: Variant, b: Variant, metric: str = "ac
         cell_a, cell_b = table.cells.get((a.label, column)), table.cells.get((b.label, column))
         if cell_a is None or cell_b is None:
             continue
-        common = (cell_a.correct or {}).keys() & (cell_b.correct or {}).keys()
-        better = sum(cell_a.correct[k] > cell_b.correct[k] for k in common)
-        worse = sum(cell_a.correct[k] < cell_b.correct[k] for k in common)
+        correct_a, correct_b = cell_a.correct or {}, cell_b.correct or {}
+        common = correct_a.keys() & correct_b.keys()
+        better = sum(correct_a[k] > correct_b[k] for k in common)
+        worse = sum(correct_a[k] < correct_b[k] for k in common)
         result.column_tests.append(ColumnTest(column, cell_a.mean, cell_b.mean, len(common), better, worse, paired_test(cell_a, cell_b)))
     if result.n < MIN_PAIRS:
         return result
@@ -173,7 +175,7 @@ def render_comparison(result: Comparison) -> str:
         lines.append(f"  paired t-test: t = {result.t_statistic:.3f}, p = {result.t_pvalue:.4g}")
     if result.sign_pvalue is not None:
         lines.append(f"  sign test (exact binomial over non-tied pairs): p = {result.sign_pvalue:.4g}")
-    if result.ci_low is not None:
+    if result.ci_low is not None and result.ci_high is not None:
         lines.append(f"  bootstrap 95% CI of the mean difference: [{result.ci_low * 100:+.2f}, {result.ci_high * 100:+.2f}] points")
     elif result.n < MIN_PAIRS:
         lines.append(f"  n = {result.n} pairs is too small for run-level tests (at least {MIN_PAIRS}; run more seeds)")

@@ -11,13 +11,34 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...base.errors import UserError
-from ..model.adapters import download_run_artifact, load_adapter, read_metadata
+from ...base.upstream import set_name_or_path
+from ...methods.registry import PEFT_CONFIG, all_methods
+from ..model.adapters import download_run_artifact, load_adapter, read_metadata, record_loadable_base
+from ..settings.config import check_experiment_name
 from ..store.tracking import _check_reachable, default_tracking_uri
+
+if TYPE_CHECKING:  # mlflow is slow to import; here its classes are annotations only
+    from mlflow.entities import Run
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 TRIAL_SPEC = re.compile(r"^(?P<method>[\w.-]+)/(?P<task>[\w.-]+)/(?:seed)?(?P<seed>\d+)$")
+
+
+RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")  # MLflow's run id rule: no store is opened for a typo
+
+
+def export_trial(trial: str, folder: Path, merged: bool, experiment: str, model: str | None, config_hash: str | None) -> tuple[str, list[Path]]:
+    """`export RUN_ID|METHOD/TASK/SEED FOLDER`: the trial's run id and the files written."""
+    if not TRIAL_SPEC.match(trial) and not RUN_ID.fullmatch(trial):
+        raise UserError(
+            f"'{trial}' is neither an MLflow run id (letters, digits, _ and -, e.g. 3f2a9c1b0d4e4f6a8b7c6d5e4f3a2b1c) nor method/task/seed (e.g. lora/copa/0); copy a trial's run id from the `run` output or `adamole-bench ui`"
+        )
+    check_experiment_name(experiment, "--experiment")
+    run_id = find_trial(trial, experiment, model, config_hash)
+    return run_id, export_run(run_id, folder, merged=merged)
 
 
 def find_trial(spec: str, experiment: str, model: str | None = None, config_hash: str | None = None, tracking_uri: str | None = None) -> str:
@@ -36,7 +57,7 @@ def find_trial(spec: str, experiment: str, model: str | None = None, config_hash
         raise UserError(f"no experiment '{experiment}' in MLflow store {store}; pass --experiment, or a run id")
     wanted = {"kind": "trial", **match.groupdict(), **({"model": model} if model else {})}
     conditions = [f"tags.{key} = '{value}'" for key, value in wanted.items()] + ["attributes.status = 'FINISHED'"]
-    runs = client.search_runs([found.experiment_id], " and ".join(conditions), order_by=["attributes.start_time DESC"], max_results=1000)
+    runs: list[Run] = client.search_runs([found.experiment_id], " and ".join(conditions), order_by=["attributes.start_time DESC"], max_results=1000)
     runs = [r for r in runs if not config_hash or r.data.tags.get("config_hash", "").startswith(config_hash)]
     if not runs:
         raise UserError(
@@ -44,7 +65,7 @@ def find_trial(spec: str, experiment: str, model: str | None = None, config_hash
             + (f" for model {model}" if model else "")
             + "; `adamole-bench report` lists what is there"
         )
-    newest: dict[str, object] = {}
+    newest: dict[str, Run] = {}
     for run in runs:  # a trial recorded twice with one identity: the newest counts, as in report
         newest.setdefault(run.data.tags.get("identity") or run.data.tags.get("config_hash", ""), run)
     if len(newest) > 1:
@@ -75,9 +96,10 @@ def export_run(run_id: str, target: str | Path, merged: bool = False, tracking_u
     if tags.get("kind") != "trial" or run.info.status != "FINISHED":
         raise UserError(f"run {run_id} is a {run.info.status} {tags.get('kind', 'unknown')} run; export a FINISHED trial run")
     method = tags.get("method", "")
-    if merged and method != "lora":
+    mergeable = [name for name, method_class in all_methods().items() if method_class.mergeable]
+    if merged and method not in mergeable:
         raise UserError(
-            f"--merged is for LoRA only: a {method} adapter routes each token to different experts, so it cannot be folded into dense weights"
+            f"--merged is for {', '.join(mergeable)} only: a {method} adapter routes each token to different experts, so it cannot be folded into dense weights"
         )
     if not client.list_artifacts(run_id, "adapter"):
         raise UserError(f"run {run_id} saved no adapter (save_adapters: false, or an untrained method); rerun it with save_adapters=true")
@@ -92,13 +114,17 @@ def export_run(run_id: str, target: str | Path, merged: bool = False, tracking_u
         shutil.rmtree(staging / "download")
         trial_config = json.loads(download_run_artifact(f"runs:/{run_id}/config/trial.json", staging / "download", store).read_text())
         shutil.rmtree(staging / "download")
+        loadable_base = record_loadable_base(staging, trial_config.get("model")) if (staging / PEFT_CONFIG).exists() else None
         if merged:
+            from peft import PeftModel  # slow to import; only --merged needs it
+
             loaded = load_adapter(staging)
+            assert isinstance(loaded.model, PeftModel)  # --merged is refused above for anything but LoRA
             full = loaded.model.merge_and_unload()
-            full.config._name_or_path = read_metadata(staging)["base_model"]["id"]  # no machine path in config.json
+            set_name_or_path(full.config, read_metadata(staging)["base_model"]["id"])  # no machine path in config.json
             full.save_pretrained(staging / "merged")
             loaded.tokenizer.save_pretrained(staging / "merged")
-        (staging / "README.md").write_text(model_card(run, trial_config, read_metadata(staging), merged))
+        (staging / "README.md").write_text(model_card(run, trial_config, read_metadata(staging), merged, loadable_base))
         if target.exists():
             target.rmdir()
         staging.rename(target)
@@ -120,7 +146,7 @@ def score_rows(metrics: dict[str, float]) -> list[tuple[str, float, float | None
     return rows
 
 
-def model_card(run, trial_config: dict, meta: dict, merged: bool) -> str:
+def model_card(run, trial_config: dict, meta: dict, merged: bool, loadable_base: str | None = None) -> str:
     tags, metrics = run.data.tags, run.data.metrics
     base = meta["base_model"]
     method, task = meta["method"], tags.get("task", "?")
@@ -149,6 +175,15 @@ def model_card(run, trial_config: dict, meta: dict, merged: bool) -> str:
         "",
     ]
     lines += [f"- {key}: `{value}`" for key, value in base.items() if value is not None]
+    if loadable_base:
+        lines += [f"- adapter_config.json names `{loadable_base}`: the weights trained on, as a folder on the machine that exported this"]
+    if base.get("embedded") and base["id"] != base["embedded"]:
+        lines += [
+            "",
+            f"**Warning:** the hub's `{base['id']}` weights differ from the ones this adapter was trained on (the embedded "
+            f"`{base['embedded']}`, fingerprint `{base['fingerprint']}`: {base.get('note', 'converted by adamole-bench')}). "
+            "Load the base named in adapter_config.json, or let `adamole_bench.load_adapter` resolve the embedded model, not the hub id.",
+        ]
     lines += ["", "## Data", "", f"- source: {tags.get('data_source')}", f"- notes: {tags.get('data_notes')}"]
     lines += [
         f"- {key.removeprefix('data_fingerprint.')} split: `{value}`" for key, value in sorted(tags.items()) if key.startswith("data_fingerprint.")
@@ -173,25 +208,16 @@ def model_card(run, trial_config: dict, meta: dict, merged: bool) -> str:
     ]
     if peft:
         lines += [
-            "Or with PEFT itself (`import adamole_bench` registers the mixture methods with PEFT):",
+            "Or with PEFT itself (`import adamole_bench` first: it registers the mixture methods with PEFT):",
             "",
             "```python",
             "import adamole_bench",
-            "from peft import PeftModel",
+            "from peft import AutoPeftModelForCausalLM",
+            "",
+            'model = AutoPeftModelForCausalLM.from_pretrained("THIS_FOLDER")  # the base named in adapter_config.json + the adapter',
+            "```",
+            "",
         ]
-        if base.get("embedded"):
-            lines += [
-                "from adamole_bench.harness.model.loading import load_base_model",
-                "",
-                f'base = load_base_model("{base["embedded"]}", dtype="{base["dtype"]}").model  # the exact weights it was trained on',
-            ]
-        else:
-            lines += [
-                "from transformers import AutoModelForCausalLM",
-                "",
-                f'base = AutoModelForCausalLM.from_pretrained("{base["id"]}", dtype="{base["dtype"]}")',
-            ]
-        lines += ['model = PeftModel.from_pretrained(base, "THIS_FOLDER")', "```", ""]
     if merged:
         lines += [
             "`merged/` holds the LoRA merged into the base weights, a plain transformers model:",

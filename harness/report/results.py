@@ -191,7 +191,7 @@ def parse_where(texts: list[str], rows: list[dict]) -> list[tuple[str | None, st
     """`key=value` → (method or None, param, value); `lora.rank=8` means method lora, method_config.rank = 8."""
     known = {k for r in rows for k in r["params"]}
     methods = {r["method"] for r in rows}
-    parsed = []
+    parsed: list[tuple[str | None, str, str]] = []
     for text in texts:
         key, found, value = text.partition("=")
         key = key.strip()

@@ -151,16 +151,24 @@ def render_json(result: Sensitivity) -> str:
 TEXT_RENDERERS = {"markdown": render_markdown, "csv": render_csv, "json": render_json}
 
 
-def plot(result: Sensitivity, path: Path) -> Path:
-    """One panel per column: the metric (95% CI bars) against the swept value, a line per series, base dotted."""
-    from .plots import _save, plt, subtitle
+def plot(result: Sensitivity, path: Path) -> list[Path]:
+    """The figure as PNG and SVG."""
+    from .plots import save
+
+    return save(figure(result), path)
+
+
+def figure(result: Sensitivity):
+    """One panel per column: the metric (95% CI bars) against the swept value, a line per series, base
+    dotted; a log axis where the values are log-spaced (a doubling sweep)."""
+    from .plots import log_spaced, plt, series_label, subtitle
 
     columns = result.table.columns
     values = list(dict.fromkeys(x for s in result.series for x, _ in s.points))
     numeric = all(isinstance(_normal(x), float) for x in values)
     order = sorted(values, key=_order)
     position = {x: (_normal(x) if numeric else order.index(x)) for x in values}
-    figure, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns) + 1.8, 3.8), sharey=True, squeeze=False)
+    drawn, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns) + 1.8, 3.8), sharey=True, squeeze=False)
     for panel, column in zip(axes[0], columns):
         for variant in result.references:
             cell = result.table.cells.get((variant.label, column))
@@ -174,8 +182,8 @@ def plot(result: Sensitivity, path: Path) -> Path:
             xs, cells = zip(*points)
             below = [(c.mean - c.low) * 100 if c.low is not None else 0.0 for c in cells]
             above = [(c.high - c.mean) * 100 if c.high is not None else 0.0 for c in cells]
-            panel.errorbar(xs, [c.mean * 100 for c in cells], yerr=[below, above], marker="o", capsize=3, label=series.label)
-        if numeric and min(position.values()) > 0 and max(position.values()) >= 8 * min(position.values()):
+            panel.errorbar(xs, [c.mean * 100 for c in cells], yerr=[below, above], marker="o", capsize=3, label=series_label(series.label, cells))
+        if numeric and log_spaced(list(position.values())):
             panel.set_xscale("log", base=2)
         if numeric:
             panel.set_xticks(sorted(position.values()), [str(x) for x in order])
@@ -186,14 +194,14 @@ def plot(result: Sensitivity, path: Path) -> Path:
         panel.set_title(column, fontsize="medium")
     axes[0][0].set_ylabel(f"{result.table.metric} (%)")
     axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    figure.suptitle(f"{result.table.metric} vs {result.key} (95% CI; dotted: zero-shot base)\n{subtitle(result.table)}", fontsize="medium")
-    return _save(figure, path)
+    drawn.suptitle(f"{result.table.metric} vs {result.key} (95% CI; dotted: zero-shot base)\n{subtitle(result.table)}", fontsize="medium")
+    return drawn
 
 
 def write(result: Sensitivity, folder: Path) -> list[Path]:
-    """`<key>.png` and the table as `<key>.md/.csv/.json` in `folder`."""
+    """`<key>.png`, `<key>.svg` and the table as `<key>.md/.csv/.json` in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    written = [plot(result, folder / f"{result.key}.png")]
+    written = plot(result, folder / f"{result.key}.png")
     for name, suffix in (("markdown", "md"), ("csv", "csv"), ("json", "json")):
         path = folder / f"{result.key}.{suffix}"
         path.write_text(TEXT_RENDERERS[name](result))

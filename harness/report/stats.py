@@ -7,10 +7,11 @@ scipy and brute-force enumeration.
 
 import math
 from collections import Counter
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 from scipy import stats
+from statsmodels.stats.proportion import proportion_confint
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE  # a paired test with p < ALPHA counts as a significant difference
@@ -18,30 +19,24 @@ COLLAPSED_SHARE = 0.9  # a cell whose predictions are at least this share one an
 MONTE_CARLO_DRAWS = 20000  # sign flips drawn where the exact null distribution is not on an integer grid
 
 
-def z_value() -> float:
-    return float(stats.norm.ppf(0.5 + CONFIDENCE / 2))
-
-
 def wilson_interval(p: float, n: int) -> tuple[float, float]:
     """Wilson score interval of a proportion p observed on n docs. Unlike p ± z·stderr it stays in
-    [0, 1] and keeps its coverage at small n and at 0% or 100%, where a collapsed predictor sits."""
-    z = z_value()
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    [0, 1] and keeps its coverage at small n and at 0% or 100%, where a collapsed predictor sits.
+    statsmodels' version takes a fractional count (a mean over docs of unequal weight, or 0.5 · n)."""
+    low, high = proportion_confint(p * n, n, alpha=ALPHA, method="wilson")
+    return max(0.0, float(low)), min(1.0, float(high))
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
-    """Student-t interval of the mean of a few values (accuracies over seeds): mean ± t·sd/√k."""
-    k = len(values)
+    """Student-t interval of the mean of a few values (accuracies over seeds): mean ± t·sd/√k.
+    scipy's quantile, not stats.t.interval: that returns nan when every seed scores the same."""
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)) * float(stats.sem(values))
     mean = float(np.mean(values))
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, k - 1)) * float(np.std(values, ddof=1)) / math.sqrt(k)
     return mean - half, mean + half
 
 
 def normal_interval(mean: float, variance: float) -> tuple[float, float]:
-    half = z_value() * math.sqrt(variance)
+    half = float(stats.norm.ppf(0.5 + CONFIDENCE / 2)) * math.sqrt(variance)
     return max(0.0, mean - half), min(1.0, mean + half)
 
 
@@ -52,6 +47,8 @@ def sign_flip_pvalue(differences: Iterable[int]) -> float:
     has a known distribution; p = P(|S| ≥ |observed sum|). With one seed per side the differences
     are −1, 0, +1 and this is exactly McNemar's exact test (a binomial test on the discordant docs).
     With several seeds, per-doc correctness averaged over k seeds is scaled to integers first.
+    scipy.stats.permutation_test enumerates only up to n_resamples sign patterns (2^n: about 14
+    docs) and draws at random beyond; this transform is exact at any n, in milliseconds.
     """
     d = np.asarray(list(differences), dtype=np.int64)
     observed = abs(int(d.sum()))
@@ -73,10 +70,13 @@ def sign_flip_pvalue(differences: Iterable[int]) -> float:
     return float(min(1.0, pmf[np.abs(sums) >= observed].sum()))
 
 
-def weighted_sign_flip_pvalue(differences: np.ndarray, weights: np.ndarray, seed: int = 0) -> float:
+def weighted_sign_flip_pvalue(differences: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray, seed: int = 0) -> float:
     """The same test for a weighted sum (an average over tasks of different sizes), where the
     exact distribution is not on a small integer grid: MONTE_CARLO_DRAWS seeded random sign flips,
-    p = (1 + #{|S*| ≥ |S|}) / (1 + draws), so p is never 0 and the same inputs give the same p."""
+    p = (1 + #{|S*| ≥ |S|}) / (1 + draws), so p is never 0 and the same inputs give the same p.
+    scipy.stats.permutation_test computes the same p (its `rng` seeded) but took 9-40× longer
+    (0.19 s vs 0.020 s on 60 docs, 16 s vs 0.40 s on 5,000; Intel Xeon with AMX, 2 cores): it
+    resamples the values, where this multiplies an int8 sign matrix."""
     values = np.abs(np.asarray(differences, dtype=float) * np.asarray(weights, dtype=float))
     observed = abs(float(np.sum(np.asarray(differences, dtype=float) * np.asarray(weights, dtype=float))))
     values = values[values > 0]

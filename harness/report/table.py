@@ -75,7 +75,7 @@ class Cell:
         return f"{self.mean * 100:.1f}"
 
     def interval_text(self) -> str | None:
-        return None if self.low is None else f"[{self.low * 100:.1f}, {self.high * 100:.1f}]"
+        return None if self.low is None or self.high is None else f"[{self.low * 100:.1f}, {self.high * 100:.1f}]"
 
     def n_text(self) -> str:
         return f"n={self.docs if self.docs is not None else '?'}" + (f", {self.seeds} seeds" if self.seeds > 1 else "")
@@ -137,6 +137,7 @@ def _widen_over_seeds(cell: Cell, values: list[float]) -> None:
     """With several seeds, the t-interval over their scores where it is wider than the one over docs."""
     if len(values) > 1:
         low, high = t_interval(values)
+        assert cell.low is not None and cell.high is not None  # a cell over docs has its interval
         if high - low > cell.high - cell.low:
             cell.low, cell.high, cell.interval = max(0.0, low), min(1.0, high), "t"
 
@@ -251,7 +252,7 @@ def _majority(table: AccuracyTable, samples) -> None:
             for run in variant.runs.get(task, []):
                 labels.update({s["doc_id"]: s["label"] for s in samples(run["run_id"]) or []})
         answer, rate = most_common(labels.values())
-        if answer is not None:
+        if answer is not None and rate is not None:
             table.majority[task] = (answer_name(answer), rate, len(labels))
             correct = {doc: float(label == answer) for doc, label in sorted(labels.items())}
             table.majority_cells[task] = Cell(rate, None, None, len(labels), "none", [], [rate], constant=True, correct=correct)
@@ -263,8 +264,9 @@ def _average_majority(table: AccuracyTable) -> None:
         return
     cells = [table.majority_cells[t] for t in table.tasks]
     mean = statistics.fmean(c.mean for c in cells)
-    correct = {(t, doc): v for t, c in zip(table.tasks, cells) for doc, v in c.correct.items()}
-    weights = {(t, doc): 1 / (len(cells) * len(c.correct)) for t, c in zip(table.tasks, cells) for doc in c.correct}
+    corrects = [c.correct or {} for c in cells]  # a majority cell always has its per-doc correctness
+    correct = {(t, doc): v for t, c in zip(table.tasks, corrects) for doc, v in c.items()}
+    weights = {(t, doc): 1 / (len(cells) * len(c)) for t, c in zip(table.tasks, corrects) for doc in c}
     table.majority_cells[AVERAGE] = Cell(mean, None, None, len(correct), "none", [], [mean], constant=True, correct=correct, weights=weights)
 
 

@@ -11,15 +11,17 @@ def verdict(table: AccuracyTable) -> list[str]:
         present = [(v, table.cells[(v.label, column)]) for v in table.variants if (v.label, column) in table.cells]
         docs = sorted({c.docs for _, c in present if c.docs})
         n = f"n={docs[0]}" if len(docs) == 1 else f"n={docs[0]}-{docs[-1]}" if docs else "n=?"
-        tested = [(v, c) for v, c in present if c.p_base is not None]
+        tested = [(v, c, test) for v, c in present if (test := c.p_base) is not None]
         parts = []
-        for v, c in tested:
-            if c.p_base.p < ALPHA:
-                base = table.cells[(table.reference_for(v).label, column)]
-                parts.append(f"{v.label} {(c.mean - base.mean) * 100:+.1f} points vs base (p={c.p_base.p:.2g})")
+        for v, c, test in tested:
+            if test.p < ALPHA:
+                reference = table.reference_for(v)
+                assert reference is not None  # p_base is set only against a reference row
+                base = table.cells[(reference.label, column)]
+                parts.append(f"{v.label} {(c.mean - base.mean) * 100:+.1f} points vs base (p={test.p:.2g})")
         if tested and not parts:
-            v, c = min(tested, key=lambda vc: vc[1].p_base.p)
-            parts.append(f"no method differs significantly from base (smallest p={c.p_base.p:.2g}, {v.label})")
+            v, c, test = min(tested, key=lambda vct: vct[2].p)
+            parts.append(f"no method differs significantly from base (smallest p={test.p:.2g}, {v.label})")
         elif not tested and any(not v.reference for v, _ in present):
             parts.append("no base reference with per-doc samples to test against")
         parts += _against_majority(table, column, present)
@@ -47,7 +49,7 @@ def _against_majority(table: AccuracyTable, column: str, present: list) -> list[
         return [f"better than {answer} ({majority.mean:.1%}): " + ", ".join(above)]
     v, c = max(trained, key=lambda vc: vc[1].mean)
     line = f"no method is significantly better than {answer} ({majority.mean:.1%}; best {v.label}, {c.mean:.1%}, p={c.p_majority.p:.2g})"
-    if any(c.p_base is not None and c.beats(table.cells[(table.reference_for(v).label, column)], c.p_base) for v, c in trained):
+    if any(c.p_base is not None and (ref := table.reference_for(v)) and c.beats(table.cells[(ref.label, column)], c.p_base) for v, c in trained):
         line += ": the gains over base are the label prior, not the task"
     return [line]
 
@@ -63,6 +65,7 @@ def _more_power(table: AccuracyTable) -> list[str]:
     small = {}
     for v, t, c in trained:
         limit = v.params.get("eval.limit", "None")
+        assert c.docs is not None  # `trained` keeps cells with docs
         low, high = wilson_interval(0.5, c.docs)
         if (limit == "None" or int(float(limit)) > c.docs) and (high - low) / 2 > 0.05:
             small[t] = (c.docs, (high - low) / 2)

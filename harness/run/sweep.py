@@ -7,7 +7,9 @@ atomically first (harness/store/claims.py): a trial another live process holds i
 The trials run here one after another (`--executor local`) or as Ray tasks (harness/run/ray_executor.py).
 """
 
+import dataclasses
 from collections.abc import Mapping
+from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -22,10 +24,12 @@ from ..store.fingerprint import implementation
 from ..store.provenance import code_version
 from ..store.tracking import Tracker, default_tracking_uri, sweep_name
 from ..train import distributed
+from ..train.checkpoint import checkpoint_folder
 from .trial import Trial
 from .trials import Outcome, TrialState, attempt, await_trial
 
 EXECUTORS = ("local", "ray")
+TrialT = TypeVar("TrialT")  # select_shard only slices: any list shards the same way
 
 
 def plan(config: ExperimentConfig) -> list[Trial]:
@@ -96,11 +100,17 @@ def slurm_array_shard(environ: Mapping[str, str]) -> tuple[int, int] | None:
     return offset, count
 
 
-def select_shard(trials: list[Trial], index: int, count: int) -> list[Trial]:
+def select_shard(trials: list[TrialT], index: int, count: int) -> list[TrialT]:
     """Deterministic slice i/n, so several machines can share one sweep through one MLflow server."""
     if count < 1 or not 0 <= index < count:
         raise UserError(f"invalid shard {index}/{count}: use i/n with 0 <= i < n, e.g. --shard 0/2")
     return trials[index::count]
+
+
+def pinned_checkpoint_folder(config: ExperimentConfig) -> ExperimentConfig:
+    """The checkpoint folder as an absolute path, so an executor's workers (another working directory) find it too."""
+    folder = str(checkpoint_folder(config.train))
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, checkpoint_dir=folder))
 
 
 def run_sweep(
@@ -113,6 +123,7 @@ def run_sweep(
 ) -> list[Outcome]:
     if executor not in EXECUTORS:
         raise unknown("executor", executor, EXECUTORS)
+    config = pinned_checkpoint_folder(config)
     trials = select_shard(plan(config), *shard)  # bad input fails before any run is created
     state = TrialState(config)
     state.read_local_data()  # a broken --data-dir file too, before the store is even opened

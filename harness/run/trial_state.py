@@ -2,7 +2,7 @@
 comes off it, harness/model/one_base.py), each task's data, and the last trained adapter (reused by the next
 trials of a --mix group)."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +14,7 @@ from ..model.loading import BaseModel, load_base_model, resolve_device
 from ..model.one_base import Attachment
 from ..settings.config import ExperimentConfig
 from ..train import distributed
+from ..train.checkpoint import Checkpoint
 from ..train.data import EncodedExamples
 from ..train.loop import TrainResult, set_seed, train
 from .trial import Trial
@@ -62,6 +63,10 @@ class TrialState:
                 if (Path(self.config.data_dir) / task).is_dir():
                     self.data(task)
 
+    def step_hook(self, trial: Trial, method: Method, model) -> Callable[[int, dict], None] | None:
+        """Called after every optimizer step of `trial`'s training; none here (a search scores its trials on the way, harness/tune/)."""
+        return None
+
     def forget_adapter(self, keep: "Trial | None" = None) -> None:
         """Free the last trained adapter unless `keep` reuses it (its --mix group): before a trial, so its
         memory is not counted in the next one's; a Ray worker keeps the state for its next task, not the adapter."""
@@ -75,6 +80,7 @@ class TrialState:
         key = trial.adapter_key
         if self._trained is None or self._trained[0] != key:
             self._trained = None  # free the previous adapter before training the next
+            assert trial.settings is not None  # planned trials carry their settings (sweep.plan)
             try:
                 self._trained = (key, _train_adapter(trial, trial.settings, self))
             except Diverged as err:
@@ -94,7 +100,7 @@ def _train_adapter(trial: Trial, config: ExperimentConfig, state: TrialState) ->
     method = build_method(trial.method, config.method_options.get(trial.method))
     set_seed(trial.seed)  # adapter initialisation depends on the seed
     device = distributed.context().device(resolve_device(config.device))  # cuda:<local rank> under DDP
-    attachment = Attachment(base.model.to(device), method.apply)  # the base moves to the device once
+    attachment = Attachment(base.model.to(device), method.apply)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to hides its self from mypy; the base moves to the device once
     try:
         model = attachment.model
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -108,7 +114,11 @@ def _train_adapter(trial: Trial, config: ExperimentConfig, state: TrialState) ->
             sources, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol,
             truncation_side=config.train.truncation_side, supervise_eos=config.train.supervise_eos,
         )  # fmt: skip
-        result = train(model, method, examples if method.trains else [], config.train, trial.seed, base.tokenizer.pad_token_id, state.precision)
+        checkpoint = Checkpoint.for_trial(trial.identity, trial.seed, config.train) if config.train.checkpoint_every and method.trains else None
+        pad_id, on_step = base.tokenizer.pad_token_id, state.step_hook(trial, method, model)
+        result = train(
+            model, method, examples if method.trains else [], config.train, trial.seed, pad_id, state.precision, on_step, checkpoint=checkpoint,
+        )  # fmt: skip
     except BaseException:
         attachment.detach()
         raise

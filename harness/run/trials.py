@@ -1,8 +1,9 @@
 """One trial in this process: skip it if done, claim it, train, evaluate, record; what both executors run.
 
-A trial that fails or diverges is recorded FAILED and returned as a failed Outcome; Ctrl-C or SIGTERM
-marks it FAILED and propagates. A trial another live process holds is waited for, and taken over if
-that process dies (harness/store/claims.py).
+A trial that fails or diverges is recorded FAILED and returned as a failed Outcome; Ctrl-C, SIGTERM or
+SIGUSR1 marks it FAILED and propagates (after a step checkpoint, harness/train/checkpoint.py, that its
+next attempt resumes from; the checkpoint goes once the trial is FINISHED). A trial another live
+process holds is waited for, and taken over if that process dies (harness/store/claims.py).
 """
 
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from ...base.errors import Diverged, UserError, storage_problem
+from ...base.errors import Diverged, Pruned, UserError, storage_problem
 from ...base.progress import end_header
 from ...methods.registry import StatisticsRecorder
 from ..evaluate.scoring import evaluate
@@ -25,6 +26,7 @@ from ..store.fingerprint import differences
 from ..store.provenance import code_version, eval_protocol_tags, hardware, package_versions
 from ..store.tracking import Tracker, run_page
 from ..train import distributed
+from ..train.checkpoint import Checkpoint
 from ..train.loop import PeakMemory
 from .trial import Trial
 from .trial_state import TrainedAdapter, TrialState
@@ -35,7 +37,7 @@ FAILURES = ("user", "disk", "diverged", "crashed")  # what failed a trial; decid
 @dataclass
 class Outcome:
     trial: Trial
-    status: str  # finished | skipped | failed
+    status: str  # finished | skipped | failed | pruned (a search trial, harness/tune/)
     metrics: dict = field(default_factory=dict)
     error: str | None = None
     failure: str | None = None  # one of FAILURES when status is failed
@@ -47,6 +49,7 @@ def attempt(
     """Skip a finished trial, or claim and run it; None when another live process holds it. `tags` go on the
     trial's run from its creation (e.g. the Ray task that runs it)."""
     config = trial.settings
+    assert config is not None  # planned trials carry their settings (sweep.plan)
     try:
         done = tracker.completed_trial(trial.identity, trial.seed)
         if done:
@@ -59,12 +62,17 @@ def attempt(
         end_header(console)
         with tracker.running(run_id):
             metrics = run_trial(trial, config, state, tracker, run_id)
+        if not config.train.keep_checkpoints:
+            Checkpoint.for_trial(trial.identity, trial.seed, config.train).remove()  # FINISHED: nothing left to resume
     except UserError as err:
         console.print(f"  [red]failed:[/] {escape(str(err))}", soft_wrap=True)
         return Outcome(trial, "failed", error=str(err), failure="user")
     except Diverged as err:
         console.print(f"  [red]diverged:[/] {escape(str(err))}", soft_wrap=True)
         return Outcome(trial, "failed", error=str(err), failure="diverged")
+    except Pruned as err:  # a search trial the pruner stopped (harness/tune/)
+        console.print(f"  [yellow]pruned:[/] {escape(str(err))}", soft_wrap=True)
+        return Outcome(trial, "pruned", error=str(err))
     except Exception as err:  # noqa: BLE001 - a crash in one trial must not lose the others
         problem = storage_problem(err)
         if problem:
@@ -115,6 +123,7 @@ def await_trial(trial: Trial, state: "TrialState", tracker: Tracker, sweep_id: s
 
 def trial_tags(trial: Trial) -> dict[str, str]:
     config = trial.settings
+    assert config is not None  # planned trials carry their settings (sweep.plan)
     return {
         "kind": "trial",
         "method": trial.method,
@@ -169,7 +178,7 @@ def _train_and_evaluate(
     """The rest of `run_trial`, while the trial's adapter is on the base and its memory is measured."""
     data, base = state.data(trial.task), state.base()
     method, model, result = trained.method, trained.model, trained.result
-    tracker.set_tags(run_id, method.tags())
+    tracker.set_tags(run_id, {**method.tags(), "resumed_from_step": str(result.resumed_from)})
     if trial.train_tasks != (trial.task,):  # every training set of a mixture, for reproducibility
         tracker.set_tags(run_id, {f"train_data.{d.spec.name}": f"{d.source} {d.fingerprints['train']}" for d in trained.train_data})
     tracker.log_history(run_id, "train/loss", result.losses)

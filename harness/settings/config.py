@@ -20,6 +20,7 @@ from ...base.errors import UserError
 from ..model.loading import DEFAULT_MODEL, check_model_name, resolve_device
 from ..model.precision import Precision, resolve_precision
 
+CHECKPOINT_SETTINGS = ("checkpoint_every", "checkpoint_dir", "keep_checkpoints")  # when and where to save, never what is computed
 SCHEMA_VERSION = 1  # bump only when the store's layout changes; code changes are in harness/store/fingerprint.py
 
 
@@ -52,6 +53,13 @@ class TrainConfig:
     pad_to_multiple_of: int | None = None
     supervise_eos: bool = True
     truncation_side: Literal["left", "right"] = "left"
+    # Step checkpoints (harness/train/checkpoint.py): every N optimizer steps, at the last step and on
+    # SIGTERM/SIGUSR1, so a killed trial resumes where it stopped; 0 turns them off. Where: a folder on
+    # shared disk, or `checkpoints/` beside the local store. Deleted once the trial is FINISHED unless kept.
+    # They change when a number is computed, never the number: left out of the config hash (CHECKPOINT_SETTINGS).
+    checkpoint_every: int = 50
+    checkpoint_dir: str | None = None
+    keep_checkpoints: bool = False
 
     def validate(self) -> None:
         _finite(self)
@@ -60,7 +68,11 @@ class TrainConfig:
             raise UserError(
                 f"train.max_length must be >= 2 (a token to predict from and one to predict), got {self.max_length}; e.g. train.max_length=256"
             )
-        _non_negative(self, "max_steps", "warmup_steps", "weight_decay")
+        _non_negative(self, "max_steps", "warmup_steps", "weight_decay", "checkpoint_every")
+        if self.checkpoint_dir is not None and not str(self.checkpoint_dir).strip():
+            raise UserError(
+                "train.checkpoint_dir is empty (an unset shell variable?); name a folder, or leave it out for checkpoints/ beside the store"
+            )
         _positive_or_unset(self, "max_train_examples", "every example of the train split")
         _positive_or_unset(self, "pad_to_multiple_of", "the batch's longest example")
         if self.truncation_side == "right" and self.loss_on == "answer":  # a batch of cut answers has no loss: nan, a failed trial
@@ -172,9 +184,6 @@ class ExperimentConfig:
         self.train.validate()
         self.eval.validate()
         self.resources.validate()
-        from .grid import grid_points
-
-        grid_points(self)  # every grid point is valid, or one line now
 
     def resolved_precision(self) -> Precision:
         return resolve_precision(self.precision, resolve_device(self.device), self.model)
@@ -288,7 +297,8 @@ def method_options(method: str, options: dict) -> dict:
     from ...methods.registry import get_method_class
 
     fields = {f.name for f in dataclasses.fields(get_method_class(method).config_class)}
-    named, given_as = {}, {}
+    named: dict[str, object] = {}
+    given_as: dict[str, str] = {}
     for key, value in options.items():
         ours = METHOD_ALIASES.get(key, key) if key not in fields and METHOD_ALIASES.get(key) in fields else key
         setting = _setting_named(key)
@@ -314,7 +324,7 @@ def _example(setting: str) -> str:
     return str(getattr({"train": TrainConfig, "eval": EvalConfig}[section](), name))
 
 
-def _all_settings() -> list[str]:
+def all_settings() -> list[str]:
     """Every dotted setting name of an ExperimentConfig."""
     config, names = ExperimentConfig(), []
     for f in dataclasses.fields(config):
@@ -336,10 +346,13 @@ def _unknown_setting(prefix: str, key: str, names: list[str]) -> UserError:
         return UserError(
             f"unknown setting '{wanted}': {key} is a method option here, <method>.{option}, e.g. lora.{option}={example}; valid settings: {', '.join(valid)}"
         )
-    everywhere = [n for n in _all_settings() if n != wanted]
+    everywhere = [n for n in all_settings() if n != wanted]
     same = [n for n in everywhere if n.rpartition(".")[2] == key] or [s for s in [_setting_named(key)] if s and s != wanted]
     if not same:  # a misspelling of one of this section's names or aliases
-        spelled = {n: n for n in names} | SECTION_ALIASES.get(prefix.rstrip("."), {})
+        section = prefix.rstrip(".")
+        # At the top level every section's alias is valid as written (`learning_rate=`), so it is a spelling to suggest.
+        aliases = SECTION_ALIASES.get(section, {}) if section else {alias: alias for table in SECTION_ALIASES.values() for alias in table}
+        spelled = {n: n for n in names} | aliases
         close = difflib.get_close_matches(key, list(spelled), n=1, cutoff=0.6)
         same = [prefix + spelled[close[0]]] if close else []
     if not same:
@@ -352,7 +365,7 @@ def _unknown_setting(prefix: str, key: str, names: list[str]) -> UserError:
 # --- building from YAML + overrides -------------------------------------------------------------
 
 
-def _set_fields(obj, values: dict, prefix: str = "") -> None:
+def set_fields(obj, values: dict, prefix: str = "") -> None:
     from ...methods.registry import all_methods, coerce
 
     hints = typing.get_type_hints(type(obj))
@@ -364,7 +377,7 @@ def _set_fields(obj, values: dict, prefix: str = "") -> None:
             if not prefix and key in all_methods():  # `lora: {rank: 8}`, as lora.rank=8 on the command line
                 if not isinstance(value, dict):
                     raise UserError(f"'{key}' takes {key}'s options as a mapping, e.g. {key}: {{rank: 8}} (or {key}.rank=8 on the command line)")
-                _set_fields(obj, {"method_options": {key: value}})
+                set_fields(obj, {"method_options": {key: value}})
                 continue
             target = _alias(prefix, key)
             if target is None:
@@ -373,17 +386,13 @@ def _set_fields(obj, values: dict, prefix: str = "") -> None:
             given = values.get(section) if section else values
             if isinstance(given, dict) and ours in given:
                 raise UserError(f"'{prefix}{key}' and '{prefix}{section + '.' if section else ''}{ours}' set the same setting; keep one")
-            _set_fields(getattr(obj, section) if section else obj, {ours: value}, f"{prefix}{section}." if section else prefix)
+            set_fields(getattr(obj, section) if section else obj, {ours: value}, f"{prefix}{section}." if section else prefix)
             continue
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise UserError(f"'{prefix}{key}' is a section; set its fields, e.g. {prefix}{key}.<name>=...")
-            _set_fields(current, value, f"{prefix}{key}.")
-        elif key == "grid":
-            from .grid import grid_section
-
-            current.update(grid_section(value))
+            set_fields(current, value, f"{prefix}{key}.")
         elif key == "method_options":
             if not isinstance(value, dict) or not all(isinstance(o, dict | None) for o in value.values()):
                 raise UserError(f"'{prefix}{key}' must map each method to its options, e.g. method_options: {{lora: {{rank: 8}}}} (or lora.rank=8)")
@@ -452,32 +461,6 @@ def read_yaml_mapping(path: str | Path, kind: str, example: str = "") -> dict:
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), **cli: object) -> ExperimentConfig:
-    """Defaults, then the YAML file, then CLI flags (`cli`, None = not given), then key=value overrides."""
-    config = ExperimentConfig()
-    if path:
-        _set_fields(config, read_yaml_mapping(path, "config file"))
-    flags = {k: v for k, v in cli.items() if v is not None}
-    for dotted, value in flags.items():
-        if isinstance(value, str) and not value.strip():
-            flag = "--" + dotted.rpartition("__")[2].replace("_", "-")
-            raise UserError(f"{flag} is empty (an unset shell variable?); give a value or leave the flag out")
-    for dotted, value in flags.items():
-        section, _, name = dotted.rpartition("__")
-        _set_fields(config, {section: {name: value}} if section else {name: value})
-    from .grid import grid_override
-
-    for text in overrides:
-        swept = grid_override(text)  # `key=v1,v2`: a grid (harness/settings/grid.py)
-        if swept:
-            config.grid[swept[0]] = swept[1]
-            continue
-        _set_fields(config, parse_override(text))
-        config.grid.pop(text.partition("=")[0].strip(), None)  # a plain value on the command line beats the file's grid
-    config.validate()
-    return config
-
-
 # --- the identity of one trial ------------------------------------------------------------------
 
 
@@ -494,7 +477,7 @@ def trial_config(config: ExperimentConfig, method: str, task: str) -> dict:
         "method_config": dataclasses.asdict(method_config),
         "task": task,
         "data_dir": config.data_dir,
-        "train": dataclasses.asdict(config.train),
+        "train": {k: v for k, v in dataclasses.asdict(config.train).items() if k not in CHECKPOINT_SETTINGS},
         "eval": {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "expert_stats"},
     }
 

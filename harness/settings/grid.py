@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import yaml
 
 from ...base.errors import UserError, unknown
+from .config import EvalConfig, ExperimentConfig, TrainConfig, nested, set_fields
 
 SECTIONS = ("train", "eval")
 HOW = "sweep train.<field>, eval.<field> or <method>.<option> settings, e.g. adamole.max_threshold=0.0625,0.125"
@@ -41,7 +42,6 @@ def _field_type(owner, name: str, key: str, kind: str):
 def setting_type(key: str):
     """The type a sweepable setting takes; a UserError for a key that cannot be swept."""
     from ...methods.registry import all_methods
-    from .config import EvalConfig, TrainConfig
 
     head, _, name = key.partition(".")
     if not name or "." in name:
@@ -147,7 +147,7 @@ def value_text(value) -> str:
 @dataclass(frozen=True)
 class GridPoint:
     values: tuple[tuple[str, object], ...]  # (key, value as the trial's config holds it), in grid order
-    config: object  # the ExperimentConfig of this point (no grid left in it)
+    config: ExperimentConfig  # this point's config (no grid left in it)
 
 
 def applies(key: str, method: str, trains: bool) -> bool:
@@ -193,13 +193,12 @@ def grid_points(config) -> list[GridPoint]:
 def _apply(config, values: list[tuple[str, object]]):
     """A copy of `config` with the grid values set and the sections they touch validated."""
     from ...methods.registry import make_config
-    from .config import _set_fields, nested
 
     point = copy.deepcopy(config)
     point.grid = {}
     try:
         for key, value in values:
-            _set_fields(point, nested(key, value))
+            set_fields(point, nested(key, value))
         for key, _ in values:
             head = key.partition(".")[0]
             if head in SECTIONS:

@@ -29,8 +29,12 @@ atomically and is not supported for concurrent sweeps.
 """
 
 import time
+from typing import TYPE_CHECKING
 
 from .liveness import process_tags, staleness
+
+if TYPE_CHECKING:  # mlflow is slow to import; here its classes are annotations only
+    from mlflow.entities import Experiment
 
 PREFIX = "adamole-bench.claim"
 POLL_SECONDS = 2.0
@@ -50,7 +54,7 @@ def trial_runs(tracker, identity: str, seed: int) -> list:
     )
 
 
-def _claims(tracker, identity: str, seed: int) -> dict[int, object]:
+def _claims(tracker, identity: str, seed: int) -> dict[int, "Experiment"]:
     from mlflow.entities import ViewType
 
     prefix = claim_name(tracker.experiment_id, identity, seed, 0).removesuffix("0")
@@ -101,7 +105,9 @@ def _observe(tracker, identity: str, seed: int) -> tuple[bool, bool, int]:
     claims = _claims(tracker, identity, seed)  # read after the runs: a claim whose run is newer looks run-less (held)
     attempts = [int(a) for a in (run.data.tags.get("claim_attempt") for run in runs) if a and a.isdigit()]
     latest = max(claims, default=-1)
-    if latest >= 0 and latest not in attempts and staleness(claims[latest].tags, claims[latest].creation_time) is None:
+    if (
+        latest >= 0 and latest not in attempts and staleness(claims[latest].tags, claims[latest].creation_time or 0) is None
+    ):  # MLflow sets creation_time
         return False, True, -1  # claimed a moment ago, its run not created yet
     return False, False, max([latest, *attempts]) + 1
 

@@ -25,7 +25,9 @@ from ...base.paths import package_root
 
 # Globs under the package root; what harness/run/trials.py imports but is left out is listed in NOT_RESULT_PATH.
 RESULT_PATH = (
+    "base/upstream.py",  # private upstream functions on the number's path (MoA's rotary helper, HF's length-grouped sampler)
     "harness/model/adapters.py",  # saving and loading the trained adapter that is evaluated
+    "harness/train/checkpoint.py",  # what a resumed trial restores: a wrong one changes the number
     "harness/train/data.py",  # prompts, answers, tokenisation, batches
     "harness/train/distributed.py",  # how a global batch is split across ranks
     "harness/evaluate/scoring.py",  # the lm-eval bridge: scoring
@@ -52,6 +54,7 @@ NOT_RESULT_PATH = {
     "harness/store/fingerprint.py": "this file",
     "harness/settings/grid.py": "names grid points; the resolved settings of each are in the identity",
     "harness/store/liveness.py": "heartbeats and signals: whether a trial's process is alive",
+    "harness/store/retry.py": "when a store call is repeated after a transient error",
     "base/progress.py": "what the console shows",
     "harness/store/provenance.py": "what is recorded beside the number",
     "harness/store/tracking.py": "how runs are stored",

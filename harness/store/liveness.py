@@ -1,4 +1,4 @@
-"""Is the process behind a RUNNING run still alive? Who runs it, a heartbeat, and SIGTERM as Ctrl-C.
+"""Is the process behind a RUNNING run still alive? Who runs it, a heartbeat, and SIGTERM/SIGUSR1 as Ctrl-C.
 
 Every run the harness creates carries the process that runs it (tags `host`, `pid`, `process`) and a
 `heartbeat` tag (Unix time) that a background thread refreshes every `ADAMOLE_BENCH_HEARTBEAT_SECONDS`
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ...base.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, UserError
+from ...base.errors import EXIT_INTERRUPTED, UserError
 
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 DEFAULT_STALE_AFTER_SECONDS = 600.0
@@ -174,36 +174,70 @@ class Heartbeat:
 # --- signals --------------------------------------------------------------------------------------
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: SLURM's warning before the time limit (`--signal=B:USR1@120`)
+
+
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (timeout, SLURM, `docker stop`, systemd): unwinds like Ctrl-C, so every run ends FAILED."""
+    """SIGTERM or SIGUSR1 (timeout, SLURM, `docker stop`, systemd): unwinds like Ctrl-C, so every run ends
+    FAILED; the exit code is 128 + the signal's number (143, 138), what a shell and SLURM report."""
 
-    exit_code = EXIT_TERMINATED
-
-    def __init__(self):
-        super().__init__("terminated by SIGTERM")
+    def __init__(self, signum: int = signal.SIGTERM):
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(f"terminated by {self.signal_name}")
 
 
 def exit_code(interrupt: KeyboardInterrupt) -> int:
     return getattr(interrupt, "exit_code", EXIT_INTERRUPTED)
 
 
+_deferring: list[list[int]] = []  # one list per open `signals_deferred` block: the stop signals it noted
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn the first SIGTERM into `Terminated`; a second one during cleanup kills at once (default action)."""
+    """Turn the first SIGTERM/SIGUSR1 into `Terminated` (inside `signals_deferred`: note it); a second one
+    during cleanup kills at once (default action)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
     def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise Terminated()
+        if _deferring and not _deferring[-1]:
+            _deferring[-1].append(signum)  # the block stops itself at its next safe point
+            return
+        raise terminated(signum)
 
-    signal.signal(signal.SIGTERM, handler)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+
+
+def terminated(signum: int) -> Terminated:
+    """The interrupt for a stop signal; from now on another one kills at once (the default action)."""
+    if threading.current_thread() is threading.main_thread():
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, signal.SIG_DFL)
+    return Terminated(signum)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[Callable[[], int | None]]:
+    """While a block must not be cut mid-way (a training step): the first stop signal is only noted, and
+    the block polls the function yielded (the signal's number, or None) to stop at a safe point, e.g.
+    after saving a checkpoint. A second signal interrupts at once. Without `sigterm_as_interrupt`
+    around it (a thread, a library caller) signals keep their usual action."""
+    noted: list[int] = []
+    _deferring.append(noted)
+    try:
+        yield lambda: noted[0] if noted else None
+    finally:
+        _deferring.pop()
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

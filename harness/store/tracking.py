@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ...base.errors import Diverged, UserError, storage_problem
+from ...base.errors import Diverged, Pruned, UserError, storage_problem
 from ...base.paths import runs_dir
 from . import claims
 from .liveness import Heartbeat, Terminated, heartbeat_seconds, process_tags, stale_after_seconds
+from .retry import RetryingClient, retry_seconds
 
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
@@ -173,6 +174,8 @@ def failure_kind(err: BaseException) -> str:
         return "interrupted"
     if isinstance(err, Diverged):
         return "diverged"
+    if isinstance(err, Pruned):
+        return "pruned"
     if isinstance(err, UserError):
         return "user"
     return "disk" if storage_problem(err) else "crashed"
@@ -197,6 +200,7 @@ class Tracker:
         """Open (or create) the store and experiment, then mark its stale RUNNING runs FAILED (harness/store/claims.py)."""
         self.uri = uri or default_tracking_uri()
         heartbeat_seconds(), stale_after_seconds()  # a bad ADAMOLE_BENCH_*_SECONDS fails here, not in a thread
+        self._retry_seconds = retry_seconds()
         _check_reachable(self.uri)
         db = _check_local_store(self.uri)
         # No mlflow.set_tracking_uri: MLflow 3 also writes it to os.environ, so a second Tracker in the
@@ -218,7 +222,7 @@ class Tracker:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
         try:
-            client = MlflowClient(self.uri)
+            client = RetryingClient(MlflowClient(self.uri), self._retry_seconds)  # a transient server error never kills a sweep (retry.py)
             found = client.get_experiment_by_name(experiment)
         except Exception as err:  # noqa: BLE001 - every failure here is the store's, named in one line
             text = str(err)

@@ -2,9 +2,11 @@
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import overload
 
 import torch
 
+from ...base.upstream import length_grouped_sampler
 from ...tasks.registry import TaskSpec, training_pair
 
 
@@ -61,7 +63,11 @@ class EncodedExamples(Sequence):
     def __len__(self) -> int:
         return len(self._docs)
 
-    def __getitem__(self, index: int) -> dict:
+    @overload
+    def __getitem__(self, index: int) -> dict: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict]: ...
+    def __getitem__(self, index: int | slice) -> dict | list[dict]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         index = range(len(self))[index]  # negative indices; IndexError past the end
@@ -83,7 +89,7 @@ def collate(examples: list[dict], pad_id: int, side: str = "right", multiple_of:
     width = max(len(e["input_ids"]) for e in examples)
     if multiple_of:
         width = -(-width // multiple_of) * multiple_of
-    batch = {"input_ids": [], "attention_mask": [], "labels": []}
+    batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
     for example in examples:
         pad = width - len(example["input_ids"])
         row = {"input_ids": example["input_ids"], "attention_mask": [1] * len(example["input_ids"]), "labels": example["labels"]}
@@ -102,9 +108,7 @@ def hf_length_grouped_batches(
     giving the DataLoader the same `generator` repeats that sequence, so the first epoch's order is
     the Trainer's for the same seed. Later epochs differ: there, the Trainer's generator has also
     served every dropout mask."""
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    sampler = LengthGroupedSampler(batch_size * grad_accum, lengths=[length(i) for i in range(count)], generator=generator)
+    sampler = length_grouped_sampler()(batch_size * grad_accum, lengths=[length(i) for i in range(count)], generator=generator)
     return torch.utils.data.BatchSampler(sampler, batch_size, drop_last)
 
 

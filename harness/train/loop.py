@@ -9,9 +9,11 @@ import ctypes
 import gc
 import math
 import random
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -24,7 +26,9 @@ from ...base.progress import phase
 from ..model.loading import keeps_logits
 from ..model.precision import Precision
 from ..settings.config import TrainConfig
+from ..store.liveness import signals_deferred, terminated
 from . import distributed
+from .checkpoint import Batches, Checkpoint, TrainingState
 from .data import EncodedExamples, LengthGroupedBatches, hf_length_grouped_batches
 
 
@@ -36,6 +40,7 @@ class TrainResult:
     tokens: int = 0  # non-pad tokens processed
     seconds: float = 0.0
     skipped_steps: int = 0  # fp16: steps the grad scaler skipped (inf/nan gradients), not divergences
+    resumed_from: int = 0  # the step a checkpoint resumed this run from (0: it trained from the start)
 
     @property
     def tokens_per_second(self) -> float:
@@ -153,27 +158,26 @@ def training_loader(examples: EncodedExamples, config: TrainConfig, seed: int, p
         order = {"batch_size": global_batch, "shuffle": True, "generator": generator, "drop_last": ctx.enabled}
     pad = examples.eos_id if config.pad_token == "eos" else pad_id
     collate = distributed.ShardedCollate(pad, ctx, side=config.padding_side, multiple_of=config.pad_to_multiple_of)
-    return torch.utils.data.DataLoader(examples, collate_fn=collate, **order)
-
-
-def _endless(loader) -> Iterator[dict]:
-    while True:  # each pass over the DataLoader reshuffles from its seeded generator
-        yield from loader
+    return torch.utils.data.DataLoader(examples, collate_fn=collate, **order)  # type: ignore[arg-type]  # torch types it Dataset; any sized indexable works
 
 
 def train(
     model: torch.nn.Module,
     method,
-    examples: EncodedExamples,
+    examples: EncodedExamples | list[dict],
     config: TrainConfig,
     seed: int,
     pad_id: int,
     precision: Precision | None = None,
     on_step: Callable[[int, dict], None] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
+    """Train the model's trainable parameters; with `checkpoint`, resume from it and save it as it says,
+    and on SIGTERM/SIGUSR1 finish the step, save, then raise `Terminated` (harness/train/checkpoint.py)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or not examples:
         return TrainResult()  # e.g. the `base` method: nothing to train
+    assert isinstance(examples, EncodedExamples)  # [] means nothing to train, returned above
     device = params[0].device
     precision = precision or Precision("fp32", device.type)
     set_seed(seed)
@@ -184,7 +188,8 @@ def train(
     if not len(loader):
         raise UserError(f"{len(examples)} training examples do not fill one global batch of {global_batch}")
     steps = config.max_steps or math.ceil(len(loader) * config.epochs / config.grad_accum)
-    batches = _endless(loader)
+    batches = Batches(loader)
+    checkpoint = None if ctx.enabled else checkpoint  # one file per trial; every rank would need its own RNG states
     train_model = distributed.wrap(model, method, ctx)
     sliced = keeps_logits(model)
 
@@ -198,8 +203,11 @@ def train(
     result = TrainResult()
     model.train()
     started = time.perf_counter()
-    with phase("  train", total=steps, kind="train", loss=float("nan")) as bar:  # a terminal only (base/progress.py)
-        for step in range(1, steps + 1):
+    training = TrainingState(model, optimizer, scheduler, scaler, batches, result, started)
+    first = training.resume(checkpoint, steps) if checkpoint else 1
+    stops = signals_deferred() if checkpoint else nullcontext(lambda: None)  # without a checkpoint a signal stops at once
+    with phase("  train", total=steps, completed=first - 1, kind="train", loss=float("nan")) as bar, stops as stop_signal:
+        for step in range(first, steps + 1):
             task_loss = aux_total = 0.0
             for micro in range(config.grad_accum):
                 batch, label_tokens = next(batches)
@@ -241,8 +249,13 @@ def train(
                     },
                 )
             bar.update(advance=1, loss=task_loss)
+            signum = stop_signal()
+            if checkpoint and (signum or checkpoint.due(step, steps)):
+                training.save(checkpoint, step, steps, f"on {signal.Signals(signum).name}" if signum else f"at step {step}")
+            if signum:
+                raise terminated(signum)
     result.steps = steps
     result.tokens = ctx.total(result.tokens)
-    result.seconds = time.perf_counter() - started
+    result.seconds += time.perf_counter() - started
     model.eval()
     return result

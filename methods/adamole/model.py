@@ -1,5 +1,5 @@
+from ..catalog import register
 from ..moe_lora import AdaptiveThresholdRouter, MoeLoraMethod
-from ..registry import register
 from .config import AdaMoleConfig
 
 

@@ -1,10 +1,12 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import nn
 
-from ..registry import Method, register
+from ..catalog import register
+from ..method import Method
 from .config import LoraConfig
 
 
@@ -14,6 +16,7 @@ class Lora(Method):
     config_class = LoraConfig
     description = "LoRA (stock PEFT); reference defaults r=32, alpha=16, dropout 0.05 on q,k,v,o"
     peft_type = "LORA"
+    mergeable = True
 
     def apply(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig as PeftLoraConfig
@@ -38,12 +41,14 @@ class Lora(Method):
         weight would be rounded to 8 (or 11) mantissa bits, which rounds part of a small update
         away (docs/performance.md, "Mixed precision").
         """
+        from peft import PeftModel
         from peft.tuners.lora import LoraLayer
 
         if compute_dtype != torch.float32:
             yield model
             return
-        bases = [module.get_base_layer() for module in model.modules() if isinstance(module, LoraLayer)]
+        assert isinstance(model, PeftModel), "scoring takes the model `apply` returned"
+        bases = [cast(nn.Linear, module.get_base_layer()) for module in model.modules() if isinstance(module, LoraLayer)]
         originals = [base.weight.detach().to("cpu", copy=True) for base in bases]  # host RAM, not GPU memory
         model.merge_adapter()
         try:

@@ -7,9 +7,11 @@ block adds them without knowing which kinds it holds.
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.llama.modeling_llama import rotate_half
 
+from ...base.upstream import llama_rotate_half
 from ..experts import LoraExperts
+
+rotate_half = llama_rotate_half()
 
 
 class BlockState:
@@ -41,8 +43,11 @@ class GatedLora(LoraExperts):
         super().__init__(in_features, out_features, num_experts=1, rank=rank, scaling=scaling)
         self.state, self.column = state, column
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x, self.state.gate(self.column))
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor | None = None, active: torch.Tensor | None = None, projected: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """LoraExperts.forward with weights defaulting to this expert's gate (a MoA layer passes only x)."""
+        return super().forward(x, self.state.gate(self.column) if weights is None else weights, active, projected)
 
 
 class ParallelAdapter(nn.Module):

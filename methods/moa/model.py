@@ -15,12 +15,14 @@ which equals the reference's gather/scatter without host syncs.
 """
 
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..catalog import register
 from ..experts import inject
-from ..registry import Method, register
+from ..method import Method
 from .config import LORA_TARGET_ORDER, MoaConfig, SoftMoaConfig, SparseMoaConfig
 from .experts import BlockState, GatedLora, ParallelAdapter, PromptExpert
 from .routing import ExpertThreshold, make_router
@@ -64,7 +66,7 @@ class MoaBlock(nn.Module):
 
     def __init__(self, layer: nn.Module, config: MoaConfig, layer_index: int):
         super().__init__()
-        attention = layer.self_attn
+        attention: Any = layer.self_attn  # transformers' attention class differs per architecture; duck-typed
         hidden_size = attention.q_proj.in_features
         self.layer_index = layer_index
         self.expert_names = expert_names(config)
@@ -99,12 +101,12 @@ class MoaBlock(nn.Module):
         handles = [
             layer.register_forward_pre_hook(self._start, with_kwargs=True),
             layer.register_forward_hook(self._finish),
-            layer.mlp.register_forward_hook(self._add_parallel_adapter, with_kwargs=True),
+            layer.get_submodule("mlp").register_forward_hook(self._add_parallel_adapter, with_kwargs=True),
         ]
         if self.prompt is not None:
-            attention = layer.self_attn
-            handles.append(attention.q_proj.register_forward_hook(self._keep_query))
-            handles.append(attention.o_proj.register_forward_pre_hook(partial(self._add_prompt, attention), with_kwargs=True))
+            attention = layer.get_submodule("self_attn")
+            handles.append(attention.get_submodule("q_proj").register_forward_hook(self._keep_query))
+            handles.append(attention.get_submodule("o_proj").register_forward_pre_hook(partial(self._add_prompt, attention), with_kwargs=True))
         return handles
 
     def _start(self, layer, args, kwargs) -> None:
@@ -123,6 +125,7 @@ class MoaBlock(nn.Module):
 
     def _add_prompt(self, attention, o_proj, args, kwargs):
         attn_output = _first_argument(args, kwargs, "input")
+        assert self.prompt is not None  # the hook is registered only with a prompt expert
         prompt_output = self.prompt(
             self.state.query,
             self.state.position_embeddings,
@@ -158,9 +161,9 @@ class _MoaMethod(Method):
         for name, layer in decoder_layers(model):
             layer.moa = blocks[name + "."]
         inject(model, list(self.config.lora_targets), partial(self.make_lora, blocks))  # freezes all but the LoRA experts
-        for _, layer in decoder_layers(model):
-            layer.moa.requires_grad_(True)
-            layer.moa.attach(layer)
+        for name, layer in decoder_layers(model):
+            blocks[name + "."].requires_grad_(True)
+            blocks[name + "."].attach(layer)
         return model
 
     def statistics(self, model: nn.Module) -> MoaStatistics:

@@ -2,9 +2,10 @@
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..expert_stats import annotate_cells
-from ..registry import StatisticsRecorder
+from ..method import StatisticsRecorder
 
 
 class MoaStatistics(StatisticsRecorder):
@@ -19,7 +20,7 @@ class MoaStatistics(StatisticsRecorder):
         self.expert_names = blocks[0].expert_names if blocks else []
         self.token_mask: torch.Tensor | None = None
         self.sums: dict[str, torch.Tensor] = {}
-        self._hook = None
+        self._hook: RemovableHandle | None = None
 
     def __enter__(self) -> "MoaStatistics":
         self._hook = self.model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)
@@ -28,7 +29,8 @@ class MoaStatistics(StatisticsRecorder):
         return self
 
     def __exit__(self, *exc) -> None:
-        self._hook.remove()
+        if self._hook is not None:
+            self._hook.remove()
         for block in self.blocks:
             block.recorder = None
 

@@ -1,8 +1,8 @@
 from functools import partial
 
 from .. import routing
+from ..catalog import register
 from ..moe_lora import GateRouter, MoeLoraMethod
-from ..registry import register
 from .config import MoleConfig
 
 

@@ -19,6 +19,8 @@ import pytest
 
 from adamole_bench.harness.store.liveness import stop_tree
 from adamole_bench.tests.fault_tools import cli_env, finish, free_port, run_cli, start, store_runs, trial_runs, wait_for_http, wait_until
+from adamole_bench.tests.test_checkpoint_faults import STEPS, _checkpoint, _finished, _same_as, uninterrupted  # noqa: F401 - uninterrupted: a fixture
+from adamole_bench.tests.test_checkpoint_faults import SWEEP as CHECKPOINTED
 
 pytestmark = pytest.mark.integration  # a private Ray cluster and real sweeps through it
 
@@ -382,3 +384,24 @@ def test_ray_client_address_runs_the_sweep_against_a_tracking_server(ray_head, t
         assert "2 Ray tasks on 1 warm worker(s)" in result.stdout  # the cluster's one ab_slot: one trial at a time, on one worker
     finally:
         stop_tree(server.pid, grace_seconds=20)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_from_its_checkpoint_and_equals_an_uninterrupted_run(
+    ray_cluster,
+    tmp_path,
+    uninterrupted,  # noqa: F811 - the fixture imported from test_checkpoint_faults
+):
+    """A Ray worker SIGKILLed after its trial's first step checkpoint: the retry on a new worker resumes from it,
+    and the finished trial's metrics, loss curve and adapter bytes equal an uninterrupted local run's."""
+    runs = tmp_path / "runs"
+    uri, env = f"sqlite:///{runs / 'mlflow.db'}", _env(runs)
+    driver = start([*CHECKPOINTED, "train.checkpoint_every=10", "--executor", "ray", "--ray-address", ray_cluster], env, tmp_path / "driver.log")
+    wait_until(lambda: _checkpoint(runs), what="a first checkpoint in the Ray worker")
+    victim = wait_until(lambda: _running_in_worker(uri, "lora/fruit_or_color/seed0"), what="the trial's run in the worker")
+    _worker(int(victim.data.tags["pid"])).send_signal(signal.SIGKILL)
+    code, output = finish(driver, tmp_path / "driver.log", timeout=600)
+    assert code == 0 and "Ray worker died (ActorDiedError)" in output, output
+    resumed = _finished(runs, tmp_path)
+    assert 10 <= resumed["resumed_from"] < STEPS
+    _same_as(resumed, uninterrupted)

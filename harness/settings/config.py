@@ -115,11 +115,20 @@ class ResourcesConfig:
     gpus_per_trial: float = 0.0  # fractions share a GPU, e.g. 0.5
     cpus_per_trial: float = 1.0
     max_retries: int = 2  # reruns of a trial whose worker died (the trial is still recorded once)
+    custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources per trial (`ray start --resources`), e.g. {ssd: 1}
+    accelerator_type: str | None = None  # only nodes with this GPU type (Ray's accelerator types, e.g. A100, H100)
 
     def validate(self) -> None:
         _finite(self)
         _positive(self, "cpus_per_trial")
         _non_negative(self, "gpus_per_trial", "max_retries")
+        for name, amount in self.custom.items():
+            if not name.strip() or name in ("CPU", "GPU", "memory") or not math.isfinite(amount) or amount <= 0:
+                raise UserError(f"resources.custom.{name}={amount}: a custom resource needs a name other than CPU, GPU and memory "
+                                "and an amount > 0, e.g. resources.custom.ssd=1 (use resources.cpus_per_trial / gpus_per_trial for those)")  # fmt: skip
+        if self.accelerator_type is not None and (not self.accelerator_type.strip() or not self.gpus_per_trial):
+            raise UserError(f"resources.accelerator_type={self.accelerator_type!r} picks a GPU type, so it needs resources.gpus_per_trial > 0 "
+                            "and a type Ray knows, e.g. resources.gpus_per_trial=1 resources.accelerator_type=A100")  # fmt: skip
 
 
 @dataclass

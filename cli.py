@@ -336,6 +336,20 @@ def bench(
     run_bench_command(settings, overrides or [], output, experiment, console)
 
 
+@app.command()
+@user_errors
+def plan(
+    config: Path = typer.Option(None, help="YAML experiment config, e.g. configs/adamole-reference.yaml \\[default: the defaults]."),
+    device_memory: str = typer.Option(None, help="Memory to fit in, e.g. 24GiB or 80GB \\[default: the visible GPU's, else this machine's RAM]."),
+    overrides: list[str] = typer.Argument(None, help="Settings as key=value, e.g. train.batch_size=16 model=tiny-llama."),
+):
+    """Each trial's training memory (weights, adapter, gradients, optimizer, activations) from the model's skeleton, before any run."""
+    from .harness.plan.command import plan_command
+
+    offline_defaults()
+    plan_command(config, overrides or [], device_memory, console)
+
+
 def _all_tasks() -> list[str]:
     from .tasks.registry import paper_tasks
 

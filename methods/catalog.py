@@ -59,6 +59,10 @@ def coerce(value, annotation, key: str):
                 f"'{key}' has an empty item (item {empty[0] + 1} of '{shown}'); separate items with single commas and no trailing comma, e.g. {key}={kept or 'a,b'}"
             )
         return origin(coerce(item, args[0] if args else str, key) for item in items)
+    if origin is dict:  # e.g. resources.custom.NAME=1, or a YAML mapping
+        if not isinstance(value, dict):
+            raise UserError(f"invalid value {value!r} for '{key}': expected a mapping, e.g. {key}.NAME=1")
+        return {str(name): coerce(item, args[1], f"{key}.{name}") for name, item in value.items()}
     if origin is not None and args:  # Optional[X] / X | None
         return coerce(value, args[0], key)
     try:

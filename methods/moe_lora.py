@@ -18,6 +18,7 @@ from .expert_stats import ExpertStatistics
 from .experts import DropoutMode, LoraExperts, inject
 from .lora.config import LLAMA_ATTENTION
 from .method import Method, StatisticsRecorder
+from .recompute import replaying
 
 
 @dataclass
@@ -121,9 +122,11 @@ class MoeLoraAdapter(nn.Module):
         tokens = x.reshape(-1, x.shape[-1])  # routing is per token; pads are routed too (reference)
         projected, logits = self.experts.project(tokens, *self.router.projection())  # one GEMM for A and the router
         decision = self.router.decide(logits)  # on the un-dropped x, in fp32 (routing.py)
-        self.aux_loss = routing.load_balancing_loss(decision) if self.training else None
-        if self.observer is not None:
-            self.observer(self, decision, x.shape[:-1])
+        aux_loss = routing.load_balancing_loss(decision) if self.training else None  # in a replay too: checkpointing matches its saved tensors
+        if not replaying():  # checkpointing's replay in backward sees the same tokens again; they count once
+            self.aux_loss = aux_loss
+            if self.observer is not None:
+                self.observer(self, decision, x.shape[:-1])
         return self.experts(tokens, decision.weights, decision.selected, projected).reshape(*x.shape[:-1], -1)
 
 

@@ -11,7 +11,7 @@ ROOT = package_root()
 LAYERS = {"base": 0, "methods": 1, "tasks": 1, "harness": 2, "cli": 3, "__init__": 3}
 # Inside harness/, the stages in the order the data flows back up (docs/architecture.md): a stage imports
 # only stages before it in this list, or itself. Stages of one rank do not import each other.
-STAGES = {"store": 0, "model": 1, "settings": 2, "train": 3, "evaluate": 3, "report": 3, "run": 4, "check": 5, "bench": 5, "tune": 5}
+STAGES = {"store": 0, "model": 1, "settings": 2, "train": 3, "evaluate": 3, "report": 3, "run": 4, "plan": 4, "check": 5, "bench": 5, "tune": 5}
 SKIPPED = ("tests", "scripts", ".venv", "build")
 
 

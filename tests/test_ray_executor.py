@@ -1,6 +1,7 @@
 """`--executor ray` on a real local Ray cluster (`ray start --head`, 2 CPUs, one per module), driven by
-the CLI as a user would: a 2×2 grid gives the same MLflow records as the local executor, `report
---sensitivity` reads it back, a SIGKILLed worker costs one retry, Ctrl-C cancels and marks FAILED.
+the CLI as a user would: a 2×2 grid gives the same MLflow records as the local executor on two warm
+workers, `report --sensitivity` reads it back, a SIGKILLed worker costs one retry, Ctrl-C cancels and
+marks FAILED, and a driver killed with its own local instance leaves no Ray process behind.
 The cluster's processes are all gone when the module ends."""
 
 import json
@@ -16,7 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from adamole_bench.tests.fault_tools import cli_env, finish, free_port, run_cli, start, store_runs, trial_runs, wait_until
+from adamole_bench.harness.store.liveness import stop_tree
+from adamole_bench.tests.fault_tools import cli_env, finish, free_port, run_cli, start, store_runs, trial_runs, wait_for_http, wait_until
+from adamole_bench.tests.test_checkpoint_faults import STEPS, _checkpoint, _finished, _same_as, uninterrupted  # noqa: F401 - uninterrupted: a fixture
+from adamole_bench.tests.test_checkpoint_faults import SWEEP as CHECKPOINTED
 
 pytestmark = pytest.mark.integration  # a private Ray cluster and real sweeps through it
 
@@ -57,15 +61,15 @@ def _cluster_processes(marker: str) -> set[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """`ray start --head --block` with 2 CPUs in a private temp dir; its address. Teardown stops it and
-    checks that none of its processes (GCS, raylet, workers) is left."""
+def ray_head():
+    """`ray start --head --block` with 2 CPUs, one custom `ab_slot` and Ray Client's server in a private temp dir; its GCS address,
+    its ray:// address and the temp dir. Teardown stops it and checks that none of its processes (GCS, raylet, workers) is left."""
     temp = tempfile.mkdtemp(prefix="ab-ray-", dir="/tmp")  # short: Ray's socket paths must stay under 108 characters
-    port = free_port()
+    port, client_port = free_port(), free_port()  # ephemeral ports: never in Ray's worker port range (10002-19999)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", **AUTH}
     ray_cli = str(Path(sys.executable).with_name("ray"))
     head = subprocess.Popen(
-        [ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+        [ray_cli, "start", "--head", "--block", f"--port={port}", f"--ray-client-server-port={client_port}", "--num-cpus=2", '--resources={"ab_slot": 1}', "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, stdout=open(Path(temp) / "head.log", "w"),  # noqa: SIM115 - the head writes to it for its whole life stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
@@ -77,7 +81,7 @@ def ray_cluster():
             "the Ray head to start",
         )
         assert head.poll() is None, (Path(temp) / "head.log").read_text()[-3000:]
-        yield address
+        yield address, f"ray://127.0.0.1:{client_port}", Path(temp)
     finally:
         started = _cluster_processes(temp)
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
@@ -94,6 +98,11 @@ def ray_cluster():
                 pass
         shutil.rmtree(temp, ignore_errors=True)
         assert not left, f"Ray processes left behind: {[(p.pid, p.name()) for p in left if p.is_running()]}"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(ray_head):
+    return ray_head[0]
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +141,11 @@ def test_grid_sweep_records_four_points_with_their_values(grid_sweeps):
         )
         assert tags["executor"] == "ray" and tags["pid"] != str(os.getpid())
     assert len({r.data.tags["ray_task"] for r in adamole}) == 8  # one Ray task per trial
+    assert len({r.data.tags["pid"] for r in runs.values()}) == 2  # 9 trials on the 2 warm workers, one per CPU: no worker per trial
     sweep = [r for r in store_runs(grid_sweeps["ray"]["uri"]) if r.data.tags["kind"] == "sweep"]
     assert len(sweep) == 1 and sweep[0].data.tags["executor"] == "ray" and sweep[0].data.tags["grid"] == "adamole.max_threshold,adamole.num_experts"
     assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {sweep[0].info.run_id}
-    assert "9 Ray tasks (1 CPU, 0 GPU each) on 1 node(s)" in grid_sweeps["ray"]["output"]
+    assert "9 Ray tasks on 2 warm worker(s) (1 CPU, 0 GPU each), 1 node(s)" in grid_sweeps["ray"]["output"]
 
 
 def test_ray_executor_records_what_the_local_executor_records(grid_sweeps):
@@ -223,7 +233,7 @@ def test_killed_worker_is_retried_and_the_trial_recorded_once(ray_cluster, tmp_p
     _worker(int(victim.data.tags["pid"])).send_signal(signal.SIGKILL)  # the worker process itself, mid-training
     code, output = finish(driver, tmp_path / "driver.log", timeout=600)
     assert code == 0, output
-    assert "Ray worker died (WorkerCrashedError)" in output and "retry 1 of resources.max_retries=2" in output
+    assert "Ray worker died (ActorDiedError)" in output and "retry 1 of resources.max_retries=2" in output
     attempts = trial_runs(uri, name)
     assert [r.info.status for r in attempts] == ["FAILED", "FINISHED"]
     assert [r.data.tags["claim_attempt"] for r in attempts] == ["0", "1"]
@@ -288,12 +298,110 @@ def test_mix_group_is_one_ray_task_that_trains_once(ray_cluster, tmp_path):
     assert curves[0] == curves[1] and len(curves[0]) == 2  # one adapter, trained once, shared by both trials
 
 
-def test_a_trial_that_fits_no_node_is_one_line_before_any_run(ray_cluster, tmp_path):
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("resources.cpus_per_trial=4", "has resources.cpus_per_trial=4 CPU and resources.gpus_per_trial=0 GPU for a trial"),
+        (
+            "resources.custom.ab_slot=2",
+            "has resources.cpus_per_trial=1 CPU and resources.gpus_per_trial=0 GPU, resources.custom.ab_slot=2 for a trial",
+        ),
+        ("resources.custom.nvme=1", "resources.custom.nvme=1 for a trial"),
+    ],
+)
+def test_a_trial_that_fits_no_node_is_one_line_before_any_run(ray_cluster, tmp_path, setting, expected):
     runs = tmp_path / "runs"
-    result = run_cli(["run", *TINY, "--methods", "lora", "resources.cpus_per_trial=4", "--executor", "ray", "--ray-address", ray_cluster], _env(runs))
+    result = run_cli(["run", *TINY, "--methods", "lora", setting, "--executor", "ray", "--ray-address", ray_cluster], _env(runs))
     assert result.returncode == 2, result.stdout + result.stderr
-    assert (
-        "no node of the Ray cluster (2 CPU/0 GPU) has resources.cpus_per_trial=4 CPU" in result.stderr
-        and "Traceback" not in result.stdout + result.stderr
-    )
+    assert "no node of the Ray cluster (2 CPU/0 GPU) has " in result.stderr and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
     assert store_runs(f"sqlite:///{runs / 'mlflow.db'}") == []
+
+
+def _processes_with(variable: str, value: str) -> list[psutil.Process]:
+    """Every process whose environment has variable=value: a driver's Ray instance and all its workers inherit it,
+    and a worker left behind keeps it after its parent is gone."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(variable) == value:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killing_the_driver_leaves_no_ray_process_behind(signum, tmp_path):
+    """No --ray-address and a private RAY_TMPDIR (so no cluster `ray start` left here is found): the driver starts
+    its own local instance (GCS, raylet, workers), which must go with it however it ends."""
+    temp = tempfile.mkdtemp(prefix="ab-rk-", dir="/tmp")  # short: Ray's socket paths must stay under 108 characters
+    runs = tmp_path / "runs"
+    uri, env = f"sqlite:///{runs / 'mlflow.db'}", {**_env(runs), "RAY_TMPDIR": temp, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    driver = start(["run", *TINY, "--methods", "lora", "--max-steps", "3000", "reference=false", "--executor", "ray"], env, tmp_path / "driver.log")
+    try:
+        wait_until(lambda: driver.poll() is not None or _running_in_worker(uri, "lora/fruit_or_color/seed0"), what="the trial to run in a Ray worker")
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        helpers = [p for p in _processes_with("RAY_TMPDIR", temp) if p.pid != driver.pid]
+        assert any(p.name() == "raylet" for p in helpers) and any(p.name() == "gcs_server" for p in helpers)
+        driver.send_signal(signum)
+        code, output = finish(driver, tmp_path / "driver.log", timeout=120)
+        assert code == (-signal.SIGKILL if signum == signal.SIGKILL else 143), output
+        # Ray's own reaper stops GCS and raylet; a worker notices its raylet gone within ORPHAN_POLL_SECONDS.
+        wait_until(lambda: not _processes_with("RAY_TMPDIR", temp), 30, "the driver's Ray processes to exit")
+        if signum == signal.SIGTERM:  # handled like Ctrl-C: the trial and the sweep end FAILED at once
+            assert {r.info.status for r in store_runs(uri)} == {"FAILED"}, output
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for process in _processes_with("RAY_TMPDIR", temp):  # never leave them behind, even when an assertion failed
+            process.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_client_address_runs_the_sweep_against_a_tracking_server(ray_head, tmp_path):
+    """`--ray-address ray://HOST:PORT` with what the ray extra installs (ray[client]: grpcio), against the head's
+    client server; the workers log to a real `mlflow server`, as they must when the driver is elsewhere."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+         str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health")
+        uri = f"http://127.0.0.1:{port}"
+        env = cli_env(tmp_path / "runs", MLFLOW_TRACKING_URI=uri, **AUTH)
+        args = ["run", *TINY, "--methods", "lora", "--seeds", "0,1", "--max-steps", "2", "reference=false", "resources.custom.ab_slot=1",
+                "--executor", "ray", "--ray-address", ray_head[1]]  # fmt: skip
+        result = run_cli(args, env)
+        server_logs = "".join(log.read_text()[-2000:] for log in sorted(ray_head[2].glob("session_latest/logs/ray_client_server*.err")))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + server_logs
+        trials = trial_runs(uri)
+        assert [t.info.status for t in trials] == ["FINISHED", "FINISHED"] and all("eval/acc" in t.data.metrics for t in trials)
+        assert {t.data.tags["executor"] for t in trials} == {"ray"} and len({t.data.tags["pid"] for t in trials}) == 1
+        assert "2 Ray tasks on 1 warm worker(s)" in result.stdout  # the cluster's one ab_slot: one trial at a time, on one worker
+    finally:
+        stop_tree(server.pid, grace_seconds=20)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_from_its_checkpoint_and_equals_an_uninterrupted_run(
+    ray_cluster,
+    tmp_path,
+    uninterrupted,  # noqa: F811 - the fixture imported from test_checkpoint_faults
+):
+    """A Ray worker SIGKILLed after its trial's first step checkpoint: the retry on a new worker resumes from it,
+    and the finished trial's metrics, loss curve and adapter bytes equal an uninterrupted local run's."""
+    runs = tmp_path / "runs"
+    uri, env = f"sqlite:///{runs / 'mlflow.db'}", _env(runs)
+    driver = start([*CHECKPOINTED, "train.checkpoint_every=10", "--executor", "ray", "--ray-address", ray_cluster], env, tmp_path / "driver.log")
+    wait_until(lambda: _checkpoint(runs), what="a first checkpoint in the Ray worker")
+    victim = wait_until(lambda: _running_in_worker(uri, "lora/fruit_or_color/seed0"), what="the trial's run in the worker")
+    _worker(int(victim.data.tags["pid"])).send_signal(signal.SIGKILL)
+    code, output = finish(driver, tmp_path / "driver.log", timeout=600)
+    assert code == 0 and "Ray worker died (ActorDiedError)" in output, output
+    resumed = _finished(runs, tmp_path)
+    assert 10 <= resumed["resumed_from"] < STEPS
+    _same_as(resumed, uninterrupted)

@@ -1,23 +1,22 @@
-"""`--executor ray`: each trial (each --mix group) is a Ray task, run concurrently across a cluster.
+"""`--executor ray`: the sweep's trials (its --mix groups) run concurrently on warm workers across a cluster.
 
-The driver (the `run` process) plans the sweep, skips what is done, holds the sweep's parent run and
-submits one task per group asking for `resources.cpus_per_trial` / `resources.gpus_per_trial`. A worker
-claims and runs its trials exactly as a local sweep would (harness/run/trials.py), logging to the driver's
-MLflow store. When a worker dies (SIGKILL, the OOM killer, a lost node), Ray tells the driver, which
-marks that task's RUNNING runs FAILED as stale (Ray is the witness that their process is gone, the
-rule of harness/store/liveness.py) and resubmits the group, up to `resources.max_retries` times; the new
-task claims the next attempt, so a trial still ends FINISHED once. Ctrl-C or SIGTERM cancels the
-tasks, and what they were running ends FAILED.
+The driver (the `run` process) connects, starts one TrialWorker actor per slot the cluster has for a trial
+(`resources.cpus_per_trial` / `gpus_per_trial` each; harness/run/ray_worker.py), which loads the base
+while the driver opens the store and skips what is done, then hands each idle worker the next group. A
+worker claims and runs its trials exactly as a local sweep would (harness/run/trials.py), logging to the
+driver's MLflow store. When a worker dies (SIGKILL, the OOM killer, a lost node), Ray tells the driver,
+which marks that group's RUNNING runs FAILED as stale (Ray is the witness that their process is gone, the
+rule of harness/store/liveness.py), starts a new worker and gives it the group again, up to
+`resources.max_retries` times; the new attempt claims the next attempt number, so a trial still ends
+FINISHED once. Ctrl-C or SIGTERM kills the workers and marks what they were running FAILED.
 """
 
-import io
 import logging
 import os
 import signal
-import socket
 import threading
-import time
 import uuid
+from collections import deque
 from pathlib import Path
 
 from rich.console import Console
@@ -26,12 +25,14 @@ from rich.markup import escape
 from ...base.errors import UserError, error_line
 from ..settings.config import ExperimentConfig
 from ..store.claims import mark_stale
+from ..store.liveness import Terminated
 from ..store.tracking import Tracker, failure_kind
+from .ray_worker import TrialWorker
 from .trial import Trial
-from .trials import Outcome, TrialState, attempt, await_trial
+from .trials import Outcome
 
 FORWARDED = ("ADAMOLE_BENCH_", "HF_", "MLFLOW_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM")  # the workers' environment
-CANCEL_GRACE_SECONDS = 30.0  # after Ctrl-C, how long cancelled tasks get to mark their runs FAILED themselves
+KILL_WAIT_SECONDS = 30.0  # after Ctrl-C, how long killed workers get to be reported dead before their runs are marked FAILED
 
 
 def import_ray():
@@ -42,7 +43,7 @@ def import_ray():
     return ray
 
 
-def _absolute(uri: str) -> str:
+def absolute_uri(uri: str) -> str:
     """A relative sqlite path names a file relative to the driver's folder, which workers do not share."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
@@ -50,7 +51,7 @@ def _absolute(uri: str) -> str:
 
 
 def groups_of(trials: list[Trial]) -> list[list[tuple[int, Trial]]]:
-    """(plan index, trial) per Ray task: one trial each, or the adjacent trials sharing one --mix adapter."""
+    """(plan index, trial) per unit of work: one trial each, or the adjacent trials sharing one --mix adapter."""
     groups: list[list[tuple[int, Trial]]] = []
     for index, trial in enumerate(trials):
         if groups and trial.train_tasks != (trial.task,) and groups[-1][-1][1].adapter_key == trial.adapter_key:
@@ -60,14 +61,47 @@ def groups_of(trials: list[Trial]) -> list[list[tuple[int, Trial]]]:
     return groups
 
 
+def _note_sigterm(seen: list[int]) -> None:
+    """Ray turns an exception a signal handler raises inside ray.wait into a plain KeyboardInterrupt, so a SIGTERM
+    would end the sweep as Ctrl-C (exit 130, not 143): note that it came, then let the handler in place act."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def note(signum, frame):
+        seen.append(signum)
+        signal.signal(signal.SIGTERM, previous)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            signal.raise_signal(signum)  # the default action (or none, if ignored), as if we were not here
+
+    signal.signal(signal.SIGTERM, note)
+
+
 class RayExecutor:
-    def __init__(self, config: ExperimentConfig, tracker: Tracker, address: str | None, console: Console):
+    """Connects and starts the warm workers at once (before the store is opened), so their start overlaps the driver's."""
+
+    def __init__(self, config: ExperimentConfig, uri: str, address: str | None, console: Console, groups: int):
         self.ray = import_ray()
-        self.config, self.tracker, self.console = config, tracker, console
-        self.uri = _absolute(tracker.uri)
+        self.config, self.console = config, console
+        self.uri = absolute_uri(uri)
         self._connect(address)
         try:
             self.nodes = self._check_cluster(address)
+            resources = config.resources
+            # The environment goes with each worker, not the job: a job's runtime_env breaks Ray Client's server (ray://).
+            env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
+            self._worker_class = self.ray.remote(TrialWorker).options(
+                num_cpus=resources.cpus_per_trial,
+                num_gpus=resources.gpus_per_trial,
+                max_restarts=0,
+                max_task_retries=0,
+                runtime_env={"env_vars": env},
+                resources=resources.custom or None,
+                accelerator_type=resources.accelerator_type,
+            )
+            self.workers = [self._start_worker() for _ in range(min(groups, self._slots()))]
         except BaseException:
             self.ray.shutdown()
             raise
@@ -76,99 +110,122 @@ class RayExecutor:
         ray = self.ray
         main = threading.current_thread() is threading.main_thread()
         sigterm = signal.getsignal(signal.SIGTERM) if main else None
-        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
         where = f"Ray cluster at {address}" if address else "Ray (RAY_ADDRESS, the last `ray start` here, or a new local instance)"
         try:
             ray.init(
-                address=address, log_to_driver=False, logging_level=logging.ERROR, runtime_env={"env_vars": env}
-            )  # workers' output: Ray's log folder
+                address=address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False
+            )  # workers' output: Ray's log folder; a local instance needs no dashboard, whose start costs seconds of CPU
         except Exception as err:  # noqa: BLE001 - a bad address, nothing listening, a version mismatch: one line each
-            raise UserError(f"cannot connect to {where} ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); "
+            # Ray Client's server sends its traceback, whose last line is the error
+            raise UserError(f"cannot connect to {where} ({error_line(err, last=isinstance(err, ConnectionAbortedError))}); "
                             "start one with `ray start --head` or fix --ray-address (auto, HOST:PORT or ray://HOST:10001)") from None  # fmt: skip
         if main and sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)  # ray.init installs its own (sys.exit), which would skip marking runs FAILED
+
+    def _fits(self, node: dict) -> int:
+        """How many trials fit on a node at once."""
+        resources, have = self.config.resources, node["Resources"]
+        wanted = {"CPU": resources.cpus_per_trial, "GPU": resources.gpus_per_trial, **resources.custom}
+        if resources.accelerator_type:
+            wanted[f"accelerator_type:{resources.accelerator_type}"] = 0.001  # what Ray asks of a node for an accelerator type
+        return min(int(have.get(name, 0) // amount) for name, amount in wanted.items() if amount)
+
+    def _slots(self) -> int:
+        return sum(self._fits(node) for node in self.nodes)
 
     def _check_cluster(self, address: str | None) -> list[dict]:
         """Before any run is created: a trial must fit on some node, and every node must reach the store."""
         resources = self.config.resources
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
-        fits = [
-            n for n in nodes if n["Resources"].get("CPU", 0) >= resources.cpus_per_trial and n["Resources"].get("GPU", 0) >= resources.gpus_per_trial
-        ]
-        if not fits:
+        if not any(self._fits(n) for n in nodes):
             largest = ", ".join(f"{n['Resources'].get('CPU', 0):g} CPU/{n['Resources'].get('GPU', 0):g} GPU" for n in nodes)
+            extra = "".join(f", resources.custom.{name}={amount:g}" for name, amount in resources.custom.items())
+            extra += f", resources.accelerator_type={resources.accelerator_type}" if resources.accelerator_type else ""
             raise UserError(f"no node of the Ray cluster ({largest}) has resources.cpus_per_trial={resources.cpus_per_trial:g} CPU and "
-                            f"resources.gpus_per_trial={resources.gpus_per_trial:g} GPU for a trial; lower them or add nodes")  # fmt: skip
+                            f"resources.gpus_per_trial={resources.gpus_per_trial:g} GPU{extra} for a trial; lower them or add nodes")  # fmt: skip
         remote = len(nodes) > 1 or (address or "").startswith("ray://")
         if remote and not self.uri.startswith(("http://", "https://")):
             raise UserError(f"MLflow store {self.uri} is on this machine only, but the Ray cluster runs trials elsewhere; start `mlflow server` "
                             "and set MLFLOW_TRACKING_URI=http://HOST:5000 on the driver (docs/distributed.md)")  # fmt: skip
         return nodes
 
+    def _start_worker(self):
+        return self._worker_class.remote(self.config, self.uri)
+
+    def shutdown(self) -> None:
+        self.ray.shutdown()
+
     # --- the driver -----------------------------------------------------------------------------
 
-    def run(self, trials: list[Trial], sweep_id: str) -> list[Outcome]:
+    def run(self, trials: list[Trial], sweep_id: str, tracker: Tracker) -> list[Outcome]:
         ray, resources, console = self.ray, self.config.resources, self.console
+        self.tracker = tracker
         outcomes: dict[int, Outcome] = {}
-        todo = []
+        queue: deque = deque()  # (group, tries) not yet handed to a worker
         for group in groups_of(trials):
             left = []
             for index, trial in group:
-                done = self.tracker.completed_trial(trial.identity, trial.seed)
+                done = tracker.completed_trial(trial.identity, trial.seed)
                 if done:
                     outcomes[index] = Outcome(trial, "skipped", done)
                     console.print(f"[{len(outcomes)}/{len(trials)}] {escape(trial.name)} [dim]already done, skipped[/] (run {done['run_id']})")
                 else:
                     left.append((index, trial))
             if left:
-                todo.append(left)
-        task = ray.remote(run_group).options(
-            num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial, max_retries=0, retry_exceptions=False
-        )
-        pending: dict = {}
+                queue.append((left, 0))
+        idle = self.workers[: len(queue)]
+        for surplus in self.workers[len(queue) :]:
+            ray.kill(surplus)  # more workers than groups left to run: a rerun found most of them done
+        pending: dict = {}  # ref -> (group, tries, token, worker)
 
-        def submit(group, tries: int) -> None:
-            token = uuid.uuid4().hex  # tags the runs of this task, so the driver can find them if its worker dies
-            ref = task.remote([t for _, t in group], self.uri, self.config.experiment, sweep_id, token)
-            pending[ref] = (group, tries, token)
+        def hand_out() -> None:
+            while idle and queue:
+                worker, (group, tries) = idle.pop(), queue.popleft()
+                token = uuid.uuid4().hex  # tags the runs of this group, so the driver can find them if its worker dies
+                ref = worker.run_group.remote([t for _, t in group], sweep_id, token)
+                pending[ref] = (group, tries, token, worker)
 
-        for group in todo:
-            submit(group, 0)
-        if todo:
-            console.print(
-                f"{len(todo)} Ray tasks ({resources.cpus_per_trial:g} CPU, {resources.gpus_per_trial:g} GPU each) on {len(self.nodes)} node(s)"
-            )
+        if queue:
+            console.print(f"{len(queue)} Ray tasks on {len(idle)} warm worker(s) ({resources.cpus_per_trial:g} CPU, "
+                          f"{resources.gpus_per_trial:g} GPU each), {len(self.nodes)} node(s)")  # fmt: skip
+        sigterm: list[int] = []
         try:
+            _note_sigterm(sigterm)
+            hand_out()
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
-                group, tries, token = pending.pop(ref)
+                group, tries, token, worker = pending.pop(ref)
                 try:
-                    results, texts, worker = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:  # the task itself raised outside a trial: a harness bug
+                    results, texts, where = ray.get(ref)
+                    idle.append(worker)
+                except ray.exceptions.RayTaskError as err:  # the group raised outside a trial: a harness bug; the worker lives on
+                    idle.append(worker)
                     self._mark_failed(token, f"crashed: its Ray task raised {error_line(err, last=True)}", "crashed")
-                    results, texts, worker = self._failed(group, f"Ray task crashed: {error_line(err, last=True)}"), None, None
-                except ray.exceptions.RayError as err:  # the worker (or its node) died: retry the group elsewhere
+                    results, texts, where = self._failed(group, f"Ray task crashed: {error_line(err, last=True)}"), None, None
+                except ray.exceptions.RayError as err:  # the worker (or its node) died: a new worker, the group again
                     names = self._mark_dead(token, err)
                     what = f"Ray worker died ({type(err).__name__})" + (f"; marked FAILED: {', '.join(names)}" if names else "")
+                    if queue or tries < resources.max_retries:
+                        idle.append(self._start_worker())
                     if tries < resources.max_retries:
                         console.print(
                             f"[yellow]{escape(what)}[/]; retry {tries + 1} of resources.max_retries={resources.max_retries}", soft_wrap=True
                         )
-                        submit(group, tries + 1)
+                        queue.appendleft((group, tries + 1))
+                        hand_out()
                         continue
-                    results, texts, worker = (
-                        self._failed(group, f"its Ray worker died {tries + 1} times ({type(err).__name__}); see Ray's worker logs"),
-                        None,
-                        None,
-                    )
+                    error = f"its Ray worker died {tries + 1} times ({type(err).__name__}); see Ray's worker logs"
+                    results, texts, where = self._failed(group, error), None, None
+                hand_out()
                 for position, ((index, trial), outcome) in enumerate(zip(group, results)):
                     outcomes[index] = outcome
                     text = escape(texts[position]) if texts else f"{escape(trial.name)} [red]failed:[/] {escape(outcome.error or '')}"
-                    where = f" [dim]({escape(worker)})[/]" if worker else ""
-                    console.print(f"[{len(outcomes)}/{len(trials)}] {text}{where}", soft_wrap=True)
+                    console.print(f"[{len(outcomes)}/{len(trials)}] {text}" + (f" [dim]({escape(where)})[/]" if where else ""), soft_wrap=True)
         except KeyboardInterrupt as interrupt:
+            if sigterm and not isinstance(interrupt, Terminated):
+                interrupt = Terminated()
             self._cancel(pending, interrupt)
-            raise
+            raise interrupt from None
         finally:
             ray.shutdown()
         return [outcomes[index] for index in sorted(outcomes)]
@@ -183,7 +240,7 @@ class RayExecutor:
         )
 
     def _mark_dead(self, token: str, err: BaseException) -> list[str]:
-        """The RUNNING runs of a task whose worker died → FAILED as stale (Ray saw the process go)."""
+        """The RUNNING runs of a group whose worker died → FAILED as stale (Ray saw the process go)."""
         names = []
         for run in self._task_runs(token):
             tags = run.data.tags
@@ -197,55 +254,16 @@ class RayExecutor:
             self.tracker.client.set_terminated(run.info.run_id, status="FAILED")
 
     def _cancel(self, pending: dict, interrupt: KeyboardInterrupt) -> None:
-        """Ctrl-C/SIGTERM on the driver: interrupt every task (its trial ends FAILED in the worker), then
-        kill those that do not stop within the grace period and mark their runs FAILED here."""
+        """Ctrl-C/SIGTERM on the driver: kill the busy workers (a running actor task cannot be interrupted), wait
+        until Ray reports them gone, then mark what they were running FAILED here."""
         ray = self.ray
         if not pending:
             return
         self.console.print(f"[yellow]cancelling {len(pending)} Ray task(s)[/]")
-        for ref in pending:
-            ray.cancel(ref)
-        _, stuck = ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_SECONDS)
-        for ref in stuck:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001, S110 - it may have finished meanwhile
-                pass
-        for _, _, token in pending.values():
+        for _, _, _, worker in pending.values():
+            ray.kill(worker)
+        ray.wait(list(pending), num_returns=len(pending), timeout=KILL_WAIT_SECONDS)
+        for _, _, token, _ in pending.values():
             self._mark_failed(
                 token, f"{type(interrupt).__name__}: {interrupt or 'the driver was interrupted'}; its Ray task was cancelled", failure_kind(interrupt)
             )
-
-
-# --- the worker -----------------------------------------------------------------------------------
-
-_cached: dict = {}  # per worker process: the tracker and the loaded base model outlive one task
-
-
-def run_group(trials: list[Trial], uri: str, experiment: str, sweep_id: str, token: str) -> tuple[list[Outcome], list[str], str]:
-    """One Ray task: the trials of one group, each skipped, claimed or awaited exactly as in a local sweep.
-    Returns their outcomes, what each printed (plain text), and where it ran."""
-    from ...base.paths import offline_defaults
-
-    offline_defaults()
-    tracker = _cached.get(("tracker", uri, experiment)) or _cached.setdefault(("tracker", uri, experiment), Tracker(experiment, uri=uri))
-    settings = trials[0].settings
-    assert settings is not None  # planned trials carry their settings (sweep.plan)
-    key = ("state", settings.model, settings.precision, settings.trust_remote_code, settings.data_dir)
-    state = _cached.get(key) or _cached.setdefault(key, TrialState(settings))
-    tags = {"executor": "ray", "ray_task": token}
-    outcomes, texts = [], []
-    try:
-        for trial in trials:
-            out = io.StringIO()
-            console = Console(file=out, width=200, color_system=None, highlight=False, soft_wrap=True)
-            console.print(escape(trial.name), end=" ")
-            outcome = attempt(trial, state, tracker, sweep_id, console, tags)
-            if outcome is None:
-                console.print("[dim]running in another process: waiting for it[/]")
-                outcome = await_trial(trial, state, tracker, sweep_id, console, tags)
-            outcomes.append(outcome)
-            texts.append(out.getvalue().rstrip())
-    finally:
-        state.forget_adapter()
-    return outcomes, texts, f"pid {os.getpid()} on {socket.gethostname()}, {time.strftime('%H:%M:%S')}"

@@ -22,7 +22,7 @@ from ..settings.config import ExperimentConfig, config_hash, to_dict, trial_conf
 from ..settings.grid import applies, grid_points
 from ..store.fingerprint import implementation
 from ..store.provenance import code_version
-from ..store.tracking import Tracker, sweep_name
+from ..store.tracking import Tracker, default_tracking_uri, sweep_name
 from ..train import distributed
 from ..train.checkpoint import checkpoint_folder
 from .trial import Trial
@@ -127,11 +127,24 @@ def run_sweep(
     trials = select_shard(plan(config), *shard)  # bad input fails before any run is created
     state = TrialState(config)
     state.read_local_data()  # a broken --data-dir file too, before the store is even opened
-    tracker = distributed.rank_zero_tracker(tracker, config.experiment)
-    if executor == "ray":
-        from .ray_executor import RayExecutor  # a missing ray, a cluster that cannot be reached: one line now
+    if executor != "ray":
+        return _sweep(config, console, tracker, shard, trials, state, None)
+    from .ray_executor import RayExecutor, groups_of  # a missing ray, a cluster that cannot be reached: one line now
 
-        remote = RayExecutor(config, tracker, ray_address, console)
+    # Connected first: the warm workers load the base while this process opens the store.
+    remote = RayExecutor(config, tracker.uri if tracker else default_tracking_uri(), ray_address, console, len(groups_of(trials)))
+    try:
+        return _sweep(config, console, tracker, shard, trials, state, remote)
+    finally:
+        remote.shutdown()
+
+
+def _sweep(
+    config: ExperimentConfig, console: Console, tracker: Tracker | None, shard: tuple[int, int], trials: list[Trial], state: TrialState, remote
+) -> list[Outcome]:
+    """The sweep's parent run around its trials, run here or by `remote` (a RayExecutor)."""
+    executor = "ray" if remote else "local"
+    tracker = distributed.rank_zero_tracker(tracker, config.experiment)
     if distributed.context().is_main:
         for name, why in tracker.reconciled:
             console.print(f"[yellow]marked FAILED[/] {escape(name)} (left RUNNING: {escape(why)})", soft_wrap=True)
@@ -147,8 +160,8 @@ def run_sweep(
         raise UserError(f"MLflow store {tracker.uri} does not accept new runs ({storage_problem(err) or error_line(err)})") from None
     with tracker.running(sweep_id, strict=False):  # a full disk must not cost the table of what finished
         tracker.log_dict(sweep_id, to_dict(config), "config/experiment.json")
-        if executor == "ray":
-            outcomes = remote.run(trials, sweep_id)
+        if remote:
+            outcomes = remote.run(trials, sweep_id, tracker)
         else:
             outcomes = _run_here(trials, state, tracker, sweep_id, console)
         _record_summary(tracker, sweep_id, config, outcomes, console)

@@ -158,6 +158,7 @@ def run_trial(trial: Trial, config: ExperimentConfig, state: TrialState, tracker
             "model_source": base.source,
             **state.precision.tags(),
             "device": str(device),
+            "gradient_checkpointing": str(config.train.gradient_checkpointing).lower(),  # memory and time, not the number
             **hardware(device),
             **{f"version.{k}": v for k, v in package_versions().items()},
         },

@@ -21,6 +21,8 @@ from ..model.loading import DEFAULT_MODEL, check_model_name, resolve_device
 from ..model.precision import Precision, resolve_precision
 
 CHECKPOINT_SETTINGS = ("checkpoint_every", "checkpoint_dir", "keep_checkpoints")  # when and where to save, never what is computed
+# Train settings that change how a number is computed, never the number: recorded with the run, left out of the hash.
+UNHASHED_TRAIN_SETTINGS = (*CHECKPOINT_SETTINGS, "gradient_checkpointing")
 SCHEMA_VERSION = 1  # bump only when the store's layout changes; code changes are in harness/store/fingerprint.py
 
 
@@ -60,6 +62,10 @@ class TrainConfig:
     checkpoint_every: int = 50
     checkpoint_dir: str | None = None
     keep_checkpoints: bool = False
+    # Recompute each decoder layer's activations in backward instead of keeping them: less memory
+    # (`adamole-bench plan` shows how much), about one more forward of time. The same numbers bitwise
+    # (tests/test_checkpointing.py), so it is recorded with the run but left out of the config hash.
+    gradient_checkpointing: bool = False
 
     def validate(self) -> None:
         _finite(self)
@@ -109,11 +115,20 @@ class ResourcesConfig:
     gpus_per_trial: float = 0.0  # fractions share a GPU, e.g. 0.5
     cpus_per_trial: float = 1.0
     max_retries: int = 2  # reruns of a trial whose worker died (the trial is still recorded once)
+    custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources per trial (`ray start --resources`), e.g. {ssd: 1}
+    accelerator_type: str | None = None  # only nodes with this GPU type (Ray's accelerator types, e.g. A100, H100)
 
     def validate(self) -> None:
         _finite(self)
         _positive(self, "cpus_per_trial")
         _non_negative(self, "gpus_per_trial", "max_retries")
+        for name, amount in self.custom.items():
+            if not name.strip() or name in ("CPU", "GPU", "memory") or not math.isfinite(amount) or amount <= 0:
+                raise UserError(f"resources.custom.{name}={amount}: a custom resource needs a name other than CPU, GPU and memory "
+                                "and an amount > 0, e.g. resources.custom.ssd=1 (use resources.cpus_per_trial / gpus_per_trial for those)")  # fmt: skip
+        if self.accelerator_type is not None and (not self.accelerator_type.strip() or not self.gpus_per_trial):
+            raise UserError(f"resources.accelerator_type={self.accelerator_type!r} picks a GPU type, so it needs resources.gpus_per_trial > 0 "
+                            "and a type Ray knows, e.g. resources.gpus_per_trial=1 resources.accelerator_type=A100")  # fmt: skip
 
 
 @dataclass
@@ -468,7 +483,7 @@ def trial_config(config: ExperimentConfig, method: str, task: str) -> dict:
         "method_config": dataclasses.asdict(method_config),
         "task": task,
         "data_dir": config.data_dir,
-        "train": {k: v for k, v in dataclasses.asdict(config.train).items() if k not in CHECKPOINT_SETTINGS},
+        "train": {k: v for k, v in dataclasses.asdict(config.train).items() if k not in UNHASHED_TRAIN_SETTINGS},
         "eval": {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "expert_stats"},
     }
 

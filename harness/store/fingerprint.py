@@ -35,6 +35,7 @@ RESULT_PATH = (
     "harness/model/one_base.py",  # putting an adapter on the one loaded base and taking it off
     "harness/model/precision.py",  # dtypes and autocast
     "harness/train/loop.py",  # the training loop
+    "harness/train/checkpointing.py",  # gradient checkpointing's replay of each layer in backward
     "harness/run/trial.py",  # which trials share one trained adapter (a --mix group)
     "harness/run/trial_state.py",  # what trials share: the base, the data, a --mix group's adapter
     "harness/run/trials.py",  # seeding and the order of steps within a trial

@@ -29,6 +29,7 @@ from ..settings.config import TrainConfig
 from ..store.liveness import signals_deferred, terminated
 from . import distributed
 from .checkpoint import Batches, Checkpoint, TrainingState
+from .checkpointing import gradient_checkpointing
 from .data import EncodedExamples, LengthGroupedBatches, hf_length_grouped_batches
 
 
@@ -136,7 +137,7 @@ def supervised_loss(model: torch.nn.Module, batch: dict, num_items: float | None
     tokens, or their sum / `num_items` (multi-process: the global count, as transformers does)."""
     targets = batch["labels"][:, 1:]
     keep = (targets != -100).any(dim=0).nonzero().squeeze(1)  # positions any row of the batch needs
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, use_cache=False).logits
     chosen = targets[:, keep]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 from bf16/fp16, float64 stays
     total = torch.nn.functional.cross_entropy(logits.flatten(0, 1), chosen.flatten(), ignore_index=-100, reduction="sum")
@@ -206,7 +207,11 @@ def train(
     training = TrainingState(model, optimizer, scheduler, scaler, batches, result, started)
     first = training.resume(checkpoint, steps) if checkpoint else 1
     stops = signals_deferred() if checkpoint else nullcontext(lambda: None)  # without a checkpoint a signal stops at once
-    with phase("  train", total=steps, completed=first - 1, kind="train", loss=float("nan")) as bar, stops as stop_signal:
+    with (
+        gradient_checkpointing(model, config.gradient_checkpointing),
+        phase("  train", total=steps, completed=first - 1, kind="train", loss=float("nan")) as bar,  # a terminal only (base/progress.py)
+        stops as stop_signal,
+    ):
         for step in range(first, steps + 1):
             task_loss = aux_total = 0.0
             for micro in range(config.grad_accum):
@@ -217,7 +222,7 @@ def train(
                 scale = {} if num_items is None else {"num_items_in_batch": num_items}
                 with distributed.gradient_sync(train_model, last_micro_step=micro == config.grad_accum - 1):
                     with precision.autocast():  # the loss comes out fp32 (the logits are upcast first)
-                        loss = supervised_loss(train_model, batch, num_items) if sliced else train_model(**batch, **scale).loss
+                        loss = supervised_loss(train_model, batch, num_items) if sliced else train_model(**batch, **scale, use_cache=False).loss
                         aux = method.aux_loss(model)
                     total = loss if aux is None else loss + method.aux_loss_coeff * aux.float()
                     scaler.scale(total / config.grad_accum).backward()

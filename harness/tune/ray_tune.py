@@ -59,7 +59,9 @@ def search_on_ray(study, space: SearchSpace, method: str, config, tracker: Track
     if left == 0:
         console.print(f"[dim]{method}: budget spent ({budget.text()}); study {study.study_name} is complete[/]")
         return
-    remote = RayExecutor(config, tracker, address, console)  # connects; a trial must fit, and every node reach the store
+    remote = RayExecutor(
+        config, tracker.uri, address, console, groups=0
+    )  # connects, no warm workers (Ray Tune has its own); a trial must fit, and every node reach the store
     searcher = OptunaSearch(
         space=DefineByRun(space.methods[method].dimensions),
         metric="val_score",

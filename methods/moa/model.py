@@ -23,6 +23,7 @@ from torch import nn
 from ..catalog import register
 from ..experts import inject
 from ..method import Method
+from ..recompute import replaying
 from .config import LORA_TARGET_ORDER, MoaConfig, SoftMoaConfig, SparseMoaConfig
 from .experts import BlockState, GatedLora, ParallelAdapter, PromptExpert
 from .routing import ExpertThreshold, make_router
@@ -91,7 +92,7 @@ class MoaBlock(nn.Module):
         x = x.to(next(self.router.parameters()).dtype)
         weights = torch.sigmoid(self.router(x))
         mixing, threshold = (weights, None) if self.threshold is None else self.threshold(x, weights)
-        if self.recorder is not None:
+        if self.recorder is not None and not replaying():  # checkpointing's replay sees the same tokens again
             self.recorder.observe(self.layer_index, weights.detach(), mixing.detach(), None if threshold is None else threshold.detach())
         return mixing
 

@@ -40,7 +40,9 @@ def _run(executor: str, store: Path, steps: int, address: str | None) -> float:
 
 def _results(store: Path) -> dict:
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("adamole-bench").experiment_id], "tags.kind = 'trial'")
+    experiment = client.get_experiment_by_name("adamole-bench")
+    assert experiment is not None, f"no trials in {store}"
+    runs = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'")
     return {
         (r.data.tags["config_hash"], r.data.tags["seed"]): (r.data.metrics["eval/acc"], repr(r.data.metrics.get("train/final_loss"))) for r in runs
     }

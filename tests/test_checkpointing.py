@@ -24,7 +24,7 @@ def _model(method_name: str):
     model = method.apply(tiny_llama().double()).train()
     for module in model.modules():
         if hasattr(module, "attention_dropout"):
-            module.attention_dropout = 0.1
+            module.attention_dropout = 0.1  # type: ignore[assignment]  # torch types Module.__setattr__ values as Tensor | Module; any value works
     return method, model
 
 

@@ -24,7 +24,7 @@ def training_peak(model: torch.nn.Module, method, train: TrainConfig, precision:
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    ids = torch.randint(3, model.config.vocab_size, (train.batch_size, train.max_length), device=device)
+    ids = torch.randint(3, model.config.vocab_size, (train.batch_size, train.max_length), device=device)  # type: ignore[union-attr,arg-type]  # torch types Module.__getattr__ as Tensor | Module; config is a plain attribute
     labels = ids.clone()
     if train.loss_on == "answer":  # two answer tokens a row, at different positions (as right-padded rows have)
         labels.fill_(-100)

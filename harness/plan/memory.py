@@ -215,11 +215,11 @@ def dropout_bytes(model: nn.Module, train: TrainConfig) -> int:
     """PEFT LoRA's nn.Dropout keeps its mask (1 byte a value) and its output (fp32) per adapted linear.
     The mixtures' sparse expert dropout keeps only the ~p share of dropped entries: not counted."""
     tokens = train.batch_size * train.max_length
-    dropouts = [
-        (module.in_features, dropout.p)
+    dropouts: list[tuple[int, float]] = [
+        (module.in_features, dropout.p)  # type: ignore[misc]  # torch types Module.__getattr__ as Tensor | Module; PEFT's in_features is an int
         for module in model.modules()
-        if isinstance(getattr(module, "lora_dropout", None), nn.ModuleDict)
-        for dropout in module.lora_dropout.values()
+        if isinstance(layer_dropouts := getattr(module, "lora_dropout", None), nn.ModuleDict)
+        for dropout in layer_dropouts.values()
         if isinstance(dropout, nn.Dropout)
     ]
     return sum(tokens * features * (torch.float32.itemsize + 1) for features, p in dropouts if p > 0)

@@ -19,7 +19,7 @@ from ...base.errors import UserError
 from ...methods.recompute import replay
 
 
-class _Checkpointed:
+class _Checkpointed(nn.Module):
     """Mixed into a decoder layer's class while checkpointing is on: its call is checkpointed in training."""
 
     def __call__(self, *args, **kwargs):

@@ -66,11 +66,15 @@ def ray_head():
     its ray:// address and the temp dir. Teardown stops it and checks that none of its processes (GCS, raylet, workers) is left."""
     temp = tempfile.mkdtemp(prefix="ab-ray-", dir="/tmp")  # short: Ray's socket paths must stay under 108 characters
     port, client_port = free_port(), free_port()  # ephemeral ports: never in Ray's worker port range (10002-19999)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", **AUTH}
+    # Ray Client's proxy gives a client's own server 30 s to come up, then fails the connection with "Initialization
+    # failure from server": on this 2-core machine under a full test load that start (a fresh Python importing Ray)
+    # has taken longer, so the head waits as long as the test's other start-ups do.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120", **AUTH}
     ray_cli = str(Path(sys.executable).with_name("ray"))
+    head_log = open(Path(temp) / "head.log", "w")  # noqa: SIM115 - the head writes to it for its whole life
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", f"--port={port}", f"--ray-client-server-port={client_port}", "--num-cpus=2", '--resources={"ab_slot": 1}', "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, stdout=open(Path(temp) / "head.log", "w"),  # noqa: SIM115 - the head writes to it for its whole life stderr=subprocess.STDOUT, start_new_session=True,
+        env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
     ready = [ray_cli, "status", f"--address={address}"]
@@ -89,6 +93,7 @@ def ray_head():
             head.wait(60)
         except subprocess.TimeoutExpired:
             head.kill()
+        head_log.close()
         _, left = psutil.wait_procs(list(started), timeout=30)
         left += [p for p in _cluster_processes(temp) if p not in left]
         for process in left:  # never leave them behind, even when the assertion below fails

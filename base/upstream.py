@@ -1,4 +1,4 @@
-"""Every private API of peft and transformers adamole-bench relies on, in one place.
+"""Every private API of peft, transformers, lm-eval and MLflow adamole-bench relies on, in one place.
 
 None of these names is part of its library's documented API, so any release may change them without a
 deprecation. tests/test_upstream.py checks each one against the installed version and fails naming that
@@ -7,8 +7,10 @@ Each library is imported inside the function that needs it: importing this modul
 caller pays only for the library it uses.
 """
 
-from collections.abc import Callable
-from typing import cast
+import importlib
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, cast
 
 # BaseTuner's private hooks that the tuners in methods/peft_tuner.py override, with the
 # parameters PEFT calls them with (PEFT has no public extension API for a tuner's injection).
@@ -98,3 +100,92 @@ def sdpa_attention() -> tuple[Callable, Callable]:
     from transformers.masking_utils import sdpa_mask
 
     return sdpa_attention_forward, sdpa_mask
+
+
+# HFLM's private methods that the scorers in harness/evaluate/scoring.py override, with the parameters
+# lm-eval calls them with (HFLM has no public hook for what a scorer computes or how it encodes).
+HFLM_SCORER_HOOKS = {
+    "_loglikelihood_tokens": ("self", "requests", "disable_tqdm", "override_bs"),
+    "_model_call": ("self", "inps", "attn_mask", "labels"),
+    "_select_cont_toks": ("self", "logits", "contlen", "inplen"),
+    "_encode_pair": ("self", "context", "continuation"),
+    "_model_generate": ("self", "context", "max_length", "stop", "generation_kwargs"),
+}
+
+# lm-eval's warnings about what adamole-bench does on purpose (an already-loaded model, a callable dataset
+# for our tasks), by the lm-eval module that logs them: matched by text, as lm-eval gives them no code.
+LM_EVAL_EXPECTED_WARNINGS = {
+    "lm_eval.models.huggingface": ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model through `pretrained`"),
+    "lm_eval.api.task": ("Custom kwargs can be passed to `--metadata`",),
+}
+
+# How lm-eval's CLI reports an unknown task name (a plain ValueError, before any model is loaded).
+LM_EVAL_TASKS_NOT_FOUND = "Tasks not found"
+
+# The MLflow module that logs every database error with its traceback before raising it.
+MLFLOW_DB_LOGGER = "mlflow.store.db.utils"
+
+
+@contextmanager
+def _replaced(module, replacements: dict[str, Any]) -> Iterator[None]:
+    """`module`'s attributes set to `replacements` for the block, then restored; a name the installed
+    release lacks is left alone (tests/test_upstream.py fails on it instead)."""
+    originals = {name: getattr(module, name) for name in replacements if hasattr(module, name)}
+    for name in originals:
+        setattr(module, name, replacements[name])
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(module, name, original)
+
+
+def lm_eval_environment() -> dict:
+    """The environment record lm-eval adds to every result (torch's collect_env, pip packages, ...)."""
+    from lm_eval.loggers.utils import add_env_info
+
+    record: dict = {}
+    add_env_info(record)
+    return record
+
+
+@contextmanager
+def lm_eval_lookups_replaced(git_commit: Callable[[], str], add_env_info: Callable[[dict], None]) -> Iterator[None]:
+    """lm-eval's evaluator with its `git describe` and environment lookups replaced for the block."""
+    import lm_eval.evaluator
+
+    with _replaced(lm_eval.evaluator, {"get_git_commit_hash": git_commit, "add_env_info": add_env_info}):
+        yield
+
+
+LM_EVAL_TQDM_MODULES = ("lm_eval.api.model", "lm_eval.api.task", "lm_eval.models.huggingface")
+
+
+@contextmanager
+def lm_eval_tqdm_replaced(tqdm: Callable) -> Iterator[None]:
+    """The `tqdm` lm-eval's request building and HFLM's scoring loops call, replaced for the block."""
+    with ExitStack() as stack:
+        for name in LM_EVAL_TQDM_MODULES:
+            stack.enter_context(_replaced(importlib.import_module(name), {"tqdm": tqdm}))
+        yield
+
+
+@contextmanager
+def lm_eval_task_manager_replaced(factory: Callable) -> Iterator[None]:
+    """The TaskManager class lm-eval's CLI builds its task index with, replaced for the block."""
+    import lm_eval.tasks
+
+    with _replaced(lm_eval.tasks, {"TaskManager": factory}):
+        yield
+
+
+def lm_eval_cli() -> Callable[[], None]:
+    """lm-eval's CLI entry point: it reads sys.argv (lm-eval has no documented function taking arguments)."""
+    from lm_eval.__main__ import cli_evaluate
+
+    return cli_evaluate
+
+
+def lm_eval_tasks_not_found(err: ValueError) -> bool:
+    """Whether lm-eval raised `err` for a task name it does not know."""
+    return str(err).startswith(LM_EVAL_TASKS_NOT_FOUND)

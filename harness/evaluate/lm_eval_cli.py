@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ...base.errors import UserError
+from ...base.upstream import LM_EVAL_EXPECTED_WARNINGS, lm_eval_cli, lm_eval_task_manager_replaced, lm_eval_tasks_not_found
 from ...methods.registry import ADAPTER_CONFIG
 from ...tasks.registry import LM_EVAL_DIR, PROTOCOLS, all_tasks, lm_eval_task_name
 from ..model.adapters import load_adapter
@@ -71,27 +72,16 @@ def only_ours(tasks: list[str] | None) -> bool:
 @contextmanager
 def _without_default_tasks():
     """lm-eval's CLI builds its TaskManager with the defaults; our tasks alone need none of them."""
-    import lm_eval.tasks
+    from lm_eval.tasks import TaskManager
 
-    default = lm_eval.tasks.TaskManager
-    lm_eval.tasks.TaskManager = functools.partial(default, include_defaults=False)
-    try:
+    with lm_eval_task_manager_replaced(functools.partial(TaskManager, include_defaults=False)):
         yield
-    finally:
-        lm_eval.tasks.TaskManager = default
-
-
-# lm-eval's warnings about what this command does on purpose: an already-loaded model for `adamole-bench`,
-# a callable dataset for our tasks. None of them is something the user could act on.
-EXPECTED_WARNINGS = {
-    "lm_eval.models.huggingface": ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model through `pretrained`"),
-    "lm_eval.api.task": ("Custom kwargs can be passed to `--metadata`",),
-}
 
 
 @functools.cache
 def _drop_expected_warnings() -> None:
-    for name, phrases in EXPECTED_WARNINGS.items():
+    """lm-eval's warnings about what this command does on purpose: none is something the user could act on."""
+    for name, phrases in LM_EVAL_EXPECTED_WARNINGS.items():
 
         def unexpected(record: logging.LogRecord, phrases: tuple[str, ...] = phrases) -> bool:
             return not any(phrase in record.getMessage() for phrase in phrases)
@@ -156,7 +146,7 @@ def main(args: list[str]) -> None:
     if not args or args in (["-h"], ["--help"]):
         print(USAGE, flush=True)
         args = ["run", "--help"]
-    from lm_eval.__main__ import cli_evaluate  # lm-eval takes seconds to import: only this command needs it
+    cli_evaluate = lm_eval_cli()  # lm-eval takes seconds to import: only this command needs it
 
     # Importing it registers the mixtures with PEFT, before lm-eval can load a model (it imports peft: slow).
     from ...methods import peft_integration  # noqa: F401
@@ -175,7 +165,7 @@ def main(args: list[str]) -> None:
         ):
             cli_evaluate()
     except ValueError as err:  # lm-eval's check of the task names, before any model is loaded
-        if not str(err).startswith("Tasks not found"):
+        if not lm_eval_tasks_not_found(err):
             raise
         raise UserError(
             f"{err}; ours are <task>_<protocol>: a task of `adamole-bench list tasks` and one of {', '.join(PROTOCOLS)}, e.g. copa_letter"

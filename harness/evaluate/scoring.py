@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...base.progress import phase
+from ...base.upstream import lm_eval_environment, lm_eval_lookups_replaced, lm_eval_tqdm_replaced
 from ...tasks.lm_eval.loader import task_config
 from ...tasks.registry import lm_eval_task_name
 from ...tasks.sources import TaskData
@@ -31,31 +32,17 @@ class EvalResult:
 def _environment() -> dict:
     """lm-eval's environment record: torch's collect_env runs ~60 subprocesses (~0.8 s) for a
     result that is the same for every evaluation in the process."""
-    from lm_eval.loggers.utils import add_env_info
-
-    record: dict = {}
-    add_env_info(record)
-    return record
+    return lm_eval_environment()
 
 
 @contextmanager
 def lm_eval_provenance():
     """lm-eval runs `git describe` in the cwd (the wrong repo for us, or a 'fatal:' line) and collects
     the environment at every call: record our commit, and the environment once per process."""
-    import lm_eval.evaluator
-
-    patches = {
-        "get_git_commit_hash": lambda: code_version()["git_commit"],
-        "add_env_info": lambda results: results.update(copy.deepcopy(_environment())),
-    }
-    originals = {name: getattr(lm_eval.evaluator, name) for name in patches if hasattr(lm_eval.evaluator, name)}
-    for name in originals:  # another lm-eval version without one of them: leave that alone
-        setattr(lm_eval.evaluator, name, patches[name])
-    try:
+    with lm_eval_lookups_replaced(
+        git_commit=lambda: code_version()["git_commit"], add_env_info=lambda results: results.update(copy.deepcopy(_environment()))
+    ):
         yield
-    finally:
-        for name, original in originals.items():
-            setattr(lm_eval.evaluator, name, original)
 
 
 @functools.cache
@@ -89,25 +76,15 @@ def _sample_record(sample: dict) -> dict:
 def lm_eval_bars_off():
     """lm-eval's own tqdm bars (one while it builds the requests, one per request type, passed
     disable=False) would tear the sweep's display in a terminal and are noise in a log: our eval bar
-    (base/progress.py) replaces them. lm-eval's `tqdm` is patched for the call, as `lm_eval_provenance`
-    patches its git and environment lookups."""
-    import lm_eval.api.model
-    import lm_eval.api.task
-    import lm_eval.models.huggingface
+    (base/progress.py) replaces them. lm-eval's `tqdm` is replaced for the call, as `lm_eval_provenance`
+    replaces its git and environment lookups."""
     from tqdm import tqdm
 
     def quiet(*args, **kwargs):
         return tqdm(*args, **kwargs | {"disable": True})
 
-    modules = (lm_eval.api.model, lm_eval.api.task, lm_eval.models.huggingface)
-    originals = [module.tqdm for module in modules]
-    for module in modules:
-        module.tqdm = quiet
-    try:
+    with lm_eval_tqdm_replaced(quiet):
         yield
-    finally:
-        for module, original in zip(modules, originals, strict=True):
-            module.tqdm = original
 
 
 @functools.cache

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ...base.errors import Diverged, Pruned, UserError, storage_problem
 from ...base.paths import runs_dir
+from ...base.upstream import MLFLOW_DB_LOGGER
 from . import claims
 from .liveness import Heartbeat, Terminated, heartbeat_seconds, process_tags, stale_after_seconds
 from .retry import RetryingClient, retry_seconds
@@ -219,7 +220,7 @@ class Tracker:
 
         # MLflow logs every database error with its traceback before raising it; we report each in one
         # line (a failed trial, a skipped heartbeat), so its log would only bury that line (e.g. disk full).
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+        logging.getLogger(MLFLOW_DB_LOGGER).setLevel(logging.CRITICAL)
 
         try:
             client = RetryingClient(MlflowClient(self.uri), self._retry_seconds)  # a transient server error never kills a sweep (retry.py)

@@ -117,7 +117,9 @@ def test_trials_in_one_process_give_what_each_gives_in_a_fresh_process(one_after
         assert fresh["config_hash"] == mine["config_hash"], method  # the same settings, so the same trial
         assert fresh["losses"] == mine["losses"] and len(mine["losses"]) == (0 if method == "base" else 3), method
         assert fresh["loglikelihoods"] == mine["loglikelihoods"] and len(mine["loglikelihoods"]) == 16, method
-        assert fresh["metrics"] == mine["metrics"], method
+        # `run` also logs the sweep's table, which writes each trial's Wilson interval on its run (bundle.trial_intervals)
+        by_table = {"eval/acc_ci_low", "eval/acc_ci_high"}
+        assert {k: v for k, v in fresh["metrics"].items() if k not in by_table} == mine["metrics"], method
         if method == "base":
             assert mine["adapter"] is None
         else:

@@ -9,6 +9,7 @@ The trials run here one after another (`--executor local`) or as Ray tasks (harn
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TypeVar
 
 from rich.console import Console
@@ -107,10 +108,17 @@ def select_shard(trials: list[TrialT], index: int, count: int) -> list[TrialT]:
     return trials[index::count]
 
 
-def pinned_checkpoint_folder(config: ExperimentConfig) -> ExperimentConfig:
-    """The checkpoint folder as an absolute path, so an executor's workers (another working directory) find it too."""
-    folder = str(checkpoint_folder(config.train))
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, checkpoint_dir=folder))
+def pinned_checkpoint_folder(config: ExperimentConfig, store_uri: str) -> ExperimentConfig:
+    """The checkpoint folder as an absolute path, so an executor's workers (another working directory) find it
+    too: `train.checkpoint_dir`, else `checkpoints/` beside a local sqlite store (the one this sweep writes to,
+    e.g. `run(store=...)`), else beside the default store."""
+    if config.train.checkpoint_dir:
+        folder = checkpoint_folder(config.train)
+    elif store_uri.startswith("sqlite:///"):
+        folder = Path(store_uri.removeprefix("sqlite:///")).resolve().parent / "checkpoints"
+    else:
+        folder = checkpoint_folder(config.train)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, checkpoint_dir=str(folder)))
 
 
 def run_sweep(
@@ -123,7 +131,7 @@ def run_sweep(
 ) -> list[Outcome]:
     if executor not in EXECUTORS:
         raise unknown("executor", executor, EXECUTORS)
-    config = pinned_checkpoint_folder(config)
+    config = pinned_checkpoint_folder(config, tracker.uri if tracker else default_tracking_uri())
     trials = select_shard(plan(config), *shard)  # bad input fails before any run is created
     state = TrialState(config)
     state.read_local_data()  # a broken --data-dir file too, before the store is even opened

@@ -37,7 +37,8 @@ def test_a_small_trial_after_a_large_one_reports_its_own_smaller_peak(monkeypatc
     monkeypatch.setattr(trial_state, "train", counting_train)
     config = load_config(
         None,
-        ["train.batch_size=32", "train.max_length=512", "train.max_train_examples=32", "eval.batch_size=1", "save_adapters=false", "eval.expert_stats=false"],
+        ["train.batch_size=32", "train.max_length=512", "train.max_train_examples=32", "eval.batch_size=1", "save_adapters=false", "eval.expert_stats=false",
+         "train.gradient_checkpointing=false"],  # the big trial must keep its activations for the peaks to differ
         model="tiny-llama", methods=["lora", "base"], tasks=["boolq"], seeds=[0], train__max_steps=1, eval__limit=2,
     )  # fmt: skip
     outcomes = sweep.run_sweep(config, Console(quiet=True), Tracker("memory-test", uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))

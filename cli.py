@@ -1,4 +1,7 @@
-"""`adamole-bench` command line: parses flags into harness calls; no logic of its own."""
+"""`adamole-bench` command line: parses flags into harness calls; no logic of its own.
+
+Each command imports its stage inside its function: the stages pull in torch, transformers, lm-eval and
+MLflow (seconds), which `--help`, shell completion and a bad flag's one-line error must not wait for."""
 
 import dataclasses
 import functools

@@ -111,6 +111,16 @@ def _interrupted(interrupt: KeyboardInterrupt) -> typer.Exit:
     return typer.Exit(exit_code(interrupt))
 
 
+def _exit_with(work) -> None:
+    """Run a sweep-like command: its exit code, or Ctrl-C/SIGTERM's with the note that finished trials are kept."""
+    try:
+        code = work()
+    except KeyboardInterrupt as interrupt:
+        raise _interrupted(interrupt) from None
+    if code:
+        raise typer.Exit(code)
+
+
 def _complete_items(names):
     """Shell completion of a comma-separated flag: the last item, after those already typed."""
 
@@ -235,12 +245,7 @@ def run(
         "eval__protocol": protocol,
         "mix": mix,
     }
-    try:
-        code = command.run(config, overrides or [], settings, console, _shard(shard), executor, ray_address)
-    except KeyboardInterrupt as interrupt:
-        raise _interrupted(interrupt) from None
-    if code:
-        raise typer.Exit(code)
+    _exit_with(lambda: command.run(config, overrides or [], settings, console, _shard(shard), executor, ray_address))
 
 
 @app.command()
@@ -280,12 +285,7 @@ def tune(
         "train__max_steps": max_steps,
         "eval__limit": limit,
     }
-    try:
-        code = command.tune(config, overrides or [], settings, space, console, executor, ray_address)
-    except KeyboardInterrupt as interrupt:
-        raise _interrupted(interrupt) from None
-    if code:
-        raise typer.Exit(code)
+    _exit_with(lambda: command.tune(config, overrides or [], settings, space, console, executor, ray_address))
 
 
 @app.command()
@@ -461,12 +461,7 @@ def check(
     from .harness.check import command
 
     offline_defaults()
-    try:
-        code = command.check(suite, record, from_mlflow, console)
-    except KeyboardInterrupt as interrupt:
-        raise _interrupted(interrupt) from None
-    if code:
-        raise typer.Exit(code)
+    _exit_with(lambda: command.check(suite, record, from_mlflow, console))
 
 
 @app.command()

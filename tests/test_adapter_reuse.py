@@ -24,10 +24,10 @@ METHODS = ["lora", "mole", "adamole", "soft-moa", "sparse-moa"]
 IDS = torch.randint(3, 259, (2, 11), generator=torch.Generator().manual_seed(0))
 
 
-def trained(name: str, dtype: str = "float32"):
+def trained(name: str, dtype: str = "float32", base=None):
     """(method, base, adapted model) as a sweep leaves them, with every adapter tensor moved off its init
-    (LoRA B and MoA's gates start at zero and would hide a dropped adapter)."""
-    base = load_base_model("tiny-llama", dtype=dtype)
+    (LoRA B and MoA's gates start at zero and would hide a dropped adapter); on `base` if given, else tiny-llama."""
+    base = base or load_base_model("tiny-llama", dtype=dtype)
     method = build_method(name)
     torch.manual_seed(0)
     model = method.apply(copy.deepcopy(base.model)).eval()
@@ -271,14 +271,7 @@ def test_an_export_names_the_local_base_folder_only_while_it_holds_the_weights_t
     tiny = load_base_model("tiny-llama")
     tiny.model.save_pretrained(base_folder)
     tiny.tokenizer.save_pretrained(base_folder)
-    local = load_base_model(str(base_folder))
-    method = build_method("lora")
-    torch.manual_seed(0)
-    model = method.apply(copy.deepcopy(local.model)).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(torch.randn_like(parameter) * 0.1)
+    method, local, model = trained("lora", base=load_base_model(str(base_folder)))
     method.save(model, tmp_path / "adapter", local.reference())
     assert record_loadable_base(tmp_path / "adapter", str(base_folder)) == str(base_folder.resolve())
     assert json.loads((tmp_path / "adapter" / PEFT_CONFIG).read_text())["base_model_name_or_path"] == str(base_folder.resolve())

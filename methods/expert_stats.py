@@ -74,11 +74,11 @@ def _quantile(histogram: torch.Tensor, q: float, cap: float) -> float:
 
 class ExpertStatistics(StatisticsRecorder):
     def __init__(self, model: nn.Module, adapters: Sequence[tuple[str, _Observed]]):
-        """`adapters`: (name, MoeLoraAdapter) of `model` (moe_lora.moe_adapters), handed in so that this
+        """`adapters`: (adapted linear's name, its MoeLoraAdapter) of `model` (moe_lora.moe_adapters), handed in so that this
         module, which moe_lora.py imports, need not import it back."""
         self.model = model
         self.adapters = adapters
-        self._names = {id(adapter): name.removesuffix(".adapter") for name, adapter in self.adapters}
+        self._names = {id(adapter): name for name, adapter in self.adapters}
         self._sums: dict[str, _Accumulator] = {}
         self._attention_mask: torch.Tensor | None = None
         self._hook: RemovableHandle | None = None

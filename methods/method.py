@@ -100,7 +100,7 @@ class Method:
         if self.peft_type:
             from .peft_tuner import save_peft_adapter  # PEFT takes seconds to import; only saving needs it
 
-            return save_peft_adapter(self, model, path, base_model)
+            return save_peft_adapter(model, path, base_model)
         from safetensors.torch import save_file
 
         tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
@@ -117,6 +117,10 @@ class Method:
             return load_peft_adapter(model, path)
         adapted = self.apply(model)  # the harness layout: also adapters saved before the PEFT layout
         tensors = load_file(str(path / ADAPTER_WEIGHTS))
+        if self.peft_type:
+            from .peft_tuner import from_harness_names  # as above
+
+            tensors = from_harness_names(tensors)
         expected = {n for n, p in adapted.named_parameters() if p.requires_grad}
         if set(tensors) != expected:
             missing, extra = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]

@@ -7,6 +7,7 @@ summed by walking `model.modules()`, so it survives DDP/DataParallel wrapping an
 reported stale in evaluation (reference bugs §10.3 and §10.6).
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from . import routing
 from .expert_stats import ExpertStatistics
-from .experts import DropoutMode, LoraExperts, inject
+from .experts import DropoutMode, LoraExperts
 from .lora.config import LLAMA_ATTENTION
 from .method import Method, StatisticsRecorder
 from .recompute import replaying
@@ -131,7 +132,13 @@ class MoeLoraAdapter(nn.Module):
 
 
 def moe_adapters(model: nn.Module) -> list[tuple[str, MoeLoraAdapter]]:
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, MoeLoraAdapter)]
+    """(name of the adapted linear in the base model, its adapter): `model.layers.0.self_attn.q_proj`
+    for PEFT's `base_model.model.model.layers.0.self_attn.q_proj.adapter.default`."""
+    return [(_linear_name(name), module) for name, module in model.named_modules() if isinstance(module, MoeLoraAdapter)]
+
+
+def _linear_name(adapter_name: str) -> str:
+    return re.sub(r"\.adapter(\.[^.]+)?$", "", adapter_name.removeprefix("base_model.model."))
 
 
 class MoeLoraMethod(Method):
@@ -155,8 +162,9 @@ class MoeLoraMethod(Method):
         return MoeLoraAdapter(experts, self.make_router(linear.in_features))
 
     def apply(self, model: nn.Module) -> nn.Module:
-        inject(model, list(self.config.target_modules), lambda _name, linear: self.make_adapter(linear))
-        return model
+        from .peft_tuner import mixture_model  # PEFT takes seconds to import; listing methods must not wait for it
+
+        return mixture_model(self, model)
 
     def aux_loss(self, model: nn.Module) -> torch.Tensor | None:
         """Sum (not mean, as the reference) of the per-layer losses of adapters in training mode."""

@@ -1,10 +1,11 @@
 """MoLE, AdaMoLE and Soft/Sparse MoA as PEFT methods: their config, tuner layer and tuner, and the
-harness's save and load in PEFT's layout (adapter_config.json + adapter_model.safetensors).
+one adapter path every built-in method takes (LoRA is PEFT's own): `get_peft_model` creates the adapter
+the harness trains, `save_pretrained`'s layout stores it, `PeftModel.from_pretrained` loads it.
 
-The layers PEFT builds hold the very modules the harness trains (`MoeLoraAdapter`, `GatedLora`,
-`MoaBlock`), so the logits are identical. A saved config names its method, found in catalog.py (not the
-registry, which sits above the methods); peft_integration.py enters these classes in PEFT's tables.
-What PEFT cannot do with a token-routed mixture is refused loudly: merging into dense weights.
+The tuner layers hold the modules the methods define (`MoeLoraAdapter`, `GatedLora`, `MoaBlock`). A
+saved config names its method, found in catalog.py (not the registry, which sits above the methods);
+peft_integration.py enters these classes in PEFT's tables. What PEFT cannot do with a token-routed
+mixture is refused loudly: merging into dense weights.
 """
 
 import copy
@@ -17,7 +18,7 @@ from typing import ClassVar, cast
 
 import peft
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model_state_dict
+from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import TaskType
 from safetensors import safe_open
@@ -27,11 +28,9 @@ from torch import nn
 from ..base.errors import UserError
 from ..base.upstream import peft_type_registered
 from .catalog import ADAPTER_WEIGHTS, configure, registered
-from .experts import AdaptedLinear
 from .peft_hook import register_with_peft
 
-ADAPTER_ATTRIBUTE = "adapter"  # the tuner layers keep the harness's AdaptedLinear names: q_proj.adapter.experts.lora_A
-PEFT_ROOT = "base_model.model."  # what PeftModel puts in front of the base model's own names
+ADAPTER_ATTRIBUTE = "adapter"  # a tuner layer's branches: q_proj.adapter.<adapter name>.experts.lora_A
 
 
 class MixtureType(str, enum.Enum):
@@ -54,6 +53,7 @@ class MixtureConfig(PeftConfig):
     method: str = "adamole"
     method_config: dict = field(default_factory=dict)
     target_modules: list[str] | None = None
+    task_type: TaskType | str | None = TaskType.CAUSAL_LM  # None: a plain PeftModel around any nn.Module
 
     def __post_init__(self):
         super().__post_init__()
@@ -61,7 +61,6 @@ class MixtureConfig(PeftConfig):
         if peft_type not in list(MixtureType):
             raise ValueError(f"{self.method} is not a mixture method; choose one of {', '.join(t.value for t in MixtureType)} (LoRA is PEFT's own)")
         self.peft_type = MixtureType(peft_type)
-        self.task_type = self.task_type or TaskType.CAUSAL_LM
         options = self.build().config
         self.method_config = dataclasses.asdict(options)
         self.target_modules = list(getattr(options, "target_modules", None) or options.lora_targets)
@@ -73,8 +72,8 @@ class MixtureConfig(PeftConfig):
 
 
 class MixtureLinear(nn.Module, BaseTunerLayer):
-    """A frozen linear plus one mixture branch per adapter name; with one active adapter the forward is
-    exactly AdaptedLinear's: base(x) + adapter(x).to(x.dtype)."""
+    """A frozen linear plus one mixture branch per adapter name: base(x) + Σ_active adapter(x), each
+    branch's output cast to the base's dtype."""
 
     adapter_layer_names = (ADAPTER_ATTRIBUTE,)
 
@@ -105,8 +104,7 @@ class MixtureLinear(nn.Module, BaseTunerLayer):
 class MixtureTuner(BaseTuner):
     """What every mixture shares: MixtureLinear layers, no merging, adapter names stripped from keys.
 
-    Subclasses say how to build one branch (`make_branch`) and where the harness keeps what else it
-    trains (`harness_state_dict`), so a harness-trained model saves straight into PEFT's layout.
+    Subclasses say how to build one branch (`make_branch`).
     """
 
     prefix = ADAPTER_ATTRIBUTE
@@ -133,16 +131,6 @@ class MixtureTuner(BaseTuner):
         """`...q_proj.adapter.default.experts.lora_A` → `...q_proj.adapter.experts.lora_A` (PEFT's default
         only strips the name when it is second to last, which a nested branch never has)."""
         return re.sub(rf"\.({cls.prefix}|moa_blocks)\.{re.escape(adapter_name)}(?=\.|$)", r".\1", key)
-
-    @classmethod
-    def harness_state_dict(cls, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The adapter tensors of a harness-adapted model under the keys PEFT saves them with."""
-        state = {}
-        for name, module in model.named_modules():
-            if isinstance(module, AdaptedLinear):
-                for key, tensor in module.adapter.state_dict().items():
-                    state[f"{PEFT_ROOT}{name}.{ADAPTER_ATTRIBUTE}.{key}"] = tensor
-        return state
 
 
 class MoeLoraTuner(MixtureTuner):
@@ -219,42 +207,50 @@ class MoaTuner(MixtureTuner):
         self.moa_blocks = nn.ModuleDict()
         return super().unload()
 
-    @classmethod
-    def harness_state_dict(cls, model: nn.Module) -> dict:
-        """LoRA experts as every mixture, plus `model.layers.3.moa.*` → `base_model.moa_blocks.3.*`."""
-        state = super().harness_state_dict(model)
-        blocks = [block for layer in model.modules() if isinstance(block := getattr(layer, "moa", None), nn.Module)]  # one per decoder layer
-        for block in blocks:
-            state |= {f"base_model.moa_blocks.{block.layer_index}.{key}": tensor for key, tensor in block.state_dict().items()}
-        return state
-
 
 def tuner_class(peft_type: str) -> type[MixtureTuner]:
     return MoaTuner if peft_type in (MixtureType.SOFT_MOA, MixtureType.SPARSE_MOA) else MoeLoraTuner
 
 
 # ---------------------------------------------------------------------------------------------
-# The harness's save and load in PEFT's layout.
+# The one adapter path: create, save and load through PEFT.
 
 
-def save_peft_adapter(method, model: nn.Module, path: Path, base_model: dict) -> None:
-    """Write `model`'s adapter as PEFT would: a PeftModel (LoRA) as is, a harness mixture converted."""
-    if isinstance(model, PeftModel):
-        config = copy.copy(model.peft_config["default"])
-        state = get_peft_model_state_dict(model, save_embedding_layers=False)
-    else:
-        config = MixtureConfig(method=method.name, method_config=dataclasses.asdict(method.config))
-        assert isinstance(config.peft_type, MixtureType), "MixtureConfig.__post_init__ sets it"
-        if not peft_type_registered(config.peft_type, MixtureConfig):
-            raise UserError(
-                f"PEFT {peft.__version__} defines its own {config.peft_type.value}, so {method.name} cannot be saved in its layout; use peft 0.21"
-            )
-        state = tuner_class(config.peft_type).harness_state_dict(model)
+def mixture_model(method, model: nn.Module) -> PeftModel:
+    """`model` with a fresh adapter of the mixture `method`, made by PEFT's own `get_peft_model`."""
+    task_type = TaskType.CAUSAL_LM if hasattr(model, "prepare_inputs_for_generation") else None  # a language model, or any module
+    config = MixtureConfig(method=method.name, method_config=dataclasses.asdict(method.config), task_type=task_type)
+    assert isinstance(config.peft_type, MixtureType), "MixtureConfig.__post_init__ sets it"
+    if not peft_type_registered(config.peft_type, MixtureConfig):
+        raise UserError(f"PEFT {peft.__version__} defines its own {config.peft_type.value}, so {method.name} cannot run through it; use peft 0.21")
+    return cast(PeftModel, get_peft_model(model, config))
+
+
+def save_peft_adapter(model: nn.Module, path: Path, base_model: dict) -> None:
+    """Write the adapter of `model` (the PeftModel a method's `apply` returned) as PEFT does."""
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"save takes the model the method's apply returned (a PeftModel), got {type(model).__name__}")
+    config = copy.copy(model.peft_config["default"])
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
     config.base_model_name_or_path = base_model["id"]
     config.revision = base_model.get("revision")
     config.inference_mode = True
     config.save_pretrained(str(path))
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+
+
+def from_harness_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A mixture saved before the harness trained through PEFT (its own injection, no adapter_config.json)
+    under the names the PeftModel has now: `model.layers.0.self_attn.q_proj.adapter.experts.lora_A` →
+    `base_model.model.model.layers.0.self_attn.q_proj.adapter.default.experts.lora_A`, and MoA's
+    `model.layers.3.moa.router.weight` → `base_model.moa_blocks.default.3.router.weight`."""
+    renamed = {}
+    for key, tensor in tensors.items():
+        if not key.startswith("base_model."):
+            key = re.sub(r"^(?:.*\.)?layers\.(\d+)\.moa\.", r"base_model.moa_blocks.default.\1.", key)
+            key = re.sub(rf"^(?!base_model\.)(.*)\.{ADAPTER_ATTRIBUTE}\.", rf"base_model.model.\1.{ADAPTER_ATTRIBUTE}.default.", key)
+        renamed[key] = tensor
+    return renamed
 
 
 def load_peft_adapter(model: nn.Module, path: Path) -> PeftModel:

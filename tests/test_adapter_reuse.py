@@ -8,6 +8,7 @@ changes the float operations, so it is compared within fp32 tolerance).
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -181,26 +182,21 @@ def test_mixtures_in_bfloat16_round_trip_exactly(tmp_path):
     assert (logits(loaded.model) - logits(model)).abs().max().item() == 0.0
 
 
-def test_get_peft_model_builds_the_harness_modules():
-    """A fresh PEFT mixture is initialised exactly as the harness's (same modules, same RNG draws), and the
-    harness's tensors map onto exactly the keys PEFT saves."""
-    from peft import get_peft_model, get_peft_model_state_dict
+def test_every_builtin_method_trains_through_peft():
+    """One adapter path: `apply` is PEFT's `get_peft_model` with the method's own tuner, and PEFT's
+    adapter state dict holds exactly the tensors the harness trains (so a save misses none)."""
+    from peft import PeftModel, get_peft_model_state_dict
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
-    from adamole_bench.methods.peft_integration import MixtureConfig, tuner_class
-
-    for name in ("mole", "soft-moa"):
-        config = MixtureConfig(method=name)
-        torch.manual_seed(0)
-        harness = build_method(name).apply(load_base_model("tiny-llama").model)
-        torch.manual_seed(0)
-        peft_model = get_peft_model(load_base_model("tiny-llama").model, config)
-        assert config.peft_type is not None
-        ours = tuner_class(config.peft_type).harness_state_dict(harness)
-        theirs = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
-        assert ours.keys() == theirs.keys() and len(ours) > 0
-        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
-        trainable = sum(p.numel() for p in harness.parameters() if p.requires_grad)
-        assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == trainable
+    for name in ("lora", "mole", "adamole", "soft-moa", "sparse-moa"):
+        method = build_method(name)
+        model = method.apply(load_base_model("tiny-llama").model)
+        assert isinstance(model, PeftModel), name
+        assert type(model.base_model) is PEFT_TYPE_TO_TUNER_MAPPING[method.peft_type], name
+        trained = {id(p) for p in model.parameters() if p.requires_grad}
+        saved = get_peft_model_state_dict(model, save_embedding_layers=False)
+        assert {id(t) for t in model.state_dict(keep_vars=True).values() if id(t) in trained} == trained
+        assert sum(t.numel() for t in saved.values()) == sum(p.numel() for p in model.parameters() if p.requires_grad) > 0, name
 
 
 def test_peft_refuses_what_a_mixture_cannot_do_and_undoes_cleanly(tmp_path):
@@ -227,12 +223,15 @@ def test_peft_refuses_what_a_mixture_cannot_do_and_undoes_cleanly(tmp_path):
         assert (logits(restored.unload()) - plain).abs().max().item() == 0.0
 
 
-def test_hf_save_pretrained_on_a_harness_model_fails_loudly_and_save_adapter_works(tmp_path):
+def test_peft_save_pretrained_on_a_harness_model_round_trips_as_save_adapter_does(tmp_path):
+    """A trained model is a PeftModel: PEFT's own save_pretrained writes what PeftModel.from_pretrained
+    restores exactly, and save_adapter/load_adapter (which add the base model's record) agree."""
+    from peft import PeftModel
+
     method, base, model = trained("mole")
-    with pytest.raises(UserError) as refused:
-        model.save_pretrained(tmp_path / "hf")
-    assert "save_adapter" in str(refused.value) and "load_adapter" in str(refused.value) and "\n" not in str(refused.value)
-    assert not (tmp_path / "hf").exists()
+    model.save_pretrained(tmp_path / "peft")
+    restored = PeftModel.from_pretrained(load_base_model("tiny-llama").model, str(tmp_path / "peft"))
+    assert (logits(restored) - logits(model)).abs().max().item() == 0.0
     adamole_bench.save_adapter(model, tmp_path / "ours", method, base)
     assert (logits(adamole_bench.load_adapter(tmp_path / "ours").model) - logits(model)).abs().max().item() == 0.0
 
@@ -304,7 +303,7 @@ from adamole_bench.methods.registry import build_method
 base = load_base_model("testorg/tiny")
 method = build_method("mole")
 model = method.apply(base.model).eval()
-torch.nn.init.normal_(model.model.layers[0].self_attn.q_proj.adapter.experts.lora_B)
+torch.nn.init.normal_(model.get_base_model().model.layers[0].self_attn.q_proj.adapter["default"].experts.lora_B)
 method.save(model, {str(tmp_path / "adapter")!r}, base.reference())
 ids = torch.randint(3, 259, (2, 7))
 expected = model(input_ids=ids).logits
@@ -342,13 +341,28 @@ def test_embedded_smollm2_is_recorded_by_its_hub_id_and_our_fingerprint(tmp_path
         assert str(cache_dir()) not in text  # never a path of this machine
 
 
-def test_adapters_saved_before_the_peft_layout_still_load(tmp_path):
+def harness_names(model) -> dict:
+    """The trainable tensors under the names the harness's own injection gave them (before it trained
+    mixtures through PEFT): `model.layers.0.self_attn.q_proj.adapter.experts.lora_A`, MoA's blocks on
+    their decoder layer as `model.layers.0.moa.router.weight`."""
+    names = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            name = name.removeprefix("base_model.model.").replace(".adapter.default.", ".adapter.")
+            names[re.sub(r"^base_model\.moa_blocks\.default\.(\d+)\.", r"model.layers.\1.moa.", name)] = parameter.detach().contiguous()
+    return names
+
+
+@pytest.mark.parametrize("name", ["adamole", "soft-moa"])
+def test_adapters_saved_before_the_peft_layout_still_load(tmp_path, name):
     """The harness's old layout (its own tensor names, no base record) loads once the base is named."""
     from safetensors.torch import save_file
 
-    method, _, model = trained("adamole")
-    save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, str(tmp_path / ADAPTER_WEIGHTS))
-    (tmp_path / ADAPTER_CONFIG).write_text(json.dumps({"method": "adamole", "config": json.loads(json.dumps(vars(method.config))), "tags": {}}))
+    method, _, model = trained(name)
+    tensors = harness_names(model)
+    assert "model.layers.0.self_attn.q_proj.adapter.experts.lora_A" in tensors if name == "adamole" else "model.layers.1.moa.router.weight" in tensors
+    save_file(tensors, str(tmp_path / ADAPTER_WEIGHTS))
+    (tmp_path / ADAPTER_CONFIG).write_text(json.dumps({"method": name, "config": json.loads(json.dumps(vars(method.config))), "tags": {}}))
     with pytest.raises(UserError, match="base_model="):
         adamole_bench.load_adapter(tmp_path)
     loaded = adamole_bench.load_adapter(tmp_path, base_model="tiny-llama")

@@ -35,7 +35,7 @@ def adapted(method: str, seed: int = 0, **options):
     torch.manual_seed(seed)
     options = {"num_experts": EXPERTS, "rank": 2 * EXPERTS, "dropout": P, "target_modules": ["q_proj"], **options}
     model = build_method(method, options).apply(OneLinear()).double().train()
-    adapter = model.get_submodule("q_proj.adapter")
+    adapter = model.get_submodule("q_proj.adapter.default")
     assert isinstance(adapter, MoeLoraAdapter)
     with torch.no_grad():
         adapter.experts.lora_B.normal_(0.0, 0.5)

@@ -1,6 +1,7 @@
 """Soft/Sparse MoA against a slow literal re-implementation of the reference formulas (spec §2, §3)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from adamole_bench.harness.model.loading import BaseModel, _state_fingerprint, byte_level_tokenizer
 from adamole_bench.methods.moa.model import MoaBlock, decoder_layers
+from adamole_bench.methods.peft_tuner import MixtureLinear
 from adamole_bench.methods.registry import build_method
 
 SPEC_COLUMNS = ["lora_q", "lora_k", "lora_v", "prompt", "lora_o", "lora_up", "lora_gate", "lora_down", "parallel_adapter"]
@@ -42,6 +44,16 @@ def randomize_adapters(model, seed: int = 1, std: float = 0.3) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
 
 
+def blocks(model) -> list[MoaBlock]:
+    """The adapter's MoaBlock of each decoder layer, in layer order (PEFT keeps them on its tuner)."""
+    return [module for module in model.modules() if isinstance(module, MoaBlock)]
+
+
+def layers_and_blocks(model):
+    """(decoder layer, its MoaBlock) of an adapted model, in forward order."""
+    return [(layer, block) for (_, layer), block in zip(decoder_layers(model.get_base_model()), blocks(model), strict=True)]
+
+
 def adapted(method: str, seed: int = 0, randomize: bool = True, **options):
     built = build_method(method, options)
     model = built.apply(small_llama(seed))
@@ -70,11 +82,12 @@ def expert(compute, x, gate, out_features, sparse):
 
 
 def lora(linear, scaling):
-    return lambda x: (x @ linear.adapter.lora_A.t()) @ linear.adapter.lora_B.t() * scaling
+    branch = linear.adapter["default"]
+    return lambda x: (x @ branch.lora_A.t()) @ branch.lora_B.t() * scaling
 
 
-def reference_block(layer, x, cos, sin, config, sparse):
-    block, attention, mlp = layer.moa, layer.self_attn, layer.mlp
+def reference_block(layer, block, x, cos, sin, config, sparse):
+    attention, mlp = layer.self_attn, layer.mlp
     present = {"prompt": config.prompt_length > 0, "parallel_adapter": True}
     present |= {f"lora_{t.removesuffix('_proj')}": True for t in config.lora_targets}
     columns = [c for c in SPEC_COLUMNS if present.get(c)]
@@ -131,11 +144,12 @@ def reference_block(layer, x, cos, sin, config, sparse):
 
 
 def reference_logits(model, ids, config, sparse):
-    x = model.model.embed_tokens(ids)
-    cos, sin = model.model.rotary_emb(x, torch.arange(ids.shape[1])[None])
-    for _, layer in decoder_layers(model):
-        x = reference_block(layer, x, cos, sin, config, sparse)
-    return model.lm_head(model.model.norm(x))
+    llama = model.get_base_model()
+    x = llama.model.embed_tokens(ids)
+    cos, sin = llama.model.rotary_emb(x, torch.arange(ids.shape[1])[None])
+    for layer, block in layers_and_blocks(model):
+        x = reference_block(layer, block, x, cos, sin, config, sparse)
+    return llama.lm_head(llama.model.norm(x))
 
 
 CASES = [
@@ -169,7 +183,7 @@ def test_sparse_case_mixes_active_and_inactive_experts():
 
 
 def test_router_columns_follow_reference_order():
-    assert adapted("soft-moa", randomize=False)[1].model.layers[0].moa.expert_names == [
+    assert blocks(adapted("soft-moa", randomize=False)[1])[0].expert_names == [
         "lora_q",
         "lora_k",
         "lora_v",
@@ -178,7 +192,7 @@ def test_router_columns_follow_reference_order():
         "lora_down",
         "parallel_adapter",
     ]
-    assert adapted("sparse-moa", randomize=False)[1].model.layers[0].moa.expert_names == [
+    assert blocks(adapted("sparse-moa", randomize=False)[1])[0].expert_names == [
         "lora_q",
         "lora_k",
         "lora_v",
@@ -186,7 +200,7 @@ def test_router_columns_follow_reference_order():
         "lora_down",
         "parallel_adapter",
     ]
-    every = adapted("soft-moa", randomize=False, lora_targets=ALL_TARGETS)[1].model.layers[0].moa
+    every = blocks(adapted("soft-moa", randomize=False, lora_targets=ALL_TARGETS)[1])[0]
     assert every.expert_names == SPEC_COLUMNS
     assert every.router.out_features == len(SPEC_COLUMNS)
 
@@ -195,17 +209,16 @@ def test_gate_column_drives_its_own_expert():
     """Force the router so only the lora_v column is on: the output then moves only through LoRA_V."""
     _, model = adapted("sparse-moa")
     ids = torch.randint(0, 50, (1, 7))
-    for _, layer in decoder_layers(model):
-        block = layer.get_submodule("moa")
-        assert isinstance(block, MoaBlock) and isinstance(block.router, torch.nn.Linear)
+    for block in blocks(model):
+        assert isinstance(block.router, torch.nn.Linear)
         with torch.no_grad():
             block.router.weight.zero_()
             block.router.bias.fill_(-30.0)
             block.router.bias[block.column("lora_v")] = 30.0
     with torch.no_grad():
         only_v = model(ids).logits
-        for _, layer in decoder_layers(model):
-            layer.get_parameter("self_attn.v_proj.adapter.lora_B").zero_()
+        for layer, _ in layers_and_blocks(model):
+            layer.get_parameter("self_attn.v_proj.adapter.default.lora_B").zero_()
         without_v = model(ids).logits
         base = small_llama()(ids).logits
     torch.testing.assert_close(without_v, base, rtol=0, atol=1e-6)
@@ -216,7 +229,7 @@ def threshold_and_router_grads(threshold_weights):
     _, model = adapted("sparse-moa", threshold_weights=threshold_weights)
     ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(3))
     model(ids, labels=ids).loss.backward()
-    block = model.model.layers[0].moa
+    block = blocks(model)[0]
     return block.threshold.proj.weight.grad, block.router.weight.grad
 
 
@@ -237,7 +250,7 @@ def test_initialisation_leaves_base_model_nearly_unchanged(name):
     ids = torch.randint(0, 50, (2, 9))
     with torch.no_grad():
         diff = (model(ids).logits - small_llama()(ids).logits).abs().max()
-    assert all(m.adapter.lora_B.abs().sum() == 0 for m in model.modules() if hasattr(m, "adapter"))
+    assert all(m.adapter["default"].lora_B.abs().sum() == 0 for m in model.modules() if isinstance(m, MixtureLinear))
     assert all(b.prompt is None or b.prompt.head_gate.abs().sum() == 0 for b in model.modules() if isinstance(b, MoaBlock))
     assert diff < 1e-4  # only the parallel adapter's 1e-4-gain weights contribute
 
@@ -256,7 +269,8 @@ def llama_31_8b_trainable(name, **options):
     with torch.device("meta"):
         model = build_method(name, options).apply(LlamaForCausalLM(config))
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
-    return sum(v for n, v in trainable.items() if n.startswith("model.layers.0.")), sum(trainable.values())
+    first_layer = re.compile(r"\.layers\.0\.|\.moa_blocks\.default\.0\.")  # its LoRA experts and its MoaBlock
+    return sum(v for n, v in trainable.items() if first_layer.search(n)), sum(trainable.values())
 
 
 def test_trainable_parameters_match_spec_for_llama_31_8b():
@@ -288,9 +302,7 @@ def test_statistics_are_exact_and_skip_padding():
             model(ids, attention_mask=mask)
     counted = mask.bool()
     active_per_layer = []
-    for index, (_, layer) in enumerate(decoder_layers(model)):
-        block = layer.get_submodule("moa")
-        assert isinstance(block, MoaBlock)
+    for index, block in enumerate(blocks(model)):
         with torch.no_grad():
             gates = block.gates(hidden[index])
         active_per_layer.append((gates != 0)[counted].double().mean(dim=0))

@@ -72,7 +72,7 @@ def build(method: str, gate_scale: float = 3.0, seed: int = 0, **options):
     model = build_method(method, {"num_experts": EXPERTS, "rank": 2 * EXPERTS, "dropout": 0.0, "target_modules": ["q_proj"], **options}).apply(
         OneLinear()
     )
-    adapter = model.get_submodule("q_proj.adapter")
+    adapter = model.get_submodule("q_proj.adapter.default")
     assert isinstance(adapter, MoeLoraAdapter)
     with torch.no_grad():
         adapter.experts.lora_B.normal_(0.0, 0.5)

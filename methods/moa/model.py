@@ -1,8 +1,9 @@
 """Soft MoA and Sparse MoA on any Llama-architecture transformers model, through hooks only.
 
-Per decoder layer a `MoaBlock` (attached as `layer.moa`) owns the router, the optional
-threshold, the prompt expert and the parallel adapter; LoRA experts wrap the target linears
-(`inject`). Hooks wire them into the unmodified transformers forward:
+Per decoder layer a `MoaBlock` owns the router, the optional threshold, the prompt expert and the
+parallel adapter; LoRA experts wrap the target linears. PEFT builds both (`MoaTuner` in
+peft_tuner.py keeps the blocks, its layers the LoRA experts). Hooks wire them into the unmodified
+transformers forward:
 
 - layer pre-hook: gates = mix(σ(router(x))) on the raw block input x, once per forward;
 - q_proj hook / o_proj pre-hook: the prompt expert reads the query and adds its output to the
@@ -21,7 +22,6 @@ import torch
 from torch import nn
 
 from ..catalog import register
-from ..experts import inject
 from ..method import Method
 from ..recompute import replaying
 from .config import LORA_TARGET_ORDER, MoaConfig, SoftMoaConfig, SparseMoaConfig
@@ -157,15 +157,9 @@ class _MoaMethod(Method):
             return GatedLora(linear.in_features, linear.out_features, self.config.rank, self.config.scaling, block.state, column)
 
     def apply(self, model: nn.Module) -> nn.Module:
-        model.requires_grad_(False)
-        blocks = self.make_blocks(model)
-        for name, layer in decoder_layers(model):
-            layer.moa = blocks[name + "."]
-        inject(model, list(self.config.lora_targets), partial(self.make_lora, blocks))  # freezes all but the LoRA experts
-        for name, layer in decoder_layers(model):
-            blocks[name + "."].requires_grad_(True)
-            blocks[name + "."].attach(layer)
-        return model
+        from ..peft_tuner import mixture_model  # PEFT takes seconds to import; listing methods must not wait for it
+
+        return mixture_model(self, model)
 
     def statistics(self, model: nn.Module) -> MoaStatistics:
         blocks = [m for m in model.modules() if isinstance(m, MoaBlock)]

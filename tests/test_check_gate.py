@@ -11,6 +11,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from adamole_bench.harness.check import regression
+from adamole_bench.harness.check import suite as suites
 from adamole_bench.methods.lora import Lora
 
 pytestmark = pytest.mark.integration  # the regression gate rerunning real suites
@@ -47,8 +48,8 @@ def test_check_fails_when_lora_math_is_broken(tmp_path, monkeypatch):
     (tmp_path / "lora.yaml").write_text(yaml.safe_dump(LEARNS_FAST))
     suite_file = tmp_path / "suite.yaml"
     suite_file.write_text(yaml.safe_dump({"config": "lora.yaml", "torch_threads": 1, "default_tolerance": 0.05}))
-    suite = regression.load_suite(suite_file)
-    regression.record(suite, regression.rerun(suite, Console(quiet=True)))
+    suite = suites.load_suite(suite_file)
+    suites.record(suite, regression.rerun(suite, Console(quiet=True)))
     recorded = yaml.safe_load(suite_file.read_text())["records"][0]
     assert recorded["mean"] > 0.6, "the suite must learn, or breaking LoRA could not show"
 
@@ -71,7 +72,7 @@ def test_suite_file_errors_are_one_line_user_errors(tmp_path):
     assert missing.exit_code == 2 and "not found" in missing.output
     bad.write_text(yaml.safe_dump({"config": "x.yaml", "records": [{"method": "lora"}]}))
     with pytest.raises(regression.UserError, match="record 1 lacks"):
-        regression.load_suite(bad)
+        suites.load_suite(bad)
 
 
 def test_check_catches_a_broken_router_that_accuracy_alone_misses(tmp_path, monkeypatch):
@@ -85,8 +86,8 @@ def test_check_catches_a_broken_router_that_accuracy_alone_misses(tmp_path, monk
     (tmp_path / "adamole.yaml").write_text(yaml.safe_dump(config))
     suite_file = tmp_path / "suite.yaml"
     suite_file.write_text(yaml.safe_dump({"config": "adamole.yaml", "torch_threads": 1}))
-    suite = regression.load_suite(suite_file)
-    regression.record(suite, regression.rerun(suite, Console(quiet=True)))
+    suite = suites.load_suite(suite_file)
+    suites.record(suite, regression.rerun(suite, Console(quiet=True)))
     assert yaml.safe_load(suite_file.read_text())["records"][0]["train_loss_mean"] > 0
 
     def broken(gate_logits, threshold_logits, max_threshold):
@@ -102,7 +103,7 @@ def test_check_catches_a_broken_router_that_accuracy_alone_misses(tmp_path, monk
 
 
 def test_loss_drift_rule():
-    suite = regression.Suite(path=Path("s.yaml"), config_path=Path("c.yaml"), loss_tolerance=0.05)
+    suite = suites.Suite(path=Path("s.yaml"), config_path=Path("c.yaml"), loss_tolerance=0.05)
     key = {"model": "m", "method": "lora", "task": "t", "protocol": "letter", "config_hash": "h"}
     suite.records = [{**key, "seeds": [0], "values": [0.9], "mean": 0.9, "train_loss": [1.0], "train_loss_mean": 1.0}]
     same_accuracy = [{**key, "seed": 0, "acc": 0.9}]

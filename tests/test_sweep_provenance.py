@@ -13,6 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from adamole_bench.harness.check import regression
+from adamole_bench.harness.check import suite as suites
 from adamole_bench.harness.run import sweep
 from adamole_bench.harness.run import trials as trial_runner
 from adamole_bench.harness.settings.load import load_config
@@ -221,8 +222,8 @@ def test_check_from_mlflow_passes_on_records_and_fails_on_a_drop(store, tmp_path
     suite_file.write_text(yaml.safe_dump({"config": os.path.relpath(store["config_file"], tmp_path), "records": []}))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ADAMOLE_BENCH_RUNS", str(store["root"]))
-        suite = regression.load_suite(suite_file)
-        regression.record(suite, regression.existing_rows(suite))
+        suite = suites.load_suite(suite_file)
+        suites.record(suite, regression.existing_rows(suite))
     recorded = yaml.safe_load(suite_file.read_text())
     assert [(r["method"], r["seeds"]) for r in recorded["records"]] == [("base", [0, 1]), ("lora", [0, 1])]
 

@@ -20,13 +20,13 @@ Code that must stay in fp32 inside an autocast region (a router, say) wraps it i
 import functools
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, cast
 
 import torch
 from torch import nn
 
 from ...base.errors import UserError
+from ...base.machine import cpu_flags
 from ...base.upstream import attention_implementation, sdpa_attention
 
 if TYPE_CHECKING:  # transformers is slow to import; here its classes are annotations only
@@ -42,14 +42,9 @@ AUTO_BF16_MODELS = frozenset({"smollm2-135m"})
 FP32_ATTENTION = "sdpa_fp32"  # transformers attention implementation registered below
 
 
-@functools.cache
 def cpu_bf16_flags() -> tuple[str, ...]:
     """The CPU's fast-bf16 instruction sets (AMX, AVX512-BF16) as /proc/cpuinfo names them."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to tell, so assume none
-        return ()
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    flags = cpu_flags()
     return tuple(flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags)
 
 

@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
+from ...base.machine import cpu_name, numerics_class
 from ...base.paths import package_root
 
 PACKAGES = ("torch", "transformers", "peft", "lm_eval", "datasets", "mlflow", "accelerate", "tokenizers", "numpy")
@@ -55,7 +56,8 @@ def hardware(device: torch.device) -> dict[str, str]:
     info = {"python": platform.python_version(), "platform": platform.platform(), "torch_threads": str(torch.get_num_threads())}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    info["cpu"] = platform.processor() or platform.machine()
+    info["cpu"] = cpu_name()
+    info["cpu_numerics"] = numerics_class()  # fp32 numbers repeat bitwise only within one class (base/machine.py)
     return info
 
 

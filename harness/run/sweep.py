@@ -126,6 +126,16 @@ def pinned_checkpoint_folder(config: ExperimentConfig, store_uri: str) -> Experi
     return dataclasses.replace(config, train=dataclasses.replace(config.train, checkpoint_dir=str(folder)))
 
 
+def check_executor(config: ExperimentConfig, executor: str) -> None:
+    """The executor exists and can run these settings (before any work)."""
+    if executor not in EXECUTORS:
+        raise unknown("executor", executor, EXECUTORS)
+    workers = config.resources.workers_per_trial
+    if workers > 1 and executor != "ray":
+        raise UserError(f"resources.workers_per_trial={workers} trains each trial on {workers} Ray workers: add --executor ray "
+                        f"(or leave the setting out and launch with torchrun --nproc_per_node {workers}, docs/distributed.md)")  # fmt: skip
+
+
 def run_sweep(
     config: ExperimentConfig,
     console: Console,
@@ -134,12 +144,7 @@ def run_sweep(
     executor: str = "local",
     ray_address: str | None = None,
 ) -> list[Outcome]:
-    if executor not in EXECUTORS:
-        raise unknown("executor", executor, EXECUTORS)
-    workers = config.resources.workers_per_trial
-    if workers > 1 and executor != "ray":
-        raise UserError(f"resources.workers_per_trial={workers} trains each trial on {workers} Ray workers: add --executor ray "
-                        f"(or leave the setting out and launch with torchrun --nproc_per_node {workers}, docs/distributed.md)")  # fmt: skip
+    check_executor(config, executor)
     config = pinned_checkpoint_folder(config, tracker.uri if tracker else default_tracking_uri())
     trials = select_shard(plan(config), *shard)  # bad input fails before any run is created
     state = TrialState(config)

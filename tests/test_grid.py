@@ -36,6 +36,20 @@ def test_two_by_two_grid_plans_every_point_once_with_its_values():
     assert {t.config_hash for t in plain if t.method == "adamole"} < {t.config_hash for t in adamole}
 
 
+def test_a_trial_on_several_workers_is_another_trial_and_the_base_reference_is_not():
+    """Each of N workers takes train.batch_size examples of every global batch (as under torchrun), so N is part
+    of a trained trial's settings; one worker's hash is the one it always was."""
+    one, two = _plan([]), _plan(["resources.workers_per_trial=2"])
+    by_name = {t.name: t for t in one}
+    for trial in two:
+        alone = by_name[trial.name]
+        if trial.method == "base":
+            assert trial.config_hash == alone.config_hash and trial.resolved["train"] is None
+        else:
+            assert trial.resolved["train"] == {**alone.resolved["train"], "world_size": 2} and trial.config_hash != alone.config_hash
+    assert all("world_size" not in (t.resolved["train"] or {}) for t in one)
+
+
 def test_shards_split_grid_points():
     trials = _plan(["adamole.max_threshold=0.0625,0.25", "train.lr=1e-3,3e-3"])
     shards = [sweep.select_shard(trials, i, 3) for i in range(3)]

@@ -116,6 +116,17 @@ def refused(cli, args, expected: str):
         (("resources.cpus_per_trial=0",), "resources.cpus_per_trial must be > 0, got 0.0"),
         (("resources.gpus_per_trial=-1",), "resources.gpus_per_trial must be >= 0"),
         (("resources.max_retries=-1",), "resources.max_retries must be >= 0, got -1; e.g. resources.max_retries=2"),
+        (("resources.workers_per_trial=0",), "resources.workers_per_trial must be > 0, got 0; e.g. resources.workers_per_trial=1"),
+        (("resources.workers_per_trial=1.5",), "invalid value 1.5 for 'resources.workers_per_trial': expected int"),
+        (
+            ("resources.workers_per_trial=2", "resources.gpus_per_trial=0.5", "--executor", "ray"),
+            "resources.workers_per_trial=2 with resources.gpus_per_trial=0.5: NCCL needs a whole GPU per worker",
+        ),
+        (
+            ("resources.workers_per_trial=2",),
+            "resources.workers_per_trial=2 trains each trial on 2 Ray workers: add --executor ray (or leave the setting out and launch with "
+            "torchrun --nproc_per_node 2",
+        ),
         (("resources.custom.ssd=0",), "resources.custom.ssd=0.0: a custom resource needs a name other than CPU, GPU and memory and an amount > 0"),
         (("resources.custom.ssd=nan",), "resources.custom.ssd=nan: a custom resource needs"),
         (("resources.custom.GPU=1",), "resources.custom.GPU=1.0: a custom resource needs a name other than CPU, GPU and memory"),

@@ -29,6 +29,7 @@ def run(
     experiment = load_config(config, overrides, **settings)
     if ray_address is not None and executor != "ray":
         raise UserError("--ray-address applies to --executor ray only; add --executor ray or drop --ray-address")
+    sweep.check_executor(experiment, executor)
     if executor == "ray":
         from .ray_executor import import_ray  # imports ray: only for --executor ray
 

@@ -27,6 +27,7 @@ from ..settings.config import ExperimentConfig
 from ..store.claims import mark_stale
 from ..store.liveness import Terminated
 from ..store.tracking import Tracker, failure_kind
+from .ray_gang import Gang, Unit
 from .ray_worker import TrialWorker
 from .trial import Trial
 from .trials import Outcome
@@ -90,18 +91,19 @@ class RayExecutor:
         try:
             self.nodes = self._check_cluster(address)
             resources = config.resources
-            # The environment goes with each worker, not the job: a job's runtime_env breaks Ray Client's server (ray://).
-            env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
-            self._worker_class = self.ray.remote(TrialWorker).options(
-                num_cpus=resources.cpus_per_trial,
-                num_gpus=resources.gpus_per_trial,
-                max_restarts=0,
-                max_task_retries=0,
-                runtime_env={"env_vars": env},
-                resources=resources.custom or None,
-                accelerator_type=resources.accelerator_type,
-            )
-            self.workers = [self._start_worker() for _ in range(min(groups, self._slots()))]
+            # The driver's variables go to each worker as an argument it applies first (harness/run/ray_worker.py): a job's
+            # runtime_env breaks Ray Client's server (ray://), and an actor's costs each worker a fresh process.
+            self._env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
+            self._worker_class = self.ray.remote(TrialWorker)
+            self._options = {
+                "num_cpus": resources.cpus_per_trial,
+                "num_gpus": resources.gpus_per_trial,
+                "max_restarts": 0,
+                "max_task_retries": 0,
+                "resources": resources.custom or None,
+                "accelerator_type": resources.accelerator_type,
+            }
+            self.workers = [self._start_gang() for _ in range(min(groups, self._slots() // resources.workers_per_trial))]
         except BaseException:
             self.ray.shutdown()
             raise
@@ -143,14 +145,19 @@ class RayExecutor:
             extra += f", resources.accelerator_type={resources.accelerator_type}" if resources.accelerator_type else ""
             raise UserError(f"no node of the Ray cluster ({largest}) has resources.cpus_per_trial={resources.cpus_per_trial:g} CPU and "
                             f"resources.gpus_per_trial={resources.gpus_per_trial:g} GPU{extra} for a trial; lower them or add nodes")  # fmt: skip
+        slots, size = sum(self._fits(n) for n in nodes), resources.workers_per_trial
+        if slots < size:
+            raise UserError(f"the Ray cluster has room for {slots} worker(s) of resources.cpus_per_trial={resources.cpus_per_trial:g} CPU and "
+                            f"resources.gpus_per_trial={resources.gpus_per_trial:g} GPU at once, but resources.workers_per_trial={size} asks "
+                            f"for {size} per trial; lower it or add nodes")  # fmt: skip
         remote = len(nodes) > 1 or (address or "").startswith("ray://")
         if remote and not self.uri.startswith(("http://", "https://")):
             raise UserError(f"MLflow store {self.uri} is on this machine only, but the Ray cluster runs trials elsewhere; start `mlflow server` "
                             "and set MLFLOW_TRACKING_URI=http://HOST:5000 on the driver (docs/distributed.md)")  # fmt: skip
         return nodes
 
-    def _start_worker(self):
-        return self._worker_class.remote(self.config, self.uri)
+    def _start_gang(self) -> Gang:
+        return Gang(self.ray, self._worker_class, self._options, self.config, self.uri, self._env)
 
     def shutdown(self) -> None:
         self.ray.shutdown()
@@ -175,18 +182,20 @@ class RayExecutor:
                 queue.append((left, 0))
         idle = self.workers[: len(queue)]
         for surplus in self.workers[len(queue) :]:
-            ray.kill(surplus)  # more workers than groups left to run: a rerun found most of them done
-        pending: dict = {}  # ref -> (group, tries, token, worker)
+            surplus.kill()  # more workers than groups left to run: a rerun found most of them done
+        pending: dict = {}  # ref -> its Unit (one ref per member of the unit's gang)
 
         def hand_out() -> None:
             while idle and queue:
-                worker, (group, tries) = idle.pop(), queue.popleft()
+                gang, (group, tries) = idle.pop(), queue.popleft()
                 token = uuid.uuid4().hex  # tags the runs of this group, so the driver can find them if its worker dies
-                ref = worker.run_group.remote([t for _, t in group], sweep_id, token)
-                pending[ref] = (group, tries, token, worker)
+                unit = Unit(group, tries, token, gang, gang.run_group([t for _, t in group], sweep_id, token))
+                pending.update(dict.fromkeys(unit.refs, unit))
 
         if queue:
-            console.print(f"{len(queue)} Ray tasks on {len(idle)} warm worker(s) ({resources.cpus_per_trial:g} CPU, "
+            size = resources.workers_per_trial
+            gangs = f"{len(idle)} warm worker(s)" if size == 1 else f"{len(idle)} warm gang(s) of {size} workers"
+            console.print(f"{len(queue)} Ray tasks on {gangs} ({resources.cpus_per_trial:g} CPU, "
                           f"{resources.gpus_per_trial:g} GPU each), {len(self.nodes)} node(s)")  # fmt: skip
         sigterm: list[int] = []
         try:
@@ -194,19 +203,18 @@ class RayExecutor:
             hand_out()
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
-                group, tries, token, worker = pending.pop(ref)
-                try:
-                    results, texts, where = ray.get(ref)
-                    idle.append(worker)
-                except ray.exceptions.RayTaskError as err:  # the group raised outside a trial: a harness bug; the worker lives on
-                    idle.append(worker)
-                    self._mark_failed(token, f"crashed: its Ray task raised {error_line(err, last=True)}", "crashed")
-                    results, texts, where = self._failed(group, f"Ray task crashed: {error_line(err, last=True)}"), None, None
-                except ray.exceptions.RayError as err:  # the worker (or its node) died: a new worker, the group again
-                    names = self._mark_dead(token, err)
+                unit = pending.pop(ref)
+                unit.take(ray, ref)
+                if not unit.settle(ray, pending):
+                    continue
+                group, tries, gang = unit.group, unit.tries, unit.gang
+                if unit.died and not unit.whole:  # a worker (or its node) died: a new gang, the group again
+                    rank, err = unit.died
+                    gang.kill()  # the others would wait for it in a collective
+                    names = self._mark_dead(unit.token, err, rank)
                     what = f"Ray worker died ({type(err).__name__})" + (f"; marked FAILED: {', '.join(names)}" if names else "")
                     if queue or tries < resources.max_retries:
-                        idle.append(self._start_worker())
+                        idle.append(self._start_gang())
                     if tries < resources.max_retries:
                         console.print(
                             f"[yellow]{escape(what)}[/]; retry {tries + 1} of resources.max_retries={resources.max_retries}", soft_wrap=True
@@ -216,6 +224,19 @@ class RayExecutor:
                         continue
                     error = f"its Ray worker died {tries + 1} times ({type(err).__name__}); see Ray's worker logs"
                     results, texts, where = self._failed(group, error), None, None
+                else:
+                    if unit.died or unit.stuck or (unit.crashed and len(gang.members) > 1):
+                        gang.kill()  # a member gone, or stuck in a collective: this gang cannot run another unit
+                        if queue:
+                            idle.append(self._start_gang())
+                    else:
+                        idle.append(gang)  # a single worker lives on after a crash outside a trial
+                    if unit.answer is not None:
+                        results, texts, where = unit.answer
+                    else:  # the group raised outside a trial: a harness bug
+                        why = error_line(unit.crashed, last=True) if unit.crashed else "its Ray task did not answer"
+                        self._mark_failed(unit.token, f"crashed: its Ray task raised {why}", "crashed")
+                        results, texts, where = self._failed(group, f"Ray task crashed: {why}"), None, None
                 hand_out()
                 for position, ((index, trial), outcome) in enumerate(zip(group, results)):
                     outcomes[index] = outcome
@@ -235,35 +256,48 @@ class RayExecutor:
         return [Outcome(trial, "failed", error=error, failure="crashed") for _, trial in group]
 
     def _task_runs(self, token: str) -> list:
-        return self.tracker.client.search_runs(
-            [self.tracker.experiment_id], filter_string=f"tags.ray_task = '{token}' and attributes.status = 'RUNNING'", max_results=1000
-        )
+        """The runs of a group's Ray task that did not finish."""
+        runs = self.tracker.client.search_runs([self.tracker.experiment_id], filter_string=f"tags.ray_task = '{token}'", max_results=1000)
+        return [run for run in runs if run.info.status in ("RUNNING", "FAILED")]
 
-    def _mark_dead(self, token: str, err: BaseException) -> list[str]:
-        """The RUNNING runs of a group whose worker died → FAILED as stale (Ray saw the process go)."""
-        names = []
+    def _mark_dead(self, token: str, err: BaseException, rank: int) -> list[str]:
+        """The runs of a group whose worker died → FAILED as stale (Ray saw the process go): those still RUNNING,
+        and under a gang those its rank 0 marked crashed when a collective lost the dead peer."""
+        size, names = self.config.resources.workers_per_trial, []
         for run in self._task_runs(token):
             tags = run.data.tags
-            mark_stale(self.tracker, run.info.run_id, f"its Ray worker died (pid {tags.get('pid')} on {tags.get('host')}; {type(err).__name__})")
+            if run.info.status == "FAILED" and (size == 1 or tags.get("failure") != "crashed"):
+                continue
+            if size == 1:
+                why = f"its Ray worker died (pid {tags.get('pid')} on {tags.get('host')}; {type(err).__name__})"
+            else:
+                why = f"rank {rank} of its {size} Ray workers died ({tags.get('ray_workers')}; {type(err).__name__})"
+            if run.info.status == "FAILED":
+                why += f"; rank 0 then failed: {tags.get('error')}"
+            mark_stale(self.tracker, run.info.run_id, why)
             names.append(tags.get("mlflow.runName", run.info.run_id))
         return names
 
     def _mark_failed(self, token: str, error: str, failure: str) -> None:
         for run in self._task_runs(token):
-            self.tracker.set_tags(run.info.run_id, {"error": error, "failure": failure})
-            self.tracker.client.set_terminated(run.info.run_id, status="FAILED")
+            if run.info.status == "RUNNING":
+                self.tracker.set_tags(run.info.run_id, {"error": error, "failure": failure})
+                self.tracker.client.set_terminated(run.info.run_id, status="FAILED")
 
     def _cancel(self, pending: dict, interrupt: KeyboardInterrupt) -> None:
         """Ctrl-C/SIGTERM on the driver: kill the busy workers (a running actor task cannot be interrupted), wait
         until Ray reports them gone, then mark what they were running FAILED here."""
         ray = self.ray
-        if not pending:
+        units = list(dict.fromkeys(pending.values()))
+        if not units:
             return
-        self.console.print(f"[yellow]cancelling {len(pending)} Ray task(s)[/]")
-        for _, _, _, worker in pending.values():
-            ray.kill(worker)
+        self.console.print(f"[yellow]cancelling {len(units)} Ray task(s)[/]")
+        for unit in units:
+            unit.gang.kill()
         ray.wait(list(pending), num_returns=len(pending), timeout=KILL_WAIT_SECONDS)
-        for _, _, token, _ in pending.values():
+        for unit in units:
             self._mark_failed(
-                token, f"{type(interrupt).__name__}: {interrupt or 'the driver was interrupted'}; its Ray task was cancelled", failure_kind(interrupt)
+                unit.token,
+                f"{type(interrupt).__name__}: {interrupt or 'the driver was interrupted'}; its Ray task was cancelled",
+                failure_kind(interrupt),
             )

@@ -53,6 +53,9 @@ def plan(config: ExperimentConfig) -> list[Trial]:
 
 def _point_trials(config: ExperimentConfig, swept: tuple) -> list[Trial]:
     trials = []
+    # Processes that train each trial together (torchrun's, or resources.workers_per_trial Ray workers): each takes
+    # train.batch_size examples of a global batch of batch_size × world_size, a different number (docs/distributed.md).
+    world_size = distributed.context().world_size * config.resources.workers_per_trial
     for task in config.tasks:
         for method in config.methods:
             trains = get_method_class(method).trains
@@ -61,6 +64,8 @@ def _point_trials(config: ExperimentConfig, swept: tuple) -> list[Trial]:
                 resolved["train_tasks"] = list(config.tasks)
             if not trains:
                 resolved["train"] = None  # untrained baselines don't depend on train settings
+            elif world_size > 1:
+                resolved["train"]["world_size"] = world_size  # absent for one process: the hashes of single-process trials stay
             train_tasks = tuple(config.tasks) if config.mix else (task,)
             mine = tuple((k, v) for k, v in swept if applies(k, method, trains))
             for seed in config.seeds:
@@ -121,6 +126,16 @@ def pinned_checkpoint_folder(config: ExperimentConfig, store_uri: str) -> Experi
     return dataclasses.replace(config, train=dataclasses.replace(config.train, checkpoint_dir=str(folder)))
 
 
+def check_executor(config: ExperimentConfig, executor: str) -> None:
+    """The executor exists and can run these settings (before any work)."""
+    if executor not in EXECUTORS:
+        raise unknown("executor", executor, EXECUTORS)
+    workers = config.resources.workers_per_trial
+    if workers > 1 and executor != "ray":
+        raise UserError(f"resources.workers_per_trial={workers} trains each trial on {workers} Ray workers: add --executor ray "
+                        f"(or leave the setting out and launch with torchrun --nproc_per_node {workers}, docs/distributed.md)")  # fmt: skip
+
+
 def run_sweep(
     config: ExperimentConfig,
     console: Console,
@@ -129,8 +144,7 @@ def run_sweep(
     executor: str = "local",
     ray_address: str | None = None,
 ) -> list[Outcome]:
-    if executor not in EXECUTORS:
-        raise unknown("executor", executor, EXECUTORS)
+    check_executor(config, executor)
     config = pinned_checkpoint_folder(config, tracker.uri if tracker else default_tracking_uri())
     trials = select_shard(plan(config), *shard)  # bad input fails before any run is created
     state = TrialState(config)

@@ -116,14 +116,20 @@ class ResourcesConfig:
 
     gpus_per_trial: float = 0.0  # fractions share a GPU, e.g. 0.5
     cpus_per_trial: float = 1.0
+    # Ray workers that train one trial together as a torch.distributed process group (gloo on CPU, NCCL on GPU), each
+    # with cpus_per_trial CPUs and gpus_per_trial GPUs and train.batch_size examples of every global batch, as under torchrun
+    workers_per_trial: int = 1
     max_retries: int = 2  # reruns of a trial whose worker died (the trial is still recorded once)
     custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources per trial (`ray start --resources`), e.g. {ssd: 1}
     accelerator_type: str | None = None  # only nodes with this GPU type (Ray's accelerator types, e.g. A100, H100)
 
     def validate(self) -> None:
         _finite(self)
-        _positive(self, "cpus_per_trial")
+        _positive(self, "cpus_per_trial", "workers_per_trial")
         _non_negative(self, "gpus_per_trial", "max_retries")
+        if self.workers_per_trial > 1 and self.gpus_per_trial % 1:
+            raise UserError(f"resources.workers_per_trial={self.workers_per_trial} with resources.gpus_per_trial={self.gpus_per_trial:g}: NCCL needs "
+                            "a whole GPU per worker, so two workers of a trial must not share one; use resources.gpus_per_trial=1 (or 0 on CPUs)")  # fmt: skip
         for name, amount in self.custom.items():
             if not name.strip() or name in ("CPU", "GPU", "memory") or not math.isfinite(amount) or amount <= 0:
                 raise UserError(f"resources.custom.{name}={amount}: a custom resource needs a name other than CPU, GPU and memory "

@@ -79,6 +79,15 @@ def context() -> Context:
     return Context(torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def join(rank: int, world_size: int, address: str, port: int) -> Context:
+    """Join a process group that another launcher forms (the Ray executor's workers of one trial) through the
+    environment torchrun would set, so the rest of this process sees that group as under torchrun. Each worker
+    sees only its own GPUs (Ray sets CUDA_VISIBLE_DEVICES), so its local rank is 0."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0", MASTER_ADDR=address, MASTER_PORT=str(port))
+    context.cache_clear()
+    return context()
+
+
 class ShardedCollate:
     """Global batch → (this rank's padded batch, answer tokens in the whole global batch)."""
 

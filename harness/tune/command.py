@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ...base.errors import EXIT_CRASHED, unknown
+from ...base.errors import EXIT_CRASHED, UserError, unknown
 from ..run.command import exit_code
 from ..run.sweep import EXECUTORS
 from ..settings.load import load_config
@@ -23,6 +23,8 @@ def tune(config: Path | None, overrides: list[str], settings: dict, space: Path,
     import_optuna()
     if executor not in EXECUTORS:
         raise unknown("executor", executor, EXECUTORS)
+    if experiment.resources.workers_per_trial > 1:  # its search trials run on one worker each: the rerun must match them
+        raise UserError("tune runs each search trial on one worker, so resources.workers_per_trial applies to `run` only; leave it out")
     if executor == "ray":
         from ..run.ray_executor import import_ray  # imports ray: only for --executor ray
 

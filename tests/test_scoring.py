@@ -61,6 +61,42 @@ def test_a_cut_off_continuation_fails_loudly(tiny):
         lean._select_cont_toks(logits, contlen=3, inplen=2)
 
 
+def test_log_softmax_gets_each_rows_own_window_and_the_scores_stay_bitwise_the_same(tiny):
+    """Without token 0 in the requests, lm-eval's log-softmax gets each row's last C positions (C: the
+    longest continuation) instead of the batch's whole kept window; every score is bitwise the same."""
+    requests = [(strings, [t or 7 for t in context], continuation) for strings, context, continuation in _requests()]
+    settings = {"pretrained": tiny.model, "tokenizer": tiny.tokenizer, "batch_size": 4, "device": "cpu"}
+    windowed, whole = continuation_scorer()(**settings), continuation_scorer()(**settings)
+    whole.windows_logits = False
+    handed: dict[str, list[tuple[int, ...]]] = {"windowed": [], "whole": []}
+
+    def recording(call, shapes):
+        def model_call(*args, **kwargs):
+            out = call(*args, **kwargs)
+            shapes.append(tuple(out.shape))
+            return out
+
+        return model_call
+
+    for name, scorer in (("windowed", windowed), ("whole", whole)):
+        scorer._model_call = recording(scorer._model_call, handed[name])
+    with torch.inference_mode():
+        expected = whole._loglikelihood_tokens(requests, disable_tqdm=True)
+        got = windowed._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert got == expected and len(got) == 17  # exact floats, not approximately
+    longest = max(len(continuation) for _, _, continuation in requests)
+    assert all(shape[1] <= longest for shape in handed["windowed"])
+    assert sum(b * w for b, w, _ in handed["windowed"]) < sum(b * w for b, w, _ in handed["whole"]) / 2
+
+
+def test_a_row_read_at_the_wrong_length_fails_loudly(tiny):
+    lean = continuation_scorer()(pretrained=tiny.model, tokenizer=tiny.tokenizer, batch_size=4, device="cpu")
+    lean._windows = scoring_windows = evaluate_module.deque([(10, 2, 12)])  # row of 10 tokens, window 2, batch 12 wide
+    with pytest.raises(RuntimeError, match="read a row as 10 tokens, lm-eval has 11"):
+        lean._select_cont_toks(torch.zeros(2, 259), contlen=1, inplen=1)
+    assert not scoring_windows
+
+
 @pytest.mark.parametrize("protocol", ["letter", "cloze"])
 def test_evaluate_gives_the_same_scores_as_plain_hflm(tiny, protocol, monkeypatch):
     from lm_eval.models.huggingface import HFLM

@@ -4,6 +4,7 @@ import copy
 import functools
 import json
 import logging
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -93,35 +94,60 @@ def continuation_scorer():
     scored. A multiple-choice doc needs logits at its answer tokens alone, yet HFLM asks for all
     positions: for a 135M model with a 49k vocabulary, that head, its fp32 cast and the softmax over
     every prompt token make BoolQ scoring 1.13× slower (SmolLM2, bf16, measured side by side).
-    Scores are unchanged up to GEMM rounding (tests/test_scoring.py)."""
+    Scores are unchanged up to GEMM rounding (tests/test_scoring.py).
+
+    The head still runs at the batch's last `keep` positions (as many as its shortest row needs), but
+    lm-eval's log-softmax, which copies whatever it is handed, gets only each row's own last C positions
+    (C: the longest continuation): BoolQ's first batch (rows of 798 down to 412 tokens) kept 387
+    positions × 8 rows × 49k of fp32 logits, 580 MiB, and its log-softmax as much again. The head's
+    product is the same GEMM as before and log-softmax works row by row, so every score is bitwise the
+    same. A row's length is read from its right padding (token 0), so this needs requests without
+    token 0; a call that has one is scored with the whole `keep` window as before."""
     from lm_eval.models.huggingface import HFLM
 
     class ContinuationScorer(HFLM):
         _longest_continuation: int | None = None
+        _windows: deque | None = None  # this call's rows, in order: (row length, window width, batch width)
+        _windowed = False  # whether this call's requests are free of token 0, so row lengths are exact
         trims_logits = True  # False for a model without `logits_to_keep` (loading.keeps_logits): scored as HFLM does
+        windows_logits = True  # False: lm-eval gets the whole `keep` window of every row (same scores, more memory)
 
         def _loglikelihood_tokens(self, requests, *args, **kwargs):
             self._longest_continuation = max((len(continuation) for _, _, continuation in requests), default=None)
+            self._windowed = self.windows_logits and all(0 not in context and 0 not in continuation for _, context, continuation in requests)
             try:
                 return super()._loglikelihood_tokens(requests, *args, **kwargs)
             finally:
-                self._longest_continuation = None
+                self._longest_continuation, self._windows = None, None
 
         def _model_call(self, inps, attn_mask=None, labels=None):
+            self._windows = None
             if not self.trims_logits or self._longest_continuation is None or attn_mask is not None or self.backend != "causal":
                 return super()._model_call(inps, attn_mask, labels)
             # HFLM right-pads rows with token 0, so a row is at least as long as its last nonzero
             # token (a real trailing 0 only makes this shorter, which keeps more positions: safe).
             # Every row's continuation then lies in the last `keep` positions of the batch.
-            width = inps.shape[1]
+            width, longest = inps.shape[1], self._longest_continuation
             real = inps != 0
             lengths = torch.where(real.any(dim=1), width - real.flip(1).int().argmax(dim=1), 0)
-            keep = min(width, width - int(lengths.min()) + self._longest_continuation)
+            keep = min(width, width - int(lengths.min()) + longest)
             autocast = torch.autocast(self.device.type, dtype=self.mixed_precision_dtype, enabled=self.mixed_precision_dtype is not None)
             with torch.no_grad(), autocast:
-                return self.model(inps, logits_to_keep=keep).logits
+                logits = self.model(inps, logits_to_keep=keep).logits
+            if not self._windowed or keep <= longest:
+                return logits
+            # Row i's window: its positions [length - longest, length), within the kept `keep`.
+            starts = (lengths - (width - keep) - longest).clamp(min=0)
+            index = starts[:, None] + torch.arange(longest, device=inps.device)
+            self._windows = deque((int(length), longest, width) for length in lengths)
+            return logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
 
         def _select_cont_toks(self, logits, contlen=None, inplen=None):
+            if self._windows and self.backend == "causal" and inplen is not None and contlen is not None:
+                length, window, width = self._windows.popleft()
+                if inplen + width - window != length:  # lm-eval's inplen here = row length + window - batch width
+                    raise RuntimeError(f"scoring read a row as {length} tokens, lm-eval has {inplen + width - window}: a bug in ContinuationScorer")
+                return logits[window - contlen : window]
             if self.backend == "causal" and inplen is not None and contlen is not None and inplen < contlen:
                 raise RuntimeError(f"scoring lost a continuation's logits ({contlen} tokens, {inplen} kept): a bug in ContinuationScorer")
             return super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)

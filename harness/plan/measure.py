@@ -20,7 +20,7 @@ from .memory import plan
 
 def training_peak(model: torch.nn.Module, method, train: TrainConfig, precision: Precision, steps: int = 2) -> int:
     """Bytes of tensors alive at the peak of `steps` AdamW steps on random full-length batches, above
-    what was alive before (the weights): adapter, gradients, optimizer state and activations."""
+    what was alive before (the weights and the adapter): gradients, optimizer state and activations."""
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -64,7 +64,8 @@ def training_peak(model: torch.nn.Module, method, train: TrainConfig, precision:
 
 
 def plan_against_measured(config) -> list[dict]:
-    """Every method of `config`: the plan's estimate beside the measured peak (both above the loaded weights)."""
+    """Every method of `config`: the plan's estimate beside the measured peak, both above what is alive before
+    training starts (the loaded weights and the attached adapter)."""
     precision = config.resolved_precision()
     base = precision.prepare(load_base_model(config.model, device=str(resolve_device(config.device))).model)
     rows = []
@@ -73,7 +74,7 @@ def plan_against_measured(config) -> list[dict]:
         method = build_method(estimate.method, config.method_options.get(estimate.method))
         model = method.apply(copy.deepcopy(base))
         measured = training_peak(model, method, config.train, precision)
-        predicted = estimate.total(config.train.gradient_checkpointing) - estimate.weights
+        predicted = estimate.total(config.train.gradient_checkpointing) - estimate.weights - estimate.adapter  # both alive before the steps
         rows.append({"method": estimate.method, "predicted_bytes": predicted, "measured_bytes": measured, "ratio": predicted / measured})
         del model
     return rows

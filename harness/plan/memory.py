@@ -105,30 +105,56 @@ def _fake(model: nn.Module) -> tuple[nn.Module, FakeTensorMode]:
 
 
 def saved_activations(fake: tuple[nn.Module, FakeTensorMode], method, train: TrainConfig, precision: Precision, checkpointed: bool) -> int:
-    """Bytes autograd keeps for backward over one training forward at the config's batch and length (fake
-    tensors: nothing is allocated or computed)."""
+    """Bytes autograd keeps for backward at the step's peak, from one training forward at the config's batch
+    and length on fake tensors (nothing is allocated or computed). Plainly that is everything the forward
+    saved. Checkpointed it is what stays outside the layers (each layer's input, the head and loss), then in
+    backward the head's and loss's tensors are freed before the last layer is replayed, so the peak holds
+    the larger of the two, not both: `kept - head + max(head, one layer's replay)`."""
+    saved = _saved_by_part(fake, method, train, precision, checkpointed)
+    if not checkpointed:
+        return sum(saved.values())
+    replay = _saved_by_part(fake, method, train, precision, False)["last layer"]  # what replaying it saves again
+    return saved["before"] + saved["last layer"] + max(saved["after"], replay)
+
+
+def _saved_by_part(fake: tuple[nn.Module, FakeTensorMode], method, train: TrainConfig, precision: Precision, checkpointed: bool) -> dict[str, int]:
+    """The forward's saved bytes (views once, parameters not) by where they were saved: before the last
+    decoder layer, in it (checkpointed: its input only), and after it (final norm, head, loss, aux loss)."""
     model, mode = fake
     params = {id(p) for p in model.parameters()}
     seen: dict[int, int] = {}
+    parts = {"before": 0, "last layer": 0, "after": 0}
+    where = ["before"]
 
     def pack(tensor: torch.Tensor):
         base = tensor if tensor._base is None else tensor._base
-        if id(base) not in params:
-            seen.setdefault(id(base), base.numel() * base.element_size())
+        if id(base) not in params and id(base) not in seen:
+            seen[id(base)] = size = base.numel() * base.element_size()
+            parts[where[0]] += size
         return tensor
 
+    last = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)][-1:]
+    hooks = [
+        hook
+        for layer in last
+        for hook in (
+            layer.register_forward_pre_hook(lambda *_: where.__setitem__(0, "last layer")),
+            layer.register_forward_hook(lambda *_: where.__setitem__(0, "after")),
+        )
+    ]
     keep = head_positions(train)
     model.train()
-    with mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        ids = torch.zeros(train.batch_size, train.max_length, dtype=torch.long)
-        with gradient_checkpointing(model, checkpointed), precision.autocast():
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=keep, use_cache=False).logits
-            nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, :keep].flatten())
-            method.aux_loss(model)
-    kept = sum(seen.values())
-    if checkpointed:  # the replay of one layer in backward holds that layer's activations again
-        kept += saved_activations(fake, method, train, precision, False) // _layers(model)
-    return kept
+    try:
+        with mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            ids = torch.zeros(train.batch_size, train.max_length, dtype=torch.long)
+            with gradient_checkpointing(model, checkpointed), precision.autocast():
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=keep, use_cache=False).logits
+                nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, :keep].flatten())
+                method.aux_loss(model)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return parts
 
 
 def head_positions(train: TrainConfig) -> int:

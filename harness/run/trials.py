@@ -27,7 +27,7 @@ from ..store.provenance import code_version, eval_protocol_tags, hardware, packa
 from ..store.tracking import Tracker, run_page
 from ..train import distributed
 from ..train.checkpoint import Checkpoint
-from ..train.loop import PeakMemory
+from ..train.loop import PeakMemory, release_free_heap
 from .trial import Trial
 from .trial_state import TrainedAdapter, TrialState
 
@@ -188,6 +188,7 @@ def _train_and_evaluate(
     if not distributed.context().is_main:
         return {}  # rank 0 evaluates and records; the other ranks only train
 
+    release_free_heap()  # what training freed goes back to the system before evaluation's long batches are allocated
     started = time.perf_counter()
     recorder = method.statistics(model) if config.eval.expert_stats else StatisticsRecorder()
     with method.scoring(model, state.precision.compute_dtype) as scored, recorder as statistics:

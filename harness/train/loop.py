@@ -78,7 +78,7 @@ class PeakMemory:
             self.start = torch.cuda.memory_allocated(self.device) / 2**20
             return self
         gc.collect()
-        _release_free_heap()
+        release_free_heap()
         self._process = psutil.Process()
         self.start = self.sampled = self._rss_mb()
         self._sampler = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
@@ -108,7 +108,7 @@ class PeakMemory:
         return {"memory/peak_mb": peak, "memory/peak_delta_mb": peak - self.start}
 
 
-def _release_free_heap() -> None:
+def release_free_heap() -> None:
     """glibc keeps freed memory resident for reuse; malloc_trim(0) returns its free pages (elsewhere: nothing to do)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim

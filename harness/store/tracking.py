@@ -15,6 +15,8 @@ import re
 import shutil
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,9 +104,6 @@ def _check_reachable(uri: str) -> None:
     """Fail in seconds, not after MLflow's minutes of HTTP retries, when a server is down."""
     if not uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
-
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
     except (urllib.error.URLError, OSError) as err:
@@ -157,7 +156,7 @@ def _exclusive(lock_file: Path | None) -> Iterator[None]:
     if lock_file is None:
         yield
         return
-    import fcntl
+    import fcntl  # POSIX only: importing it at the top would break the module where there is no fcntl
 
     with open(lock_file, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -57,6 +57,19 @@ def trial_runs(uri: str, name: str | None = None) -> list:
     return [r for r in runs if name is None or r.data.tags["mlflow.runName"] == name]
 
 
+def retried_once_after_a_dead_worker(driver: subprocess.Popen, log: Path, uri: str, name: str) -> list:
+    """The driver ends well after one Ray worker died mid-trial: the trial's first attempt is FAILED
+    as stale, a retry claims attempt 1 and finishes. Returns the two attempts' runs."""
+    code, output = finish(driver, log, timeout=600)
+    assert code == 0, output
+    assert "Ray worker died (ActorDiedError)" in output and "retry 1 of resources.max_retries=2" in output
+    attempts = trial_runs(uri, name)
+    assert [r.info.status for r in attempts] == ["FAILED", "FINISHED"]
+    assert [r.data.tags["claim_attempt"] for r in attempts] == ["0", "1"]
+    assert attempts[0].data.tags["failure"] == "stale", attempts[0].data.tags
+    return attempts
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

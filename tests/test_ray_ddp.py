@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from adamole_bench.tests.fault_tools import finish, free_port, run_cli, start, store_runs, trial_runs, wait_until
+from adamole_bench.tests.fault_tools import free_port, retried_once_after_a_dead_worker, run_cli, start, store_runs, trial_runs, wait_until
 from adamole_bench.tests.test_checkpoint_faults import _comparable
 from adamole_bench.tests.test_ray_executor import (  # noqa: F401 - ray_head, ray_cluster: fixtures, this module's own cluster
     MEASURED,
@@ -94,13 +94,7 @@ def test_a_killed_rank_costs_one_retry_on_a_new_gang_and_the_trial_is_recorded_o
     victim = wait_until(lambda: _running_in_worker(uri, name), what="the trial to run on its two Ray workers")
     first = _pids(victim)
     _worker(first[1]).send_signal(signal.SIGKILL)  # rank 1, mid-training: rank 0 is left waiting in an all-reduce
-    code, output = finish(driver, tmp_path / "driver.log", timeout=600)
-    assert code == 0, output
-    assert "Ray worker died (ActorDiedError)" in output and "retry 1 of resources.max_retries=2" in output
-    attempts = trial_runs(uri, name)
-    assert [r.info.status for r in attempts] == ["FAILED", "FINISHED"]
-    assert [r.data.tags["claim_attempt"] for r in attempts] == ["0", "1"]
-    assert attempts[0].data.tags["failure"] == "stale", attempts[0].data.tags
+    attempts = retried_once_after_a_dead_worker(driver, tmp_path / "driver.log", uri, name)
     assert attempts[0].data.tags["error"].startswith(f"stale: rank 1 of its 2 Ray workers died (pid {first[0]} on "), attempts[0].data.tags["error"]
     assert not set(_pids(attempts[1])) & set(first)  # a new pair of workers
     assert not psutil.pid_exists(first[0]) or psutil.Process(first[0]).status() == psutil.STATUS_ZOMBIE  # its rank 0 was killed with it

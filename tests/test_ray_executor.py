@@ -18,7 +18,18 @@ import psutil
 import pytest
 
 from adamole_bench.harness.store.liveness import stop_tree
-from adamole_bench.tests.fault_tools import cli_env, finish, free_port, run_cli, start, store_runs, trial_runs, wait_for_http, wait_until
+from adamole_bench.tests.fault_tools import (
+    cli_env,
+    finish,
+    free_port,
+    retried_once_after_a_dead_worker,
+    run_cli,
+    start,
+    store_runs,
+    trial_runs,
+    wait_for_http,
+    wait_until,
+)
 from adamole_bench.tests.test_checkpoint_faults import STEPS, _checkpoint, _finished, _same_as, uninterrupted  # noqa: F401 - uninterrupted: a fixture
 from adamole_bench.tests.test_checkpoint_faults import SWEEP as CHECKPOINTED
 
@@ -236,13 +247,8 @@ def test_killed_worker_is_retried_and_the_trial_recorded_once(ray_cluster, tmp_p
     name = "lora/fruit_or_color/seed0"
     victim = wait_until(lambda: _running_in_worker(uri, name), what="the trial to run in a Ray worker")
     _worker(int(victim.data.tags["pid"])).send_signal(signal.SIGKILL)  # the worker process itself, mid-training
-    code, output = finish(driver, tmp_path / "driver.log", timeout=600)
-    assert code == 0, output
-    assert "Ray worker died (ActorDiedError)" in output and "retry 1 of resources.max_retries=2" in output
-    attempts = trial_runs(uri, name)
-    assert [r.info.status for r in attempts] == ["FAILED", "FINISHED"]
-    assert [r.data.tags["claim_attempt"] for r in attempts] == ["0", "1"]
-    assert attempts[0].data.tags["failure"] == "stale" and f"its Ray worker died (pid {victim.data.tags['pid']}" in attempts[0].data.tags["error"]
+    attempts = retried_once_after_a_dead_worker(driver, tmp_path / "driver.log", uri, name)
+    assert f"its Ray worker died (pid {victim.data.tags['pid']}" in attempts[0].data.tags["error"]
     assert attempts[1].data.tags["pid"] != victim.data.tags["pid"]
     assert not [r for r in store_runs(uri) if r.info.status == "RUNNING"]
     report = run_cli(["report", "--format", "csv"], env)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from adamole_bench.base.machine import numerics_class
 from adamole_bench.base.paths import package_root
 from adamole_bench.harness.check.regression import Suite, compare, provenance_lines
 from adamole_bench.harness.store import fingerprint
@@ -76,14 +77,15 @@ def test_check_says_which_code_its_records_came_from():
         "seeds": [0],
         "values": [1.0],
         "mean": 1.0,
+        "cpu": numerics_class(),
     }
     row = {**{k: record[k] for k in ("model", "method", "task", "protocol", "config_hash")}, "seed": 0, "acc": 1.0}
     suite = Suite(Path("suite.yaml"), Path("exp.yaml"), records=[{**record, "implementation": old}, {**record, "task": "other"}],
-                  recorded={"at": "2026-12-01", "git_commit": "c3bac7f4", "versions": {"torch": "2.13.0"}})  # fmt: skip
+                  recorded={numerics_class(): {"at": "2026-12-01", "git_commit": "c3bac7f4", "versions": {"torch": "2.13.0"}}})  # fmt: skip
     deltas = compare(suite, [row, {**row, "task": "other"}])
     assert deltas[0].status == "ok" and deltas[0].code_changes == [f"code.method 0123456789ab→{current['code.method']}"]
     lines = provenance_lines(suite, deltas)
-    assert lines[0].startswith("recorded numbers: 2026-12-01, git c3bac7f4, torch 2.13.0")
+    assert lines[0].startswith(f"recorded numbers ({numerics_class()}): 2026-12-01, git c3bac7f4, torch 2.13.0")
     assert any("lora / fruit_or_color: installed code differs" in line and "code.method" in line for line in lines)
     assert any("lora / other: recorded without a code fingerprint" in line for line in lines)
 

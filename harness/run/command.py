@@ -9,6 +9,7 @@ from ...base.errors import EXIT_CRASHED, EXIT_DIVERGED, EXIT_USER, UserError
 from ..settings.load import load_config
 from ..store import liveness, tracking
 from ..train.distributed import context
+from ..train.loop import StoppedAtStep
 from . import sweep
 
 
@@ -34,8 +35,14 @@ def run(
         from .ray_executor import import_ray  # imports ray: only for --executor ray
 
         import_ray()  # a missing extra is one line before any work
-    with liveness.sigterm_as_interrupt():
-        outcomes = sweep.run_sweep(experiment, console, shard=shard, executor=executor, ray_address=ray_address)
+    try:
+        with liveness.sigterm_as_interrupt():
+            outcomes = sweep.run_sweep(experiment, console, shard=shard, executor=executor, ray_address=ray_address)
+    except StoppedAtStep:
+        # Under torchrun every rank stopped after the same step; rank 0 has now recorded the trial and the sweep
+        # FAILED. No rank leaves before that: torchrun would end rank 0 mid-way when the first one exits.
+        context().everyone(True)
+        raise
     if context().is_main:
         from ..report.bundle import sweep_table  # matplotlib and friends: only once the trials are done (as sweep.py)
         from ..report.render import render_markdown, render_rich

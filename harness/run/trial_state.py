@@ -14,9 +14,9 @@ from ..model.loading import BaseModel, load_base_model, resolve_device
 from ..model.one_base import Attachment
 from ..settings.config import ExperimentConfig
 from ..train import distributed
-from ..train.checkpoint import Checkpoint
 from ..train.data import EncodedExamples
 from ..train.loop import TrainResult, set_seed, train
+from ..train.rank_checkpoints import trial_checkpoint
 from .trial import Trial
 
 
@@ -114,7 +114,8 @@ def _train_adapter(trial: Trial, config: ExperimentConfig, state: TrialState) ->
             sources, base.tokenizer, config.train.max_length, config.train.loss_on, config.eval.protocol,
             truncation_side=config.train.truncation_side, supervise_eos=config.train.supervise_eos,
         )  # fmt: skip
-        checkpoint = Checkpoint.for_trial(trial.identity, trial.seed, config.train) if config.train.checkpoint_every and method.trains else None
+        wanted = config.train.checkpoint_every and method.trains
+        checkpoint = trial_checkpoint(trial.identity, trial.seed, config.train, distributed.context()) if wanted else None
         pad_id, on_step = base.tokenizer.pad_token_id, state.step_hook(trial, method, model)
         result = train(
             model, method, examples if method.trains else [], config.train, trial.seed, pad_id, state.precision, on_step, checkpoint=checkpoint,

@@ -26,8 +26,8 @@ from ..store.fingerprint import differences
 from ..store.provenance import code_version, eval_protocol_tags, hardware, package_versions
 from ..store.tracking import Tracker, run_page
 from ..train import distributed
-from ..train.checkpoint import Checkpoint
 from ..train.loop import PeakMemory, release_free_heap
+from ..train.rank_checkpoints import trial_checkpoint
 from .trial import Trial
 from .trial_state import TrainedAdapter, TrialState
 
@@ -47,7 +47,31 @@ def attempt(
     trial: Trial, state: "TrialState", tracker: Tracker, sweep_id: str, console: Console, tags: dict[str, str] | None = None
 ) -> Outcome | None:
     """Skip a finished trial, or claim and run it; None when another live process holds it. `tags` go on the
-    trial's run from its creation (e.g. the Ray task that runs it)."""
+    trial's run from its creation (e.g. the Ray task that runs it). Its step checkpoints go once it is FINISHED."""
+    outcome = _attempt(trial, state, tracker, sweep_id, console, tags)
+    if outcome is not None:
+        _drop_checkpoints(trial, outcome, console)
+    return outcome
+
+
+def _drop_checkpoints(trial: Trial, outcome: Outcome, console: Console) -> None:
+    """Unless kept, remove a FINISHED trial's step checkpoints: every rank its own, once rank 0 has recorded the
+    trial (until then a rank 0 killed while evaluating leaves all ranks' files to resume from)."""
+    config = trial.settings
+    assert config is not None  # planned trials carry their settings (sweep.plan)
+    ctx = distributed.context()
+    finished = ctx.broadcast(outcome.status == "finished")  # rank 0's outcome; under torchrun every rank gets here
+    if not finished or config.train.keep_checkpoints:
+        return
+    try:
+        trial_checkpoint(trial.identity, trial.seed, config.train, ctx).remove()  # nothing left to resume
+    except OSError as err:
+        console.print(f"  [yellow]could not remove the trial's step checkpoints:[/] {escape(str(err))}", soft_wrap=True)
+
+
+def _attempt(
+    trial: Trial, state: "TrialState", tracker: Tracker, sweep_id: str, console: Console, tags: dict[str, str] | None = None
+) -> Outcome | None:
     config = trial.settings
     assert config is not None  # planned trials carry their settings (sweep.plan)
     try:
@@ -62,8 +86,6 @@ def attempt(
         end_header(console)
         with tracker.running(run_id):
             metrics = run_trial(trial, config, state, tracker, run_id)
-        if not config.train.keep_checkpoints:
-            Checkpoint.for_trial(trial.identity, trial.seed, config.train).remove()  # FINISHED: nothing left to resume
     except UserError as err:
         console.print(f"  [red]failed:[/] {escape(str(err))}", soft_wrap=True)
         return Outcome(trial, "failed", error=str(err), failure="user")

@@ -28,6 +28,7 @@ RESULT_PATH = (
     "base/upstream.py",  # private upstream functions on the number's path (MoA's rotary helper, HF's length-grouped sampler)
     "harness/model/adapters.py",  # saving and loading the trained adapter that is evaluated
     "harness/train/checkpoint.py",  # what a resumed trial restores: a wrong one changes the number
+    "harness/train/rank_checkpoints.py",  # which step the ranks of a multi-process trial resume from
     "harness/train/data.py",  # prompts, answers, tokenisation, batches
     "harness/train/distributed.py",  # how a global batch is split across ranks
     "harness/evaluate/scoring.py",  # the lm-eval bridge: scoring

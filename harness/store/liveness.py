@@ -197,14 +197,17 @@ _deferring: list[list[int]] = []  # one list per open `signals_deferred` block: 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Turn the first SIGTERM/SIGUSR1 into `Terminated` (inside `signals_deferred`: note it); a second one
-    during cleanup kills at once (default action)."""
+    during cleanup kills at once (default action). A rank that torchrun started notes every stop signal
+    inside `signals_deferred`: it may get one twice (SLURM signals every process of a job step, and torchrun
+    forwards its own to each rank), and torchrun's shutdown timeout kills a rank that does not stop."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    torchrun_rank = "TORCHELASTIC_RUN_ID" in os.environ
 
     def handler(signum, frame):
-        if _deferring and not _deferring[-1]:
+        if _deferring and (not _deferring[-1] or torchrun_rank):
             _deferring[-1].append(signum)  # the block stops itself at its next safe point
             return
         raise terminated(signum)

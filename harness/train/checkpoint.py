@@ -7,7 +7,8 @@ the RNG states (torch CPU and CUDA, python, numpy: dropout and expert dropout dr
 so far, and the data position: the pass over the data, the batches read in it, and the order generator's
 state when the pass began, from which the pass is replayed. One file per trial, named by the trial's
 identity (settings hash + code fingerprint) and seed, so other settings or code never resume it; written
-whole or not at all (temp file + rename) with a SHA-256 trailer, so a damaged file is never loaded.
+whole or not at all (temp file + rename) with a SHA-256 trailer, so a damaged file is never loaded. A trial
+trained by several processes keeps one such file per rank and step (rank_checkpoints.py).
 """
 
 import hashlib
@@ -37,6 +38,21 @@ def checkpoint_folder(config: TrainConfig) -> Path:
     return Path(config.checkpoint_dir).expanduser().resolve() if config.checkpoint_dir else runs_dir() / "checkpoints"
 
 
+class StepCheckpoints(Protocol):
+    """What the training loop saves to and resumes from: one file (Checkpoint), or one per rank (rank_checkpoints.py)."""
+
+    @property
+    def announces(self) -> bool: ...  # whether this process prints "resuming from step k" (rank 0 only)
+
+    def due(self, step: int, steps: int) -> bool: ...
+
+    def save(self, state: dict) -> None: ...
+
+    def load(self, steps: int | None = None) -> dict | None: ...
+
+    def remove(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """Where one trial's checkpoint lives, and how often it is taken (every `every` steps and the last)."""
@@ -44,6 +60,11 @@ class Checkpoint:
     path: Path
     identity: str  # also inside the file: a copied or renamed file of another trial is refused
     every: int
+    fallback: str = "training from step 0"  # what happens when the file is ignored (said with the reason)
+
+    @property
+    def announces(self) -> bool:
+        return True
 
     @classmethod
     def for_trial(cls, identity: str, seed: int, config: TrainConfig) -> "Checkpoint":
@@ -58,19 +79,24 @@ class Checkpoint:
         payload = buffer.getvalue()
         atomic_write(self.path, payload + hashlib.sha256(payload).digest())
 
-    def load(self) -> dict | None:
-        """The saved state, or None: no file, or one that is damaged or not this trial's (said in one line)."""
+    def load(self, steps: int | None = None) -> dict | None:
+        """The saved state, or None: no file, or one that is damaged, not this trial's or (given `steps`) for
+        another number of steps (said in one line)."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return None
         payload, digest = data[:-DIGEST], data[-DIGEST:]
         if len(data) <= DIGEST or hashlib.sha256(payload).digest() != digest:
-            _ignored(self.path, "damaged (truncated or overwritten)")
+            _ignored(self.path, "damaged (truncated or overwritten)", self.fallback)
             return None
         state = torch.load(io.BytesIO(payload), weights_only=True)  # tensors and plain values only: no code runs
         if state.get("format") != FORMAT or state.get("identity") != self.identity:
-            _ignored(self.path, f"from another trial or version (identity {state.get('identity')}, format {state.get('format')})")
+            why = f"from another trial or version (identity {state.get('identity')}, format {state.get('format')})"
+            _ignored(self.path, why, self.fallback)
+            return None
+        if steps is not None and state["steps"] != steps:
+            _ignored(self.path, f"for {state['steps']} steps, not {steps}", self.fallback)
             return None
         return state
 
@@ -81,8 +107,8 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
 
 
-def _ignored(path: Path, why: str) -> None:
-    Console(soft_wrap=True).print(f"  [yellow]checkpoint {escape(str(path))} is {escape(why)}: ignored, training from step 0[/]")
+def _ignored(path: Path, why: str, then: str) -> None:
+    Console(soft_wrap=True).print(f"  [yellow]checkpoint {escape(str(path))} is {escape(why)}: ignored, {escape(then)}[/]")
 
 
 class Batches:
@@ -189,7 +215,7 @@ class TrainingState:
     result: _Progress  # loop.TrainResult: its losses, tokens and seconds so far
     started: float  # perf_counter() when this process began training
 
-    def save(self, checkpoint: Checkpoint, step: int, steps: int, reason: str) -> None:
+    def save(self, checkpoint: StepCheckpoints, step: int, steps: int, reason: str) -> None:
         history = {**vars(self.result), "seconds": self.result.seconds + time.perf_counter() - self.started}
         checkpoint.save(
             {
@@ -206,13 +232,10 @@ class TrainingState:
             }
         )
 
-    def resume(self, checkpoint: Checkpoint, steps: int) -> int:
+    def resume(self, checkpoint: StepCheckpoints, steps: int) -> int:
         """Put the checkpoint's state back, if there is one for this trial: the first step still to run."""
-        saved = checkpoint.load()
+        saved = checkpoint.load(steps)
         if saved is None:
-            return 1
-        if saved["steps"] != steps:
-            _ignored(checkpoint.path, f"for {saved['steps']} steps, not {steps}")
             return 1
         restore_trained_state(self.model, saved)
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -223,5 +246,6 @@ class TrainingState:
         for name, value in saved["result"].items():
             setattr(self.result, name, value)
         self.result.resumed_from = saved["step"]
-        Console(soft_wrap=True).print(f"  resuming from step {saved['step']} of {steps} (checkpoint saved {escape(saved['reason'])})")
+        if checkpoint.announces:
+            Console(soft_wrap=True).print(f"  resuming from step {saved['step']} of {steps} (checkpoint saved {escape(saved['reason'])})")
         return saved["step"] + 1

@@ -49,10 +49,32 @@ class Context:
         return float(value) / self.world_size
 
     def total(self, value: int) -> int:
+        return self._reduce(value, torch.distributed.ReduceOp.SUM) if self.enabled else value
+
+    def stop_signal(self, signum: int | None) -> int | None:
+        """A stop signal any rank got (the largest number), on every rank: a signal may reach one rank only
+        (a Ray gang member), and all ranks must save at the same step and stop together, or the others wait
+        for it in the next all-reduce. One integer all-reduce per optimizer step (docs/distributed.md)."""
         if not self.enabled:
-            return value
-        tensor = torch.tensor(value, dtype=torch.long)
-        torch.distributed.all_reduce(tensor)
+            return signum
+        return self._reduce(signum or 0, torch.distributed.ReduceOp.MAX) or None
+
+    def everyone(self, flag: bool) -> bool:
+        """Whether `flag` holds on every rank (and a barrier: no rank passes until all got here)."""
+        return bool(self._reduce(int(flag), torch.distributed.ReduceOp.MIN)) if self.enabled else flag
+
+    def gather(self, value) -> list:
+        """Every rank's value (any picklable object), in rank order."""
+        if not self.enabled:
+            return [value]
+        values: list = [None] * self.world_size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    def _reduce(self, value: int, op) -> int:
+        on = torch.device("cuda", self.local_rank) if torch.distributed.get_backend() == "nccl" else torch.device("cpu")  # NCCL: GPU tensors only
+        tensor = torch.tensor(value, dtype=torch.long, device=on)
+        torch.distributed.all_reduce(tensor, op=op)
         return int(tensor)
 
     def broadcast(self, value):

@@ -26,9 +26,9 @@ from ...base.progress import phase
 from ..model.loading import keeps_logits
 from ..model.precision import Precision
 from ..settings.config import TrainConfig
-from ..store.liveness import signals_deferred, terminated
+from ..store.liveness import Terminated, signals_deferred, terminated
 from . import distributed
-from .checkpoint import Batches, Checkpoint, TrainingState
+from .checkpoint import Batches, Checkpoint, StepCheckpoints, TrainingState
 from .checkpointing import gradient_checkpointing
 from .data import EncodedExamples, LengthGroupedBatches, hf_length_grouped_batches
 
@@ -46,6 +46,11 @@ class TrainResult:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+
+class StoppedAtStep(Terminated):
+    """SIGTERM/SIGUSR1 taken at an optimizer-step boundary, after the checkpoint was saved: with several
+    processes every rank raises it after the same step, so they can meet once more before they exit."""
 
 
 def set_seed(seed: int) -> None:
@@ -171,10 +176,11 @@ def train(
     pad_id: int,
     precision: Precision | None = None,
     on_step: Callable[[int, dict], None] | None = None,
-    checkpoint: Checkpoint | None = None,
+    checkpoint: StepCheckpoints | None = None,
 ) -> TrainResult:
     """Train the model's trainable parameters; with `checkpoint`, resume from it and save it as it says,
-    and on SIGTERM/SIGUSR1 finish the step, save, then raise `Terminated` (harness/train/checkpoint.py)."""
+    and on SIGTERM/SIGUSR1 finish the step, save, then raise `Terminated` (harness/train/checkpoint.py;
+    several processes: every rank its own files, rank_checkpoints.py, and a signal to one stops them all)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or not examples:
         return TrainResult()  # e.g. the `base` method: nothing to train
@@ -190,7 +196,8 @@ def train(
         raise UserError(f"{len(examples)} training examples do not fill one global batch of {global_batch}")
     steps = config.max_steps or math.ceil(len(loader) * config.epochs / config.grad_accum)
     batches = Batches(loader)
-    checkpoint = None if ctx.enabled else checkpoint  # one file per trial; every rank would need its own RNG states
+    if ctx.enabled and isinstance(checkpoint, Checkpoint):
+        raise ValueError("several processes need one checkpoint file per rank: rank_checkpoints.trial_checkpoint")
     train_model = distributed.wrap(model, method, ctx)
     sliced = keeps_logits(model)
 
@@ -254,11 +261,12 @@ def train(
                     },
                 )
             bar.update(advance=1, loss=task_loss)
-            signum = stop_signal()
+            signum = ctx.stop_signal(stop_signal()) if checkpoint else None  # any rank's: every rank saves this step and stops
             if checkpoint and (signum or checkpoint.due(step, steps)):
                 training.save(checkpoint, step, steps, f"on {signal.Signals(signum).name}" if signum else f"at step {step}")
             if signum:
-                raise terminated(signum)
+                terminated(signum)  # from now on a second stop signal kills at once
+                raise StoppedAtStep(signum)
     result.steps = steps
     result.tokens = ctx.total(result.tokens)
     result.seconds += time.perf_counter() - started

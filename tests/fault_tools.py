@@ -20,10 +20,18 @@ def cli_env(runs: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`adamole-bench ARGS` in the background, stdout and stderr to `log`."""
+CLI = [sys.executable, "-m", "adamole_bench.cli"]
+
+
+def torchrun(processes: int = 2, program: tuple[str, ...] = ("-m", "adamole_bench.cli")) -> list[str]:
+    """`torchrun --nproc_per_node N -m adamole_bench.cli` (or another program) on a free port: a launcher for `start` and `run_cli`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port()), *program]
+
+
+def start(args: list[str], env: dict[str, str], log: Path, launcher: list[str] = CLI) -> subprocess.Popen:
+    """`adamole-bench ARGS` (or `launcher ARGS`) in the background, stdout and stderr to `log`."""
     handle = open(log, "w")  # noqa: SIM115 - the child writes to it for its whole life
-    return subprocess.Popen([sys.executable, "-m", "adamole_bench.cli", *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
+    return subprocess.Popen([*launcher, *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
 def finish(process: subprocess.Popen, log: Path, timeout: float = 300) -> tuple[int, str]:
@@ -86,6 +94,8 @@ def wait_for_http(url: str, timeout: float = 180) -> None:
     wait_until(up, timeout, f"{url} to answer")
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`adamole-bench ARGS` to completion (in `cwd`), output captured."""
-    return subprocess.run([sys.executable, "-m", "adamole_bench.cli", *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+def run_cli(
+    args: list[str], env: dict[str, str], timeout: float = 300, cwd: Path | None = None, launcher: list[str] = CLI
+) -> subprocess.CompletedProcess:
+    """`adamole-bench ARGS` (or `launcher ARGS`) to completion (in `cwd`), output captured."""
+    return subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)

@@ -1,7 +1,8 @@
 """One trial on several Ray workers (`resources.workers_per_trial=2`, a real local cluster of 2 CPUs): the
 workers form a gloo process group and train each trial exactly as `torchrun --nproc_per_node 2` does, so
 both stores hold the same trials (same hashes), losses, metrics and adapter bytes; a SIGKILLed rank 1
-costs one retry on a new pair of workers and the trial is recorded once."""
+costs one retry on a new pair of workers and the trial is recorded once; with step checkpoints the retry
+resumes from the newest step both ranks saved and ends bitwise where an uninterrupted torchrun run ends."""
 
 import signal
 import subprocess
@@ -13,7 +14,9 @@ import psutil
 import pytest
 
 from adamole_bench.tests.fault_tools import free_port, retried_once_after_a_dead_worker, run_cli, start, store_runs, trial_runs, wait_until
-from adamole_bench.tests.test_checkpoint_faults import _comparable
+from adamole_bench.tests.test_checkpoint_faults import SWEEP as CHECKPOINTED
+from adamole_bench.tests.test_checkpoint_faults import _comparable, _finished, _same_as
+from adamole_bench.tests.test_distributed_checkpoints import _both_saved, uninterrupted  # noqa: F401 - uninterrupted: a fixture (torchrun)
 from adamole_bench.tests.test_ray_executor import (  # noqa: F401 - ray_head, ray_cluster: fixtures, this module's own cluster
     MEASURED,
     TINY,
@@ -99,6 +102,24 @@ def test_a_killed_rank_costs_one_retry_on_a_new_gang_and_the_trial_is_recorded_o
     assert not set(_pids(attempts[1])) & set(first)  # a new pair of workers
     assert not psutil.pid_exists(first[0]) or psutil.Process(first[0]).status() == psutil.STATUS_ZOMBIE  # its rank 0 was killed with it
     assert not [r for r in store_runs(uri) if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_a_killed_rank_s_retry_resumes_from_the_gangs_checkpoints_and_equals_torchrun_bitwise(ray_cluster, tmp_path, uninterrupted):  # noqa: F811
+    runs = tmp_path / "runs"
+    uri, env = f"sqlite:///{runs / 'mlflow.db'}", _env(runs)
+    args = [*CHECKPOINTED, "train.checkpoint_every=10", "resources.workers_per_trial=2", "--executor", "ray", "--ray-address", ray_cluster]
+    driver = start(args, env, tmp_path / "driver.log")
+    name = "lora/fruit_or_color/seed0"
+    victim = wait_until(lambda: _running_in_worker(uri, name), what="the trial to run on its two Ray workers")
+    wait_until(lambda: _both_saved(runs), what="a first checkpoint of both ranks")
+    _worker(_pids(victim)[1]).send_signal(signal.SIGKILL)  # rank 1, after a checkpoint both ranks hold
+    attempts = retried_once_after_a_dead_worker(driver, tmp_path / "driver.log", uri, name)
+    assert 10 <= int(attempts[1].data.tags["resumed_from_step"]) < 120  # the retry on the new gang resumed
+    assert attempts[1].data.params["train.world_size"] == "2"
+    resumed = _finished(runs, tmp_path)
+    _same_as(resumed, uninterrupted)  # what `torchrun --nproc_per_node 2` gives without any interruption
+    assert not list((runs / "checkpoints").iterdir())  # FINISHED: every rank's files are gone
 
 
 def test_more_workers_per_trial_than_the_cluster_has_is_one_line_before_any_run(ray_cluster, tmp_path):  # noqa: F811

@@ -97,6 +97,8 @@ def context() -> Context:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Context()
     if not torch.distributed.is_initialized():
+        if torch.cuda.is_available():  # NCCL's object collectives use the current device: each rank its own GPU, not all cuda:0
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return Context(torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 

@@ -17,6 +17,7 @@ Code that must stay in fp32 inside an autocast region (a router, say) wraps it i
 `full_precision(device_type)` and casts its inputs with `.float()`.
 """
 
+# Imported where used: transformers (as in loading.py)
 import functools
 from contextlib import nullcontext
 from dataclasses import dataclass

@@ -17,7 +17,7 @@ lock:  ## rewrite constraints.txt from the installed stack (after a deliberate u
 
 typecheck:  ## mypy on the whole tree, seen as the package `adamole_bench` (the repository root is the package)
 	link=$$(mktemp -d) && ln -s "$(CURDIR)" $$link/adamole_bench && cd $$link && \
-	  $(CURDIR)/.venv/bin/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache -p adamole_bench; \
+	  $(abspath $(BIN))/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache -p adamole_bench; \
 	  status=$$?; rm -rf $$link; exit $$status
 
 test:  ## the unit tier: method math, configs, tables, tasks, errors (tiny model, no sweeps): about a minute

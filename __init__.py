@@ -17,11 +17,11 @@ register_with_peft()
 def __getattr__(name: str):
     """The entry points, without importing torch for every CLI command."""
     if name in ("load_adapter", "save_adapter", "LoadedAdapter"):
-        from .harness.model import adapters
+        from .harness.model import adapters  # torch and the adapter stack load only when asked for
 
         return getattr(adapters, name)
     if name in ("run", "report", "render"):
-        from .harness.run import api
+        from .harness.run import api  # the whole trial stack (seconds), only when asked for
 
         return getattr(api, name)
     raise AttributeError(f"module 'adamole_bench' has no attribute {name!r}")

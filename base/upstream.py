@@ -7,6 +7,7 @@ Each library is imported inside the function that needs it: importing this modul
 caller pays only for the library it uses.
 """
 
+# Imported where used: peft, transformers, lm_eval (see the docstring: a caller pays only for the library it uses)
 import importlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager

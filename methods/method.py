@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..base.errors import UserError
@@ -101,14 +102,12 @@ class Method:
             from .peft_tuner import save_peft_adapter  # PEFT takes seconds to import; only saving needs it
 
             return save_peft_adapter(model, path, base_model)
-        from safetensors.torch import save_file
 
         tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(tensors, str(path / ADAPTER_WEIGHTS))
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
         """`model` with the adapter saved at `path` (a PeftModel for the PEFT layout)."""
-        from safetensors.torch import load_file
 
         path = Path(path)
         if (path / PEFT_CONFIG).exists():

@@ -18,17 +18,23 @@ accuracy and training-loss curve per trial (what tests/test_precision.py checks 
 import argparse
 import copy
 import statistics
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
 from adamole_bench.base.paths import offline_defaults
 from adamole_bench.harness.evaluate.scoring import evaluate
 from adamole_bench.harness.model.loading import load_base_model
 from adamole_bench.harness.model.precision import FP32_ATTENTION, Precision
+from adamole_bench.harness.report.results import rows_from_mlflow
+from adamole_bench.harness.run.sweep import run_sweep
 from adamole_bench.harness.settings.config import EvalConfig
+from adamole_bench.harness.settings.load import load_config
+from adamole_bench.harness.store.tracking import Tracker
 from adamole_bench.methods.registry import build_method
 from adamole_bench.tasks.sources import load_task
 
@@ -137,14 +143,6 @@ def measure_eval(args) -> None:
 
 
 def measure_parity(args) -> None:
-    import tempfile
-
-    from rich.console import Console
-
-    from adamole_bench.harness.report.results import rows_from_mlflow
-    from adamole_bench.harness.run.sweep import run_sweep
-    from adamole_bench.harness.settings.load import load_config
-    from adamole_bench.harness.store.tracking import Tracker
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
     runs: dict[str, dict] = {}

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..base.errors import unknown
+from . import helpers
 
 TASK_DIR = Path(__file__).resolve().parent
 LM_EVAL_DIR = TASK_DIR / "lm_eval"
@@ -91,8 +92,6 @@ def get_task(name: str) -> TaskSpec:
 
 
 def helper(name: str):
-    from . import helpers
-
     return getattr(helpers, name)
 
 

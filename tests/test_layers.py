@@ -59,7 +59,6 @@ def _layer(module: str) -> tuple[int, int]:
     if top != "harness":
         return LAYERS[top], 0
     return LAYERS[top], STAGES[rest.partition(".")[0]] if rest else max(STAGES.values()) + 1
-    return LAYERS[module.split(".")[0]]
 
 
 def _reaches_up(importer: str, imported: str) -> bool:

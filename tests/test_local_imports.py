@@ -5,6 +5,7 @@ and something that module defines. Read off the source, imported nothing: import
 its usual order has side effects of its own (PEFT registration)."""
 
 import ast
+import re
 from pathlib import Path
 
 from adamole_bench.base.paths import package_root
@@ -66,3 +67,53 @@ def test_every_function_local_import_of_our_code_resolves():
         f"{path.relative_to(ROOT)}:{line}: {'.'.join(module)} has no {name}" for path, module, name, line in found if not _resolves(module, name)
     ]
     assert broken == [], "\n".join(broken)
+
+
+# A module that defers a dependency everywhere says so once, at the top: `# Imported where used: mlflow,
+# transformers (why)`. Any other function-local import carries its reason on its line or the line above.
+DEFERRED = re.compile(r"^# Imported where used: ([\w.]+(?:, [\w.]+)*)[ (—:]", re.MULTILINE)
+# Modules whose docstring gives the reason for all of their function-local imports.
+EXPLAINED_BY_DOCSTRING = {
+    "cli.py": "each command imports its own stage: --help and a bad flag's error must not wait for torch",
+    "harness/run/ray_worker.py": "nothing beyond the standard library at its top: Ray imports it before the driver's variables are set",
+}
+
+
+def _unexplained_local_imports(path: Path, root: Path = ROOT) -> list[str]:
+    source = path.read_text()
+    lines = source.splitlines()
+    declared = {name for match in DEFERRED.finditer(source) for name in match.group(1).split(", ")}
+    found = []
+    for function in ast.walk(ast.parse(source)):
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(function):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else ["." * node.level + (node.module or "")]
+            if all(module.split(".")[0] in declared for module in modules if not module.startswith(".")) and not any(
+                m.startswith(".") for m in modules
+            ):
+                continue
+            line, above = lines[node.lineno - 1], lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+            if "#" not in line and not above.startswith("#"):
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {line.strip()}")
+    return sorted(set(found))
+
+
+def test_every_function_local_import_says_why_it_is_not_at_the_top():
+    """Only optional or slow-to-import dependencies are imported inside functions, each with its reason
+    (issue 26): an unexplained one is either cheap and belongs at the top, or needs its reason written."""
+    files = [p for p in ROOT.rglob("*.py") if not any(part in (*SKIPPED, "tests") or part.startswith(".") for part in p.relative_to(ROOT).parts)]
+    files = [p for p in files if str(p.relative_to(ROOT)) not in EXPLAINED_BY_DOCSTRING]
+    unexplained = [entry for path in files for entry in _unexplained_local_imports(path)]
+    assert unexplained == [], "hoist these to the top of their module, or give the reason on the line:\n" + "\n".join(unexplained)
+
+
+def test_the_reason_rule_can_fail(tmp_path):
+    """The scan flags an unexplained local import and accepts the two ways of explaining one."""
+    module = tmp_path / "probe.py"
+    module.write_text(
+        "# Imported where used: mlflow (slow)\n\ndef f():\n    import json\n    import mlflow\n    # why\n    import csv\n    import re  # why\n    from .x import y\n"
+    )
+    assert _unexplained_local_imports(module, tmp_path) == ["probe.py:4: import json", "probe.py:9: from .x import y"]

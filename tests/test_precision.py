@@ -3,7 +3,10 @@
 import copy
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,7 +52,17 @@ def _batch(tokenizer, texts=("apple is a fruit", "red is a color, not a fruit at
 def test_cpu_flags_come_from_proc_cpuinfo():
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    assert set(cpu_bf16_flags()) == {"amx_bf16", "avx512_bf16"} & set(flags)
+    expected = {"amx_bf16", "avx512_bf16"} & set(flags) if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else set()
+    assert set(cpu_bf16_flags()) == expected
+
+
+def test_auto_is_fp32_where_torch_is_held_to_avx2():
+    """`ATEN_CPU_CAPABILITY=avx2` (how this project reproduces a CPU without AVX512) makes auto take the
+    fp32 path such a CPU takes, whatever /proc/cpuinfo lists; without it, this CPU's own answer."""
+    code = "from adamole_bench.harness.model.precision import resolve_precision as r; p = r('auto', 'cpu', 'smollm2-135m'); print(p.name, p.reason)"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    held = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert held == "fp32 auto: CPU has no AMX/AVX512-BF16"
 
 
 def test_auto_is_bf16_for_smollm2_on_a_cpu_with_fast_bf16_and_fp32_otherwise():

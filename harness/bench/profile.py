@@ -3,6 +3,7 @@
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from ..model.loading import BaseModel
 
@@ -38,7 +39,6 @@ def profile_step(row, batch: dict, device: torch.device) -> dict:
     Self time (not total) so nested ops are counted once: CPU time on a CPU, kernel time on CUDA.
     FLOPs are the profiler's count for matmul-type ops, which is what bounds a compute-bound step.
     """
-    from torch.profiler import ProfilerActivity, profile
 
     on_cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])

@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 
+from ...tasks.registry import TASK_DIR
+from ...tasks.sources import load_task
+from ..evaluate.scoring import evaluate, lm_eval_task_name
 from ..model.loading import BaseModel
 from ..settings.config import EvalConfig
 
@@ -22,10 +25,6 @@ def _requests(samples: list[dict]) -> int:
 
 
 def measure_evaluation(settings, base: BaseModel, device: torch.device) -> dict:
-    from ...tasks.registry import TASK_DIR
-    from ...tasks.sources import load_task
-    from ..evaluate.scoring import evaluate, lm_eval_task_name
-
     data = load_task(settings.eval_task)
     config = EvalConfig(batch_size=settings.eval_batch_size, limit=settings.eval_limit)
     model = base.model.to(device).eval()  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to hides its self from mypy; the rows are gone: the base itself, no copy

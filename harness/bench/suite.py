@@ -12,10 +12,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from rich.table import Table
 
 from ...base.errors import UserError
 from ..model.loading import load_base_model, resolve_device
 from ..model.precision import Precision, cpu_bf16_flags, resolve_precision
+from ..store.provenance import code_version, hardware
+from ..store.tracking import Tracker
 from .profile import OP_CATEGORIES, matmul_peak
 from .scoring import measure_evaluation
 from .training import measure_precision_pairs, measure_training
@@ -140,8 +143,6 @@ def bf16_speedups(pairs: list[dict]) -> dict[str, dict]:
 
 
 def render(results: dict):
-    from rich.table import Table
-
     mark = {"met": "[green]✓[/]", "missed": "[red]✗[/]", "unclear": "[yellow]?[/]", True: "[green]✓[/]", False: "[red]✗[/]", None: "–"}
 
     def spread(value: float, bounds: list[float], verdict: str) -> str:
@@ -239,9 +240,6 @@ def render(results: dict):
 
 
 def log_to_mlflow(results: dict, experiment: str) -> str:
-    from ..store.provenance import code_version, hardware
-    from ..store.tracking import Tracker
-
     tracker = Tracker(experiment)
     settings = results["settings"]
     tags = {"kind": "bench", "model": settings["model"], **code_version(), **hardware(torch.device(results["device"]))}

@@ -56,7 +56,7 @@ def _threads(count: int | None):
 
 def rerun(suite: Suite, console: Console) -> list[dict]:
     """Run the suite's sweep from scratch in a throwaway store, so nothing is skipped as done."""
-    from ..run.sweep import run_sweep
+    from ..run.sweep import run_sweep  # the trial stack (transformers, datasets: seconds); `check --from-mlflow` reruns nothing
 
     config = suite.experiment()
     with tempfile.TemporaryDirectory(prefix="adamole-check-") as store, _threads(suite.torch_threads):

@@ -11,6 +11,7 @@ It is lm-eval's entry point, with what it would lack or do wrong here set up fir
 - in a file or CI log, no progress bars (lm-eval passes disable=False to its own).
 """
 
+# Imported where used: lm_eval (as in scoring.py)
 import argparse
 import fnmatch
 import functools

@@ -8,6 +8,7 @@ embedded models resolve offline, hub models by id and revision; the weights load
 fingerprint recorded at training, so an adapter is never silently applied to other weights.
 """
 
+# Imported where used: mlflow (only a runs:/ URI needs the store)
 import json
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from torch import nn
 
 from ...base.errors import UserError
 from ...methods.registry import ADAPTER_CONFIG, PEFT_CONFIG, Method, build_method
+from ..store.tracking import _check_reachable, default_tracking_uri, quiet_artifact_downloads
 from .loading import DTYPES, EMBEDDED_MODELS, BaseModel, _files_fingerprint, embedded_checkpoint, load_base_model
 
 if TYPE_CHECKING:  # transformers is slow to import; here its classes are annotations only
@@ -67,8 +69,6 @@ def download_run_artifact(uri: str, folder: str | Path, tracking_uri: str | None
     """`runs:/<run_id>/<path>` from the MLflow store (MLFLOW_TRACKING_URI or ./runs) into `folder`."""
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
-
-    from ..store.tracking import _check_reachable, default_tracking_uri, quiet_artifact_downloads
 
     store = tracking_uri or default_tracking_uri()
     _check_reachable(store)

@@ -1,5 +1,6 @@
 """Base models: the embedded SmolLM2 default, a tiny random Llama for tests, or any HF id / local path."""
 
+# Imported where used: transformers, tokenizers, huggingface_hub (about 2.5 s; plan, export and the registry read this module's names without building a model)
 import hashlib
 import inspect
 import json

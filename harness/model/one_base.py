@@ -16,6 +16,7 @@ evaluates its one trained adapter on each of its tasks. The bench, whose rows mu
 row its own modules over the base's weights instead (`sharing_weights`).
 """
 
+# Imported where used: transformers (as in loading.py)
 import copy
 from collections.abc import Callable
 

@@ -17,6 +17,7 @@ Code that must stay in fp32 inside an autocast region (a router, say) wraps it i
 `full_precision(device_type)` and casts its inputs with `.float()`.
 """
 
+# Imported where used: transformers (as in loading.py)
 import functools
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -43,7 +44,10 @@ FP32_ATTENTION = "sdpa_fp32"  # transformers attention implementation registered
 
 
 def cpu_bf16_flags() -> tuple[str, ...]:
-    """The CPU's fast-bf16 instruction sets (AMX, AVX512-BF16) as /proc/cpuinfo names them."""
+    """The CPU's fast-bf16 instruction sets (AMX, AVX512-BF16) as /proc/cpuinfo names them, if torch
+    uses them: held below AVX512 (`ATEN_CPU_CAPABILITY=avx2`, as a CPU without them runs), it has none."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return ()
     flags = cpu_flags()
     return tuple(flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import psutil
 import torch
+from rich.table import Table
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -215,7 +216,6 @@ def _size(nbytes: int) -> str:
 def render(config: ExperimentConfig, estimates: list[TrialMemory], capacity: int, where: str):
     """One row per trial of the plan, with and without gradient checkpointing, and whether each fits."""
     from rich import box  # only the command prints
-    from rich.table import Table
 
     train = config.train
     title = (

@@ -6,6 +6,7 @@ with --merged, the full merged model in DIR/merged. Everything is checked before
 appears only when complete (written beside it, then renamed).
 """
 
+# Imported where used: mlflow (the export's names load without MLflow, as the store's do)
 import json
 import re
 import shutil

@@ -6,6 +6,7 @@ A table, its plots and its source list are all built from one `select_rows` resu
 always describe exactly the same runs.
 """
 
+# Imported where used: mlflow (as in harness/store/tracking.py)
 import hashlib
 import json
 import math

@@ -153,7 +153,7 @@ TEXT_RENDERERS = {"markdown": render_markdown, "csv": render_csv, "json": render
 
 def plot(result: Sensitivity, path: Path) -> list[Path]:
     """The figure as PNG and SVG."""
-    from .plots import save
+    from .plots import save  # matplotlib (about 1 s) only for the figure; `compare` renders the table without it
 
     return save(figure(result), path)
 
@@ -161,7 +161,7 @@ def plot(result: Sensitivity, path: Path) -> list[Path]:
 def figure(result: Sensitivity):
     """One panel per column: the metric (95% CI bars) against the swept value, a line per series, base
     dotted; a log axis where the values are log-spaced (a doubling sweep)."""
-    from .plots import log_spaced, plt, series_label, subtitle
+    from .plots import log_spaced, plt, series_label, subtitle  # matplotlib, as in plot()
 
     columns = result.table.columns
     values = list(dict.fromkeys(x for s in result.series for x, _ in s.points))
@@ -223,7 +223,7 @@ def log_sweep_sensitivity(tracker, sweep_id: str, config, outcomes, console) -> 
     """sensitivity/<key>.{png,md,csv,json} on a grid sweep's parent run, one set per swept setting."""
     if not config.grid:
         return
-    from .bundle import sweep_table
+    from .bundle import sweep_table  # the report bundle pulls in matplotlib; only a grid sweep needs it
 
     try:
         table = sweep_table(tracker, config, outcomes)

@@ -6,6 +6,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ...base.errors import EXIT_CRASHED, EXIT_DIVERGED, EXIT_USER, UserError
+from ..report.render import render_markdown, render_rich
 from ..settings.load import load_config
 from ..store import liveness, tracking
 from ..train.distributed import context
@@ -45,7 +46,6 @@ def run(
         raise
     if context().is_main:
         from ..report.bundle import sweep_table  # matplotlib and friends: only once the trials are done (as sweep.py)
-        from ..report.render import render_markdown, render_rich
 
         table = sweep_table(tracking.Tracker(experiment.experiment), experiment, outcomes)
         if table is not None:

@@ -11,6 +11,7 @@ rule of harness/store/liveness.py), starts a new worker and gives it the group a
 FINISHED once. Ctrl-C or SIGTERM kills the workers and marks what they were running FAILED.
 """
 
+# Imported where used: ray (the optional extra `ray`; the local executor never needs it)
 import logging
 import os
 import signal

@@ -9,6 +9,7 @@ trial of each unit as one data-parallel group, as under torchrun. A gang lives o
 dies the others would wait for it in a collective, so the driver kills the gang and starts a new one.
 """
 
+# Imported where used: ray (the optional extra `ray`)
 from dataclasses import dataclass
 from typing import Any
 

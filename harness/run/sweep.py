@@ -19,6 +19,7 @@ from ...base.errors import UserError, error_line, storage_problem, unknown
 from ...base.progress import sweep_progress
 from ...methods.registry import get_method_class
 from ..report.results import REFERENCE_METHOD
+from ..report.sensitivity import log_sweep_sensitivity
 from ..settings.config import ExperimentConfig, config_hash, to_dict, trial_config
 from ..settings.grid import applies, grid_points
 from ..store.fingerprint import implementation
@@ -220,7 +221,6 @@ def _record_summary(tracker: Tracker, sweep_id: str, config: ExperimentConfig, o
         return
     if distributed.context().is_main:
         from ..report.bundle import log_sweep_summary  # matplotlib and friends, only once trials are done
-        from ..report.sensitivity import log_sweep_sensitivity
 
         log_sweep_summary(tracker, sweep_id, config, outcomes, console)
         log_sweep_sensitivity(tracker, sweep_id, config, outcomes, console)

@@ -17,6 +17,8 @@ from typing import Literal
 import yaml
 
 from ...base.errors import UserError
+from ...methods.registry import all_methods, coerce, get_method_class, make_config
+from ...tasks.registry import get_task
 from ..model.loading import DEFAULT_MODEL, check_model_name, resolve_device
 from ..model.precision import Precision, resolve_precision
 
@@ -161,9 +163,6 @@ class ExperimentConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def validate(self) -> None:
-        from ...methods.registry import make_config
-        from ...tasks.registry import get_task
-
         if not self.methods or not self.tasks or not self.seeds:
             raise UserError("methods, tasks and seeds must each name at least one entry")
         _check_seeds(self.seeds)
@@ -308,7 +307,6 @@ def _alias(prefix: str, key: str) -> tuple[str, str] | None:
 def method_options(method: str, options: dict) -> dict:
     """A method's options under our names (`lora.r` → rank, `lora_alpha` → alpha, where the method has
     that option); a training setting written as an option (`lora.learning_rate`) is named right."""
-    from ...methods.registry import get_method_class
 
     fields = {f.name for f in dataclasses.fields(get_method_class(method).config_class)}
     named: dict[str, object] = {}
@@ -380,8 +378,6 @@ def _unknown_setting(prefix: str, key: str, names: list[str]) -> UserError:
 
 
 def set_fields(obj, values: dict, prefix: str = "") -> None:
-    from ...methods.registry import all_methods, coerce
-
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
@@ -446,7 +442,6 @@ def parse_override(text: str) -> dict:
 def nested(key: str, value) -> dict:
     """`train.lr`, 1e-4 → {"train": {"lr": 1e-4}}; `adamole.num_experts`, 4 → method options."""
     parts = key.strip().split(".")
-    from ...methods.registry import all_methods
 
     if parts[0] in all_methods() and len(parts) == 2:
         return {"method_options": {parts[0]: method_options(parts[0], {parts[1]: value})}}
@@ -480,7 +475,6 @@ def read_yaml_mapping(path: str | Path, kind: str, example: str = "") -> dict:
 
 def trial_config(config: ExperimentConfig, method: str, task: str) -> dict:
     """Everything that determines one (method, task) result except the seed, fully resolved."""
-    from ...methods.registry import make_config
 
     method_config = make_config(method, config.method_options.get(method))
     return {

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import yaml
 
 from ...base.errors import UserError, unknown
+from ...methods.registry import all_methods, make_config
 from .config import EvalConfig, ExperimentConfig, TrainConfig, nested, set_fields
 
 SECTIONS = ("train", "eval")
@@ -41,7 +42,6 @@ def _field_type(owner, name: str, key: str, kind: str):
 
 def setting_type(key: str):
     """The type a sweepable setting takes; a UserError for a key that cannot be swept."""
-    from ...methods.registry import all_methods
 
     head, _, name = key.partition(".")
     if not name or "." in name:
@@ -111,8 +111,6 @@ def grid_override(text: str) -> tuple[str, list] | None:
 
 
 def _method_names() -> list[str]:
-    from ...methods.registry import all_methods
-
     return list(all_methods())
 
 
@@ -161,8 +159,6 @@ def applies(key: str, method: str, trains: bool) -> bool:
 
 
 def _read(config, key: str):
-    from ...methods.registry import make_config
-
     head, _, name = key.partition(".")
     if head in SECTIONS:
         return getattr(getattr(config, head), name)
@@ -192,7 +188,6 @@ def grid_points(config) -> list[GridPoint]:
 
 def _apply(config, values: list[tuple[str, object]]):
     """A copy of `config` with the grid values set and the sections they touch validated."""
-    from ...methods.registry import make_config
 
     point = copy.deepcopy(config)
     point.grid = {}

@@ -28,6 +28,7 @@ then keep the numbering going. The file store (maintenance mode in MLflow 3) doe
 atomically and is not supported for concurrent sweeps.
 """
 
+# Imported where used: mlflow (as in tracking.py: the store's names load without MLflow)
 import time
 from typing import TYPE_CHECKING
 

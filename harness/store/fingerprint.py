@@ -131,7 +131,7 @@ def method_files(method_class: type) -> tuple[list[Path], Path]:
 
 @cache
 def method_code(method: str) -> str:
-    from ...methods.registry import get_method_class
+    from ...methods.registry import get_method_class  # torch (about 1.5 s): the report's readers of the store fingerprint no method
 
     files, root = method_files(get_method_class(method))
     return digest(files, root)

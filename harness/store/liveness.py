@@ -13,6 +13,7 @@ run is *stale* (its process is gone and it will never end by itself) when
 A process alive on this machine is never stale, however old its heartbeat: a stall is not a death.
 """
 
+import ctypes
 import functools
 import os
 import signal
@@ -22,6 +23,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+import psutil
 
 from ...base.errors import EXIT_INTERRUPTED, UserError
 
@@ -245,8 +248,6 @@ def signals_deferred() -> Iterator[Callable[[], int | None]]:
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM if we are SIGKILLed
     except (OSError, AttributeError):
         pass
@@ -272,7 +273,6 @@ def run_supervised(cmd: list[str], grace_seconds: float = 20.0) -> int:
 
 def stop_tree(pid: int, grace_seconds: float) -> None:
     """SIGTERM a process, its process group and all its descendants; SIGKILL what is left after the grace."""
-    import psutil
 
     try:
         root = psutil.Process(pid)

@@ -7,6 +7,7 @@ writable, room left), and every open run carries its process and a heartbeat (ha
 so a dead run is found and marked FAILED by the next command (harness/store/claims.py).
 """
 
+# Imported where used: mlflow (about 2 s; settings, report readers and `--help` import the store's names without opening one)
 import errno
 import json
 import logging

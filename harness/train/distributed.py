@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..store.tracking import Tracker
 from .data import collate
 
 
@@ -185,7 +186,6 @@ class RankZeroTracker:
 
 def rank_zero_tracker(tracker, experiment: str):
     """The sweep's tracker: created on rank 0 only (other ranks must not create MLflow runs)."""
-    from ..store.tracking import Tracker
 
     ctx = context()
     if not ctx.enabled:

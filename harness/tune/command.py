@@ -6,6 +6,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ...base.errors import EXIT_CRASHED, UserError, unknown
+from ..report.render import render_markdown, render_rich
 from ..run.command import exit_code
 from ..run.sweep import EXECUTORS
 from ..settings.load import load_config
@@ -32,7 +33,6 @@ def tune(config: Path | None, overrides: list[str], settings: dict, space: Path,
     with liveness.sigterm_as_interrupt():
         outcomes, choices = run_tune(experiment, search_space, console, executor=executor, ray_address=ray_address)
     from ..report.bundle import sweep_table  # matplotlib and friends: only once the trials are done
-    from ..report.render import render_markdown, render_rich
 
     table = sweep_table(tracking.Tracker(experiment.experiment), experiment, outcomes)
     if table is not None:

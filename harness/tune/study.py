@@ -3,6 +3,7 @@ change its trials (SearchSpace.study_name), so rerunning the same `tune` continu
 run holds every search trial's run. Here it runs locally (TPE + the space's pruner); ray_tune.py runs it
 with Ray Tune."""
 
+# Imported where used: optuna (the optional extra `tune`)
 import json
 import warnings
 from dataclasses import dataclass, field

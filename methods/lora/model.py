@@ -1,3 +1,4 @@
+# Imported where used: peft (about 3 s with the transformers it pulls in; the registry, configs and the plan import this module without building a model)
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import cast

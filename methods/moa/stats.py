@@ -1,5 +1,6 @@
 """Expert statistics over an evaluation: exact token counts, padding excluded (spec §3 notebook stats)."""
 
+# Imported where used: matplotlib (only the report's figures need it)
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
